@@ -1,0 +1,37 @@
+# `make test` works on a fresh machine: it creates .venv, installs the project with
+# its dev extras and runs the suite. On a GPU machine, override TORCH_SPEC
+# (e.g. `make test TORCH_SPEC=torch`) to take the CUDA build instead of the CPU pin.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint bench serve clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/vermin -q --no-tips -t=3.10- --violations --eval-annotations engine kernels server client tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_engine.py
+
+serve: $(STAMP)
+	$(VENV)/bin/edgechat serve --host 127.0.0.1 --port 8000
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
