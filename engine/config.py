@@ -1,0 +1,54 @@
+"""Engine configuration: one frozen object, validated once at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import EngineError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs to know that is not in the checkpoint.
+
+    ``model`` is a local directory or a Hugging Face Hub ID; ``None`` means the built-in
+    demo model. ``dtype="auto"`` takes float32 on CPU and the checkpoint's 16-bit type on
+    GPU. ``kv_cache_memory`` (GiB) fixes the KV pool's size; without it the pool takes
+    ``kv_cache_fraction`` of free GPU memory, or a conservative default on CPU.
+    ``max_model_len`` caps the context below the model's own limit.
+    """
+
+    model: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    block_size: int = 16
+    kv_cache_memory: float | None = None
+    kv_cache_fraction: float = 0.85
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    chat_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise EngineError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise EngineError(f"block_size must be a power of two, got {self.block_size}")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise EngineError(f"kv_cache_memory must be > 0 GiB, got {self.kv_cache_memory}")
+        if not 0 < self.kv_cache_fraction <= 1:
+            raise EngineError(
+                f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}"
+            )
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise EngineError(f"max_model_len must be at least 2, got {self.max_model_len}")
+        if self.max_num_seqs < 1:
+            raise EngineError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise EngineError(
+                "max_num_batched_tokens must be at least max_num_seqs "
+                f"({self.max_num_batched_tokens} < {self.max_num_seqs})"
+            )

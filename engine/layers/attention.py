@@ -1,0 +1,52 @@
+"""Attention over the paged KV cache: writes the step's new K/V into the pool, then
+attends every new query to its sequence's whole context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import kernels
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    """Where a step's tokens sit in the paged cache (built by the runner, one per step)."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64: flat cache slot of each new token
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int32
+    seq_lens: torch.Tensor  # [num_seqs] int32: context length after this step
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32: prefix sums of new-token counts
+
+
+class PagedAttention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+        # NOTE: bound by KVCache after the pool is allocated; not part of the checkpoint.
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [num_tokens, num_heads * head_dim]
+        kernels.write_kv_cache(key, value, self.k_cache, self.v_cache, meta.slot_mapping)
+        out = kernels.paged_attention(
+            query,
+            self.k_cache,
+            self.v_cache,
+            meta.block_tables,
+            meta.seq_lens,
+            meta.query_start_loc,
+            self.scale,
+        )
+        return out.reshape(out.shape[0], -1)

@@ -1,0 +1,83 @@
+"""Rotary position embedding (RoPE), with the scaling schemes Llama-family checkpoints use."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from engine.errors import UnsupportedModelError
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_parameters(config) -> dict:
+    """The RoPE settings of an HF config, whether written the transformers 5 way
+    (``rope_parameters``) or the 4.x way (``rope_theta`` + ``rope_scaling``)."""
+    params = getattr(config, "rope_parameters", None)
+    if not params:
+        params = dict(getattr(config, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    params = dict(params)
+    params["rope_type"] = params.get("rope_type", params.get("type")) or "default"
+    if params["rope_type"] not in SUPPORTED_ROPE_TYPES:
+        raise UnsupportedModelError(
+            f"RoPE scaling {params['rope_type']!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+        )
+    return params
+
+
+def inverse_frequencies(head_dim: int, params: dict) -> torch.Tensor:  # [head_dim // 2]
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    inv_freq = 1.0 / (params["rope_theta"] ** exponents)
+    if params["rope_type"] == "linear":
+        return inv_freq / params["factor"]
+    if params["rope_type"] == "llama3":
+        return _llama3_scaled(inv_freq, params)
+    return inv_freq
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, params: dict) -> torch.Tensor:
+    # Llama 3.1: long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
+    factor = params["factor"]
+    low, high = params["low_freq_factor"], params["high_freq_factor"]
+    old_context = params["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(is_medium, blended, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotates the two halves of each head (the HF "rotate_half" convention)."""
+
+    def __init__(self, head_dim: int, max_position: int, params: dict):
+        super().__init__()
+        self.head_dim = head_dim
+        self.max_position = max_position
+        self.params = params
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+
+    def init_buffers(self, device: torch.device) -> None:
+        """Build the cos/sin tables (not in checkpoints; the model is built on meta)."""
+        inv_freq = inverse_frequencies(self.head_dim, self.params).to(device)
+        positions = torch.arange(self.max_position, device=device, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq)  # [max_position, head_dim // 2]
+        self.cos, self.sin = freqs.cos(), freqs.sin()
+
+    def forward(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.cos[positions][:, None, :]  # [num_tokens, 1, head_dim // 2]
+        sin = self.sin[positions][:, None, :]
+        return _rotate(query, cos, sin), _rotate(key, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)

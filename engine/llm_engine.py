@@ -1,0 +1,217 @@
+"""The engine: requests in, tokens out. ``step()`` schedules, runs the model, samples
+and detokenizes once; ``LLM`` and ``AsyncLLM`` drive it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
+from engine.detokenizer import IncrementalDetokenizer
+from engine.errors import EngineError, InvalidRequestError, PromptTooLongError
+from engine.kv_cache import KVCache, kv_budget_bytes, num_blocks_for_budget
+from engine.loader import load_config, load_model, resolve_model_dir
+from engine.model_info import eos_token_ids, max_context_len, pick_device, pick_dtype
+from engine.outputs import RequestOutput
+from engine.request import Request
+from engine.runner import ModelRunner
+from engine.sampler import Sampler
+from engine.sampling import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from engine.tokenizer import ChatTemplate, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine's load, for metrics."""
+
+    num_running: int
+    num_waiting: int
+    num_blocks: int
+    num_free_blocks: int
+    kv_cache_usage: float
+    num_prefix_query_tokens: int
+    num_prefix_hit_tokens: int
+    num_preemptions: int
+    num_prompt_tokens: int
+    num_generation_tokens: int
+
+
+class LLMEngine:
+    """Not thread-safe: one thread calls ``add_request``/``abort``/``step`` (AsyncLLM's loop
+    thread does). ``make_sequence`` (validation and tokenization) may run on any thread."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model_dir = self._model_dir(config.model)
+        self.model_name = config.model or DEMO_MODEL_ID
+        self.is_demo = is_demo_model(self.model_dir)
+        if self.is_demo:
+            logger.warning("serving the built-in DEMO model: random weights, meaningless output")
+        hf_config = load_config(self.model_dir)
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, hf_config, self.device)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.chat_template = ChatTemplate(self.tokenizer, config.chat_template)
+        self.eos_token_ids = eos_token_ids(self.model_dir, hf_config, self.tokenizer)
+        self.vocab_size = hf_config.vocab_size
+        model = load_model(self.model_dir, hf_config, self.dtype, self.device)
+        self.max_model_len, num_blocks = self._size_kv_cache(model, hf_config)
+        self.kv_cache = KVCache(
+            model.attention_layers(), num_blocks, config.block_size, self.dtype, self.device
+        )
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        self.runner = ModelRunner(model, config.block_size, self.device)
+        self.sampler = Sampler(self.device)
+        self.requests: dict[str, Request] = {}
+        # Fast tokenizers are not safe to call from several threads at once.
+        self.tokenizer_lock = threading.Lock()
+        self.num_prompt_tokens = 0
+        self.num_generation_tokens = 0
+
+    @staticmethod
+    def _model_dir(model: str | None) -> Path:
+        return demo_model_dir() if model is None else resolve_model_dir(model)
+
+    def _size_kv_cache(self, model, hf_config) -> tuple[int, int]:
+        max_model_len = max_context_len(hf_config, self.config.max_model_len)
+        block_size = self.config.block_size
+        budget = kv_budget_bytes(
+            self.config.kv_cache_memory, self.config.kv_cache_fraction, self.device
+        )
+        max_useful = self.config.max_num_seqs * -(-max_model_len // block_size)
+        num_blocks = num_blocks_for_budget(model, budget, block_size, self.dtype, max_useful)
+        if num_blocks < 1:
+            raise EngineError(f"the KV cache budget ({budget} bytes) holds no block at all")
+        if num_blocks * block_size < max_model_len:
+            logger.warning(
+                "the KV cache holds %d tokens: max_model_len lowered from %d",
+                num_blocks * block_size,
+                max_model_len,
+            )
+            max_model_len = num_blocks * block_size
+        return max_model_len, num_blocks
+
+    # -- requests ---------------------------------------------------------------------
+
+    def make_sequence(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams
+    ) -> Sequence:
+        """Validate and tokenize a request. Raises InvalidRequestError (a ValueError)."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("the prompt is empty")
+            with self.tokenizer_lock:
+                token_ids = self.tokenizer(prompt).input_ids
+        else:
+            token_ids = list(prompt)
+            if not token_ids:
+                raise InvalidRequestError("the prompt is empty")
+            bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
+            if bad:
+                raise InvalidRequestError(
+                    f"prompt token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
+                )
+        if len(token_ids) >= self.max_model_len:
+            raise PromptTooLongError(len(token_ids), self.max_model_len)
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError("params must be a SamplingParams")
+        return Sequence(request_id, token_ids, params, self.config.block_size)
+
+    def add_sequence(self, seq: Sequence) -> None:
+        if seq.request_id in self.requests:
+            raise InvalidRequestError(f"request id {seq.request_id!r} is already in use")
+        detokenizer = IncrementalDetokenizer(
+            self.tokenizer, seq.prompt_token_ids, seq.params.stop
+        )
+        self.requests[seq.request_id] = Request(seq, detokenizer)
+        self.sampler.add_request(seq.seq_id, seq.params.seed)
+        self.scheduler.add(seq)
+
+    def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams
+    ) -> None:
+        self.add_sequence(self.make_sequence(request_id, prompt, params))
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """End a request now and free its KV blocks; None if it is not running."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        self._finish(request, "abort")
+        return request.snapshot()
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    # -- the step ---------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """One scheduling round. Returns an output for every request that produced a
+        token or finished in it (prefill-only steps of chunked prompts return none)."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        logits = self.runner.run(batch)
+        self.scheduler.complete_step(batch)
+        results = self.sampler.sample(logits, batch.sampling)
+        outputs = []
+        for seq, result in zip(batch.sampling, results):
+            request = self.requests[seq.request_id]
+            if seq.num_output_tokens == 0:
+                self.num_prompt_tokens += seq.num_prompt_tokens
+            seq.append_token(result.token_id)
+            self.num_generation_tokens += 1
+            with self.tokenizer_lock:
+                reason = request.accept(result, self.tokenizer, self.eos_token_ids)
+            if reason is None and len(seq) >= self.max_model_len:
+                reason = "length"
+            if reason is not None:
+                self._finish(request, reason)
+            outputs.append(request.snapshot())
+        return outputs
+
+    def _finish(self, request: Request, reason: str) -> None:
+        seq = request.seq
+        self.scheduler.finish(seq, reason)
+        self.sampler.remove_request(seq.seq_id)
+        with self.tokenizer_lock:
+            request.finish(reason)
+        del self.requests[seq.request_id]
+
+    # -- chat and stats ---------------------------------------------------------------
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Token ids of ``messages`` rendered by the chat template, ready to generate."""
+        with self.tokenizer_lock:
+            return self.chat_template.encode(messages)
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            num_blocks=bm.num_blocks,
+            num_free_blocks=bm.num_free_blocks,
+            kv_cache_usage=bm.usage,
+            num_prefix_query_tokens=bm.num_prefix_query_tokens,
+            num_prefix_hit_tokens=bm.num_prefix_hit_tokens,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_generation_tokens=self.num_generation_tokens,
+        )

@@ -1,0 +1,105 @@
+"""From a model name to a loaded model: Hub resolution, HF config, and weights copied
+tensor by tensor into a model built on the meta device (never two copies in memory)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig
+
+from engine.errors import ModelLoadError
+from engine.models.registry import model_class_for
+from engine.weights import TensorEntry, checkpoint_files, iter_tensors, read_header
+
+logger = logging.getLogger(__name__)
+
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local checkpoint directory for ``model`` (a path, or a Hub ID to download)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} has no config.json: not a Hugging Face checkpoint")
+        return path
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelLoadError(f"model {model!r} is neither a checkpoint directory nor a Hub ID")
+    return _download(model)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    logger.info("fetching %s from the Hugging Face Hub", repo_id)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILE_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and the Hub cannot "
+            "be reached (offline?); download it first or pass a local directory"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot fetch model {repo_id!r} from the Hub: {e}") from None
+
+
+def load_config(model_dir: Path) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read the config of {model_dir}: {e}") from None
+
+
+def load_model(
+    model_dir: Path, config: PretrainedConfig, dtype: torch.dtype, device: torch.device
+) -> nn.Module:
+    """Build the model for ``config`` and fill it from the checkpoint's safetensors."""
+    model_cls = model_class_for(config)
+    entries = [entry for path in checkpoint_files(model_dir) for entry in read_header(path)]
+    with torch.device("meta"):
+        model = model_cls(config)
+    # Cast while still on meta (free), so memory is only ever allocated in the final dtype.
+    model = model.to(dtype).to_empty(device=device)
+    model.init_buffers(device)
+    _fill_parameters(model, entries)
+    return model.eval()
+
+
+def _fill_parameters(model: nn.Module, entries: list[TensorEntry]) -> None:
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    unfilled = set(params)
+    fused = getattr(model, "fused_layers", {})
+    for entry, tensor in iter_tensors(entries):
+        module_name, _, param_name = entry.name.rpartition(".")
+        parent_name, _, layer_name = module_name.rpartition(".")
+        try:
+            if layer_name in fused:
+                fused_name, index = fused[layer_name]
+                target_name = f"{parent_name}.{fused_name}"
+                modules[target_name].load_shard(param_name, index, tensor)
+                unfilled.discard(f"{target_name}.{param_name}")
+            elif entry.name in params:
+                _copy_into(params[entry.name], tensor)
+                unfilled.discard(entry.name)
+            elif not entry.name.endswith("rotary_emb.inv_freq"):
+                logger.warning("ignoring checkpoint tensor %s", entry.name)
+        except (ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"checkpoint tensor {entry.name!r} does not fit: {e}") from None
+    # NOTE: named_parameters() lists a tied LM head once, as the embedding it shares.
+    missing = sorted(unfilled)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ModelLoadError(f"the checkpoint lacks {len(missing)} weights: {shown}")
+
+
+def _copy_into(param: torch.Tensor, tensor: torch.Tensor) -> None:
+    if param.shape != tensor.shape:
+        raise ValueError(f"expected shape {tuple(param.shape)}, got {tuple(tensor.shape)}")
+    param.data.copy_(tensor)
+

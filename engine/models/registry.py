@@ -1,0 +1,25 @@
+"""Which of our model classes serves which Hugging Face ``architectures`` entry."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from engine.errors import UnsupportedModelError
+from engine.models.llama import LlamaForCausalLM, Qwen2ForCausalLM
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+}
+
+
+def model_class_for(config) -> type[nn.Module]:
+    architectures = getattr(config, "architectures", None) or []
+    for name in architectures:
+        if name in MODEL_CLASSES:
+            return MODEL_CLASSES[name]
+    raise UnsupportedModelError(
+        f"unsupported model architecture {', '.join(architectures) or '(none given)'}; "
+        f"supported: {', '.join(sorted(MODEL_CLASSES))}"
+    )

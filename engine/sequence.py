@@ -1,0 +1,89 @@
+"""Per-request state the scheduler and block manager work on. Pure Python: no torch."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+
+from engine.sampling import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_seq_ids = itertools.count()
+
+
+class Sequence:
+    """One request's tokens and where their KV lives.
+
+    ``token_ids`` is the prompt followed by the generated tokens. The first
+    ``num_computed_tokens`` of them have their KV in the blocks of ``block_table``
+    (block ``i`` holds positions ``[i * block_size, (i + 1) * block_size)``); of those, the
+    first ``num_cached_tokens`` came from the prefix cache rather than being computed.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        block_size: int,
+        extra_hash: bytes = b"",
+    ):
+        self.seq_id = next(_seq_ids)
+        self.request_id = request_id
+        self.params = params
+        self.block_size = block_size
+        # NOTE: extra_hash folds non-token inputs (e.g. image hashes) into the prefix keys.
+        self.extra_hash = extra_hash
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.status = SequenceStatus.WAITING
+        self.block_table: list[int] = []
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0
+        self.finish_reason: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def num_blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def block_tokens(self, block_index: int) -> list[int]:
+        start = block_index * self.block_size
+        return self.token_ids[start : start + self.block_size]
+
+    def append_token(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+
+    def reset_for_recompute(self) -> None:
+        """Preemption by recompute: the KV is dropped, the tokens are kept."""
+        self.status = SequenceStatus.WAITING
+        self.block_table = []
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0

@@ -1,0 +1,54 @@
+"""The checkpoint's tokenizer and its chat template (or one the user supplies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from engine.errors import InvalidRequestError, ModelLoadError
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {model_dir}: {e}") from None
+
+
+class ChatTemplate:
+    """Renders OpenAI-style messages with the tokenizer's Jinja chat template, or with
+    the template in ``template_file`` when given (for checkpoints that lack one)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template_file: str | None = None):
+        self.tokenizer = tokenizer
+        self.template = None
+        if template_file is not None:
+            try:
+                self.template = Path(template_file).read_text()
+            except OSError as e:
+                raise ModelLoadError(f"cannot read chat template {template_file}: {e}") from None
+
+    @property
+    def available(self) -> bool:
+        return self.template is not None or self.tokenizer.chat_template is not None
+
+    def render(self, messages: list[dict]) -> str:
+        if not self.available:
+            raise InvalidRequestError(
+                "this model has no chat template; start the engine with a template file "
+                "(--chat-template FILE) or send plain completions"
+            )
+        if not messages:
+            raise InvalidRequestError("messages must not be empty")
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, chat_template=self.template, add_generation_prompt=True, tokenize=False
+            )
+        except jinja2.TemplateError as e:
+            raise InvalidRequestError(f"the chat template rejected the messages: {e}") from None
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        # The template writes any BOS itself, so the tokenizer must not add another.
+        return self.tokenizer(self.render(messages), add_special_tokens=False).input_ids

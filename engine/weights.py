@@ -1,0 +1,136 @@
+"""Reading safetensors checkpoints one tensor at a time, straight into their destination.
+
+We parse the (simple) safetensors header ourselves and ``readinto`` each tensor's bytes,
+rather than memory-mapping the file: pages of a mapping stay resident (and counted in
+RSS) until it is closed, so mapping a whole shard would briefly hold the weights twice —
+which a Jetson, whose GPU shares the RAM, cannot afford. Peak memory is the model plus
+the largest single tensor. The header is checked against the file size, so a truncated
+or corrupt file fails with a clear error before anything is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.errors import ModelLoadError
+
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    path: Path
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    num_bytes: int
+
+
+def read_header(path: Path) -> list[TensorEntry]:
+    """The tensors of one safetensors file, validated against its size."""
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ModelLoadError(f"{path} is not a safetensors file (too short)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(MAX_HEADER_BYTES, file_size - 8):
+            raise ModelLoadError(f"{path} is corrupt or truncated (bad header length)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path} is corrupt (unreadable header: {e})") from None
+    data_start = 8 + header_len
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        entries.append(_entry(path, name, info, data_start, file_size))
+    return entries
+
+
+def _entry(path: Path, name: str, info, data_start: int, file_size: int) -> TensorEntry:
+    try:
+        dtype = DTYPES[info["dtype"]]
+        shape = tuple(int(n) for n in info["shape"])
+        begin, end = (int(n) for n in info["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelLoadError(f"{path} is corrupt (bad entry for tensor {name!r})") from None
+    num_bytes = dtype.itemsize * _numel(shape)
+    if end - begin != num_bytes or begin < 0:
+        raise ModelLoadError(f"{path} is corrupt (tensor {name!r} has inconsistent offsets)")
+    if data_start + end > file_size:
+        raise ModelLoadError(
+            f"{path} is truncated: tensor {name!r} ends at byte {data_start + end} "
+            f"but the file has {file_size}"
+        )
+    return TensorEntry(path, name, dtype, shape, data_start + begin, num_bytes)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the sharded index's files, or the single file."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ModelLoadError(f"{index} is corrupt: {e}") from None
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise ModelLoadError(f"{model_dir} lacks shards listed in its index: {missing}")
+        return files
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"no .safetensors weights found in {model_dir}")
+    return files
+
+
+def iter_tensors(entries: list[TensorEntry]) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+    """Yield each tensor as a fresh CPU tensor, reading one at a time (in file order,
+    one open file at a time)."""
+    for path in dict.fromkeys(e.path for e in entries):
+        in_file = sorted((e for e in entries if e.path == path), key=lambda e: e.offset)
+        with open(path, "rb", buffering=0) as f:
+            for entry in in_file:
+                yield entry, read_tensor(f, entry)
+
+
+def read_tensor(f, entry: TensorEntry) -> torch.Tensor:
+    tensor = torch.empty(entry.shape, dtype=entry.dtype)
+    buffer = memoryview(tensor.view(-1).view(torch.uint8).numpy())
+    f.seek(entry.offset)
+    num_read = 0
+    while num_read < entry.num_bytes:  # one read() returns at most ~2 GiB on Linux
+        n = f.readinto(buffer[num_read:])
+        if not n:
+            raise ModelLoadError(f"{entry.path} is truncated while reading {entry.name!r}")
+        num_read += n
+    return tensor

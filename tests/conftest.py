@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny random Hugging Face checkpoints, built locally (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from engine.demo import write_tokenizer
+
+# Keep the whole suite off the user's real cache, and deterministic on 2 cores.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+)
+
+ARCHITECTURES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    "llama3-scaled": (
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
+        dict(
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
+            rope_theta=500000.0,
+        ),
+    ),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, dict(sliding_window=None)),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(tie_word_embeddings=True)),
+}
+
+
+def build_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0, **overrides) -> Path:
+    """Write a tiny random checkpoint of ``arch`` with the demo tokenizer into ``out_dir``."""
+    config_cls, model_cls, arch_overrides = ARCHITECTURES[arch]
+    tokenizer = write_tokenizer(out_dir)
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **{**TINY, **arch_overrides, **overrides},
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config).to(torch.float32)
+    # Random weights of std 0.02 make every token nearly equally likely; larger ones give
+    # peaked, distinctive distributions, so greedy tokens are a sharp comparison.
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0, 0.15)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """``factory(arch, **config_overrides) -> Path``, cached per argument set."""
+    built: dict = {}
+
+    def factory(arch: str = "llama", **overrides) -> Path:
+        key = (arch, tuple(sorted(overrides.items())))
+        if key not in built:
+            built[key] = build_tiny_model(tmp_path_factory.mktemp(arch), arch, **overrides)
+        return built[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama")
+
+
+def load_reference(model_dir: Path):
+    """The transformers model for a checkpoint, in fp32, as the correctness oracle."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model.eval()
