@@ -85,9 +85,7 @@ class BlockManager:
         num_revived = sum(1 for block_id in cached if self.blocks[block_id].ref_count == 0)
         return max(num_new, 0) + num_revived
 
-    def can_allocate(
-        self, seq: Sequence, num_tokens: int, cached: list[int] | None = None
-    ) -> bool:
+    def can_allocate(self, seq: Sequence, num_tokens: int, cached: list[int] | None = None) -> bool:
         return self.num_blocks_needed(seq, num_tokens, cached) <= self.num_free_blocks
 
     def allocate(self, seq: Sequence, num_tokens: int, cached: list[int] | None = None) -> None:

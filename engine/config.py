@@ -40,9 +40,7 @@ class EngineConfig:
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise EngineError(f"kv_cache_memory must be > 0 GiB, got {self.kv_cache_memory}")
         if not 0 < self.kv_cache_fraction <= 1:
-            raise EngineError(
-                f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}"
-            )
+            raise EngineError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise EngineError(f"max_model_len must be at least 2, got {self.max_model_len}")
         if self.max_num_seqs < 1:

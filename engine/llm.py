@@ -50,9 +50,7 @@ class LLM:
             self.engine.add_sequence(seq)
         return self._run([seq.request_id for seq in seqs], use_tqdm)
 
-    def chat(
-        self, messages: list[dict], params: SamplingParams | None = None
-    ) -> RequestOutput:
+    def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
         """Answer one conversation (OpenAI-style messages) with the chat template."""
         return self.generate([self.engine.chat_prompt(messages)], params)[0]
 

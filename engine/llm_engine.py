@@ -8,8 +8,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
@@ -135,16 +133,12 @@ class LLMEngine:
     def add_sequence(self, seq: Sequence) -> None:
         if seq.request_id in self.requests:
             raise InvalidRequestError(f"request id {seq.request_id!r} is already in use")
-        detokenizer = IncrementalDetokenizer(
-            self.tokenizer, seq.prompt_token_ids, seq.params.stop
-        )
+        detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, seq.params.stop)
         self.requests[seq.request_id] = Request(seq, detokenizer)
         self.sampler.add_request(seq.seq_id, seq.params.seed)
         self.scheduler.add(seq)
 
-    def add_request(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams
-    ) -> None:
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
         self.add_sequence(self.make_sequence(request_id, prompt, params))
 
     def abort(self, request_id: str) -> RequestOutput | None:

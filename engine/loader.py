@@ -102,4 +102,3 @@ def _copy_into(param: torch.Tensor, tensor: torch.Tensor) -> None:
     if param.shape != tensor.shape:
         raise ValueError(f"expected shape {tuple(param.shape)}, got {tuple(tensor.shape)}")
     param.data.copy_(tensor)
-

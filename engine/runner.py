@@ -39,8 +39,10 @@ class ModelRunner:
             if end == len(seq):
                 sample_rows.append(query_start_loc[-1] - 1)
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        block_tables = [table + [0] * (max_blocks - len(table)) for table in
-                        (seq.block_table for seq in batch.seqs)]
+        block_tables = [
+            table + [0] * (max_blocks - len(table))
+            for table in (seq.block_table for seq in batch.seqs)
+        ]
 
         meta = AttentionMetadata(
             slot_mapping=self._tensor(slot_mapping, torch.int64),
