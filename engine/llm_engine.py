@@ -19,9 +19,9 @@ from engine.model_info import eos_token_ids, max_context_len, pick_device, pick_
 from engine.outputs import RequestOutput
 from engine.request import Request
 from engine.runner import ModelRunner
-from engine.sampler import Sampler
+from engine.sampler import Sampler, SampleResult
 from engine.sampling import SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
 from engine.tokenizer import ChatTemplate, load_tokenizer
 
@@ -128,6 +128,16 @@ class LLMEngine:
             raise PromptTooLongError(len(token_ids), self.max_model_len)
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
+        bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidRequestError(
+                f"logit_bias token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
+            )
+        bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidRequestError(
+                f"logit_bias token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
+            )
         return Sequence(request_id, token_ids, params, self.config.block_size)
 
     def add_sequence(self, seq: Sequence) -> None:
@@ -157,28 +167,78 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One scheduling round. Returns an output for every request that produced a
-        token or finished in it (prefill-only steps of chunked prompts return none)."""
+        token or finished in it (prefill-only steps of chunked prompts return none).
+
+        A request whose work raises is finished with reason ``"error"`` (and the exception
+        logged); the others go on. When the batch as a whole fails, its sequences are run
+        again one at a time to find the ones at fault.
+        """
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        logits = self.runner.run(batch)
+        outputs: list[RequestOutput] = []
+        try:
+            results = self._run(batch)
+        except Exception:
+            logger.exception("a batch of %d sequences failed; running them one by one", len(batch))
+            batch, results = self._run_one_by_one(batch, outputs)
         self.scheduler.complete_step(batch)
-        results = self.sampler.sample(logits, batch.sampling)
-        outputs = []
         for seq, result in zip(batch.sampling, results):
             request = self.requests[seq.request_id]
-            if seq.num_output_tokens == 0:
-                self.num_prompt_tokens += seq.num_prompt_tokens
-            seq.append_token(result.token_id)
-            self.num_generation_tokens += 1
-            with self.tokenizer_lock:
-                reason = request.accept(result, self.tokenizer, self.eos_token_ids)
-            if reason is None and len(seq) >= self.max_model_len:
-                reason = "length"
-            if reason is not None:
-                self._finish(request, reason)
-            outputs.append(request.snapshot())
+            try:
+                outputs.append(self._accept(request, result))
+            except Exception:
+                logger.exception("request %s failed", seq.request_id)
+                outputs.append(self._fail(request))
         return outputs
+
+    def _run(self, batch: ScheduledBatch) -> list[SampleResult]:
+        # NOTE: writes nothing but the KV slots of the batch's uncomputed tokens (and the
+        # random draws of its sampled rows), so a batch that raises can be run again.
+        return self.sampler.sample(self.runner.run(batch), batch.sampling)
+
+    def _run_one_by_one(
+        self, batch: ScheduledBatch, outputs: list[RequestOutput]
+    ) -> tuple[ScheduledBatch, list[SampleResult]]:
+        """Run each sequence of a failed batch alone; fail those that still raise (their
+        outputs go to ``outputs``). Returns the batch of the others and their results."""
+        survivors = ScheduledBatch()
+        results: list[SampleResult] = []
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            alone = ScheduledBatch()
+            alone.add(seq, num_new)
+            try:
+                results += self._run(alone)
+            except Exception:
+                logger.exception("request %s failed", seq.request_id)
+                outputs.append(self._fail(self.requests[seq.request_id]))
+                continue
+            survivors.add(seq, num_new)
+        return survivors, results
+
+    def _accept(self, request: Request, result: SampleResult) -> RequestOutput:
+        seq = request.seq
+        if seq.num_output_tokens == 0:
+            self.num_prompt_tokens += seq.num_prompt_tokens
+        seq.append_token(result.token_id)
+        self.num_generation_tokens += 1
+        with self.tokenizer_lock:
+            reason = request.accept(result, self.tokenizer, self.eos_token_ids)
+        if reason is None and len(seq) >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            self._finish(request, reason)
+        return request.snapshot()
+
+    def _fail(self, request: Request) -> RequestOutput:
+        """Finish a request whose work raised. Unlike ``_finish`` it skips the
+        detokenizer's flush, which may be what raised."""
+        seq = request.seq
+        self.scheduler.finish(seq, "error")
+        self.sampler.remove_request(seq.seq_id)
+        request.finish_reason = "error"
+        self.requests.pop(seq.request_id, None)
+        return request.snapshot()
 
     def _finish(self, request: Request, reason: str) -> None:
         seq = request.seq

@@ -63,6 +63,11 @@ def test_token_ids_outside_the_vocabulary(llm):
         llm.generate([[1, 2, 10**6]], GREEDY)
 
 
+def test_logit_bias_outside_the_vocabulary(llm):
+    with pytest.raises(InvalidRequestError, match="logit_bias"):
+        llm.generate([[1, 2]], SamplingParams(logit_bias={10**6: 1.0}))
+
+
 def test_engine_keeps_serving_after_bad_requests(llm):
     good = [1, 40, 50, 60]
     before = llm.generate([good], GREEDY)[0].token_ids
