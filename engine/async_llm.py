@@ -46,6 +46,11 @@ class AsyncLLM:
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         return self.engine.chat_prompt(messages)
 
+    def check_prompt(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
+        """Tokenize and validate a request as ``generate`` would, without queuing it, and
+        return the prompt's token ids: a server answers bad input before it streams."""
+        return self.engine.make_sequence("check", prompt, params).prompt_token_ids
+
     async def generate(
         self, request_id: str, prompt: str | list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
@@ -91,10 +96,15 @@ class AsyncLLM:
                     self._fail_all(e)
                     continue
                 for output in outputs:
-                    self._deliver(output.request_id, output)
+                    if output.finish_reason == "error":
+                        failure = f"the engine failed on request {output.request_id!r}"
+                        self._deliver(output.request_id, RuntimeError(failure))
+                    else:
+                        self._deliver(output.request_id, output)
             self._stats = self.engine.stats()
 
     def _fail_all(self, error: Exception) -> None:
+        """A step failed outside any one request's work: fail every live request."""
         for request_id in list(self.engine.requests):
             self.engine.abort(request_id)
             self._deliver(request_id, RuntimeError(f"the engine failed: {error}"))

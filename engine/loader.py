@@ -13,7 +13,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from engine.errors import ModelLoadError
 from engine.models.registry import model_class_for
-from engine.weights import TensorEntry, checkpoint_files, iter_tensors, read_header
+from engine.weights import TensorEntry, checkpoint_files, load_into, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -73,32 +73,27 @@ def load_model(
 def _fill_parameters(model: nn.Module, entries: list[TensorEntry]) -> None:
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
-    unfilled = set(params)
     fused = getattr(model, "fused_layers", {})
-    for entry, tensor in iter_tensors(entries):
+    unfilled = set(params)
+
+    def target_for(entry: TensorEntry) -> torch.Tensor | None:
         module_name, _, param_name = entry.name.rpartition(".")
         parent_name, _, layer_name = module_name.rpartition(".")
-        try:
-            if layer_name in fused:
-                fused_name, index = fused[layer_name]
-                target_name = f"{parent_name}.{fused_name}"
-                modules[target_name].load_shard(param_name, index, tensor)
-                unfilled.discard(f"{target_name}.{param_name}")
-            elif entry.name in params:
-                _copy_into(params[entry.name], tensor)
-                unfilled.discard(entry.name)
-            elif not entry.name.endswith("rotary_emb.inv_freq"):
-                logger.warning("ignoring checkpoint tensor %s", entry.name)
-        except (ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"checkpoint tensor {entry.name!r} does not fit: {e}") from None
+        if layer_name in fused:
+            fused_name, index = fused[layer_name]
+            target_name = f"{parent_name}.{fused_name}"
+            unfilled.discard(f"{target_name}.{param_name}")
+            return modules[target_name].shard(param_name, index)
+        if entry.name in params:
+            unfilled.discard(entry.name)
+            return params[entry.name].data
+        if not entry.name.endswith("rotary_emb.inv_freq"):
+            logger.warning("ignoring checkpoint tensor %s", entry.name)
+        return None
+
+    load_into(entries, target_for)
     # NOTE: named_parameters() lists a tied LM head once, as the embedding it shares.
     missing = sorted(unfilled)
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ModelLoadError(f"the checkpoint lacks {len(missing)} weights: {shown}")
-
-
-def _copy_into(param: torch.Tensor, tensor: torch.Tensor) -> None:
-    if param.shape != tensor.shape:
-        raise ValueError(f"expected shape {tuple(param.shape)}, got {tuple(tensor.shape)}")
-    param.data.copy_(tensor)

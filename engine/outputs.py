@@ -22,7 +22,8 @@ class RequestOutput:
 
     ``text``/``token_ids``/``logprobs`` hold everything generated so far; the ``new_*``
     fields hold only what this step added (what a stream sends). ``finish_reason`` is
-    ``"stop"``, ``"length"`` or ``"abort"`` once ``finished``.
+    ``"stop"``, ``"length"``, ``"abort"`` or ``"error"`` (the engine failed on this
+    request; see its log) once ``finished``.
     """
 
     request_id: str

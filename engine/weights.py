@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,19 +113,43 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def iter_tensors(entries: list[TensorEntry]) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
-    """Yield each tensor as a fresh CPU tensor, reading one at a time (in file order,
-    one open file at a time)."""
+def load_into(
+    entries: list[TensorEntry], target_for: Callable[[TensorEntry], torch.Tensor | None]
+) -> None:
+    """Copy every tensor into ``target_for(entry)`` (skipped when it returns None), one
+    file open at a time, in file order. A contiguous CPU target of the same dtype is
+    read into directly; anything else goes through one temporary tensor."""
     for path in dict.fromkeys(e.path for e in entries):
         in_file = sorted((e for e in entries if e.path == path), key=lambda e: e.offset)
         with open(path, "rb", buffering=0) as f:
             for entry in in_file:
-                yield entry, read_tensor(f, entry)
+                target = target_for(entry)
+                if target is None:
+                    continue
+                if target.shape != entry.shape:
+                    raise ModelLoadError(
+                        f"checkpoint tensor {entry.name!r} has shape {entry.shape}, "
+                        f"the model expects {tuple(target.shape)}"
+                    )
+                direct = (
+                    target.device.type == "cpu"
+                    and target.dtype == entry.dtype
+                    and target.is_contiguous()
+                )
+                if direct:
+                    _read_exactly(f, entry, target)
+                else:
+                    target.copy_(read_tensor(f, entry))
 
 
 def read_tensor(f, entry: TensorEntry) -> torch.Tensor:
     tensor = torch.empty(entry.shape, dtype=entry.dtype)
-    buffer = memoryview(tensor.view(-1).view(torch.uint8).numpy())
+    _read_exactly(f, entry, tensor)
+    return tensor
+
+
+def _read_exactly(f, entry: TensorEntry, out: torch.Tensor) -> None:
+    buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
     f.seek(entry.offset)
     num_read = 0
     while num_read < entry.num_bytes:  # one read() returns at most ~2 GiB on Linux
@@ -133,4 +157,3 @@ def read_tensor(f, entry: TensorEntry) -> torch.Tensor:
         if not n:
             raise ModelLoadError(f"{entry.path} is truncated while reading {entry.name!r}")
         num_read += n
-    return tensor

@@ -15,9 +15,7 @@ class MergedLinear(nn.Linear):
         super().__init__(in_features, sum(output_sizes), bias=bias)
         self.output_sizes = output_sizes
 
-    def load_shard(self, param_name: str, index: int, tensor: torch.Tensor) -> None:
+    def shard(self, param_name: str, index: int) -> torch.Tensor:
+        """The rows of ``param_name`` (weight or bias) that checkpoint layer ``index`` fills."""
         start = sum(self.output_sizes[:index])
-        target = getattr(self, param_name).data.narrow(0, start, self.output_sizes[index])
-        if target.shape != tensor.shape:
-            raise ValueError(f"expected shape {tuple(target.shape)}, got {tuple(tensor.shape)}")
-        target.copy_(tensor)
+        return getattr(self, param_name).data.narrow(0, start, self.output_sizes[index])

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from engine import LLM, ModelLoadError, SamplingParams
-from engine.weights import checkpoint_files, iter_tensors, read_header
+from engine.weights import checkpoint_files, load_into, read_header
 from tests.conftest import load_reference
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
@@ -24,10 +24,18 @@ def test_reader_returns_exact_tensors(tmp_path):
         "empty": torch.zeros(0, 4),
     }
     save_file(tensors, tmp_path / "x.safetensors")
-    read = {entry.name: t for entry, t in iter_tensors(read_header(tmp_path / "x.safetensors"))}
-    assert read.keys() == tensors.keys()
+    # Same-dtype targets are read into directly; the fp64 one goes through a copy.
+    targets = {name: torch.full_like(t, 7) for name, t in tensors.items()}
+    targets["a"] = targets["a"].double()
+    load_into(read_header(tmp_path / "x.safetensors"), lambda entry: targets[entry.name])
     for name, tensor in tensors.items():
-        assert read[name].dtype == tensor.dtype and torch.equal(read[name], tensor)
+        assert torch.equal(targets[name].to(tensor.dtype), tensor)
+
+
+def test_shape_mismatch_is_a_load_error(tmp_path):
+    save_file({"a": torch.zeros(2, 3)}, tmp_path / "x.safetensors")
+    with pytest.raises(ModelLoadError, match="shape"):
+        load_into(read_header(tmp_path / "x.safetensors"), lambda entry: torch.zeros(3, 2))
 
 
 def test_sharded_checkpoint_loads_like_a_single_file(tiny_llama, tmp_path):
@@ -44,7 +52,7 @@ def test_sharded_checkpoint_loads_like_a_single_file(tiny_llama, tmp_path):
 def test_missing_weights_are_named(tiny_llama, tmp_path):
     for path in tiny_llama.iterdir():
         (tmp_path / path.name).write_bytes(path.read_bytes())
-    state = {e.name: t for e, t in iter_tensors(read_header(tiny_llama / "model.safetensors"))}
+    state = load_file(tiny_llama / "model.safetensors")
     del state["model.layers.1.mlp.down_proj.weight"]
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(ModelLoadError, match="down_proj"):
