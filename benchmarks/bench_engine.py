@@ -90,9 +90,13 @@ def main() -> None:
                 theirs.append(hf_tokens_per_s(hf_model, batch, args.new_tokens))
             rows.append((name, statistics.median(ours), statistics.median(theirs)))
     print(f"model: random Llama, {num_params / 1e6:.0f}M params, fp32, CPU")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, median of {args.repeats}")
+    print(
+        f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, median of {args.repeats}"
+    )
     print()
     print("| workload | edgechat tok/s | transformers tok/s | ratio |")
     print("|---|---|---|---|")

@@ -48,7 +48,8 @@ def paged_attention(
     max_query_len = int(query_lens.max())
 
     key_pos = torch.arange(max_seq_len, device=query.device)
-    slots = block_tables[:, key_pos // block_size].to(torch.int64) * block_size + key_pos % block_size
+    blocks = block_tables[:, key_pos // block_size].to(torch.int64)
+    slots = blocks * block_size + key_pos % block_size  # [num_seqs, max_seq_len]
     keys = k_cache.view(-1, num_kv_heads, head_dim)[slots]  # [num_seqs, max_seq_len, kv, d]
     values = v_cache.view(-1, num_kv_heads, head_dim)[slots]
 
