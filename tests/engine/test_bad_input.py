@@ -133,3 +133,19 @@ def test_bad_engine_config():
         EngineConfig(block_size=12)
     with pytest.raises(ValueError, match="dtype"):
         EngineConfig(dtype="int3")
+
+
+def test_chat_without_a_template_says_how_to_fix_it(tiny_llama, tmp_path):
+    model_dir = copy_checkpoint(tiny_llama, tmp_path / "m")
+    config_path = model_dir / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    del tokenizer_config["chat_template"]
+    config_path.write_text(json.dumps(tokenizer_config))
+    llm = LLM(str(model_dir), kv_cache_memory=0.01)
+    with pytest.raises(InvalidRequestError, match="--chat-template"):
+        llm.chat([{"role": "user", "content": "hi"}])
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}>>")
+    with_file = LLM(str(model_dir), kv_cache_memory=0.01, chat_template=str(template))
+    output = with_file.chat([{"role": "user", "content": "hi"}], GREEDY)
+    assert with_file.tokenizer.decode(output.prompt_token_ids) == "[user] hi\n>>"
