@@ -9,12 +9,9 @@ import torch
 from torch import nn
 
 from engine.layers.attention import PagedAttention
+from engine.memory import GIB
 
 logger = logging.getLogger(__name__)
-
-GIB = 1 << 30
-# Without an explicit budget on CPU: enough for a few full contexts, never a surprise.
-DEFAULT_CPU_KV_BYTES = 2 * GIB
 
 
 class KVCache:
@@ -39,19 +36,6 @@ def bytes_per_block(layers: list[PagedAttention], block_size: int, dtype: torch.
     return per_token * block_size * dtype.itemsize
 
 
-def kv_budget_bytes(
-    kv_cache_memory: float | None, kv_cache_fraction: float, device: torch.device
-) -> int:
-    """The bytes the pool may take: the explicit budget, else a fraction of free GPU
-    memory (measured after the weights are loaded), else a fixed CPU default."""
-    if kv_cache_memory is not None:
-        return int(kv_cache_memory * GIB)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * kv_cache_fraction)
-    return DEFAULT_CPU_KV_BYTES
-
-
 def num_blocks_for_budget(
     model: nn.Module,
     budget_bytes: int,
@@ -63,9 +47,10 @@ def num_blocks_for_budget(
     per_block = bytes_per_block(model.attention_layers(), block_size, dtype)
     num_blocks = min(budget_bytes // per_block, max_blocks_useful)
     logger.info(
-        "KV cache: %d blocks of %d tokens (%.2f GiB, budget %.2f GiB)",
+        "KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB of a %.2f GiB budget)",
         num_blocks,
         block_size,
+        num_blocks * block_size,
         num_blocks * per_block / GIB,
         budget_bytes / GIB,
     )

@@ -13,8 +13,9 @@ from engine.config import EngineConfig
 from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import EngineError, InvalidRequestError, PromptTooLongError
-from engine.kv_cache import KVCache, kv_budget_bytes, num_blocks_for_budget
+from engine.kv_cache import KVCache, num_blocks_for_budget
 from engine.loader import load_config, load_model, resolve_model_dir
+from engine.memory import check_weights_fit, checkpoint_bytes, kv_budget_bytes
 from engine.model_info import eos_token_ids, max_context_len, pick_device, pick_dtype
 from engine.outputs import RequestOutput
 from engine.request import Request
@@ -62,6 +63,7 @@ class LLMEngine:
         self.chat_template = ChatTemplate(self.tokenizer, config.chat_template)
         self.eos_token_ids = eos_token_ids(self.model_dir, hf_config, self.tokenizer)
         self.vocab_size = hf_config.vocab_size
+        check_weights_fit(checkpoint_bytes(self.model_dir, self.dtype), self.device)
         model = load_model(self.model_dir, hf_config, self.dtype, self.device)
         self.max_model_len, num_blocks = self._size_kv_cache(model, hf_config)
         self.kv_cache = KVCache(
