@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import LLM, EngineError
-from engine import memory
+from engine import LLM, EngineError, memory
 
 
 def test_checkpoint_bytes_follow_the_target_dtype(tiny_llama):
