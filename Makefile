@@ -26,6 +26,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/vermin -q --no-tips -t=3.10- --violations --eval-annotations engine kernels server client tests benchmarks
+	$(VENV)/bin/hadolint Dockerfile.x86 Dockerfile.jetson
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
