@@ -67,6 +67,9 @@ ChatML chat template. Serve a real checkpoint to get real answers.
 """
 
 
+CACHE_DIR_ENV = "EDGECHAT_CACHE_DIR"
+
+
 def cache_dir() -> Path:
     """Where edgechat caches generated files.
 
@@ -74,7 +77,7 @@ def cache_dir() -> Path:
     ``~/.cache/edgechat``. Empty variables count as unset (as the XDG spec says). The directory
     is not created here.
     """
-    explicit = os.environ.get("EDGECHAT_CACHE_DIR")
+    explicit = os.environ.get(CACHE_DIR_ENV)
     if explicit:
         return Path(explicit).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
