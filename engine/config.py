@@ -17,7 +17,9 @@ class EngineConfig:
     demo model. ``dtype="auto"`` takes float32 on CPU and the checkpoint's 16-bit type on
     GPU. ``kv_cache_memory`` (GiB) fixes the KV pool's size; without it the pool takes
     ``kv_cache_fraction`` of free GPU memory, or a conservative default on CPU.
-    ``max_model_len`` caps the context below the model's own limit.
+    ``max_model_len`` caps the context below the model's own limit. On a GPU, decode
+    steps replay CUDA graphs unless ``enforce_eager`` (for debugging, or to save the
+    graphs' memory and capture time).
     """
 
     model: str | None = None
@@ -31,6 +33,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     chat_template: str | None = None
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

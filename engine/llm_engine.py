@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import kernels
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
@@ -76,6 +77,8 @@ class LLMEngine:
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
         self.runner = ModelRunner(model, config.block_size, self.device)
+        if self.device.type == "cuda" and not config.enforce_eager and kernels.triton_available():
+            self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device)
         self.requests: dict[str, Request] = {}
         # Fast tokenizers are not safe to call from several threads at once.
@@ -130,11 +133,6 @@ class LLMEngine:
             raise PromptTooLongError(len(token_ids), self.max_model_len)
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
-        bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"logit_bias token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
-            )
         bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidRequestError(

@@ -12,7 +12,9 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from engine.errors import ModelLoadError
+from engine.layers.awq_linear import convert_to_awq
 from engine.models.registry import model_class_for
+from engine.quant.config import AWQConfig, read_quant_config
 from engine.weights import TensorEntry, checkpoint_files, load_into, read_header
 
 logger = logging.getLogger(__name__)
@@ -58,23 +60,38 @@ def load_config(model_dir: Path) -> PretrainedConfig:
 def load_model(
     model_dir: Path, config: PretrainedConfig, dtype: torch.dtype, device: torch.device
 ) -> nn.Module:
-    """Build the model for ``config`` and fill it from the checkpoint's safetensors."""
-    model_cls = model_class_for(config)
+    """Build the model for ``config`` and fill it from the checkpoint's safetensors
+    (dense, or AutoAWQ GEMM int4 as found on disk)."""
+    quant_config = read_quant_config(model_dir)
     entries = [entry for path in checkpoint_files(model_dir) for entry in read_header(path)]
-    with torch.device("meta"):
-        model = model_cls(config)
-    # Cast while still on meta (free), so memory is only ever allocated in the final dtype.
-    model = model.to(dtype).to_empty(device=device)
-    model.init_buffers(device)
+    model = build_model(config, quant_config, dtype, device)
     _fill_parameters(model, entries)
     return model.eval()
 
 
+def build_model(
+    config: PretrainedConfig,
+    quant_config: AWQConfig | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> nn.Module:
+    """The model with its weights allocated but not filled (rotary tables built)."""
+    model_cls = model_class_for(config)
+    with torch.device("meta"):
+        model = model_cls(config)
+        if quant_config is not None:
+            convert_to_awq(model, quant_config)
+    # Cast while still on meta (free), so memory is only ever allocated in the final dtype.
+    model = model.to(dtype).to_empty(device=device)
+    model.init_buffers(device)
+    return model
+
+
 def _fill_parameters(model: nn.Module, entries: list[TensorEntry]) -> None:
-    params = dict(model.named_parameters())
+    params = _checkpoint_tensors(model)
     modules = dict(model.named_modules())
     fused = getattr(model, "fused_layers", {})
-    unfilled = set(params)
+    unfilled = _expected_checkpoint_names(params, fused)
 
     def target_for(entry: TensorEntry) -> torch.Tensor | None:
         module_name, _, param_name = entry.name.rpartition(".")
@@ -82,9 +99,10 @@ def _fill_parameters(model: nn.Module, entries: list[TensorEntry]) -> None:
         if layer_name in fused:
             fused_name, index = fused[layer_name]
             target_name = f"{parent_name}.{fused_name}"
-            unfilled.discard(f"{target_name}.{param_name}")
-            return modules[target_name].shard(param_name, index)
-        if entry.name in params:
+            if f"{target_name}.{param_name}" in params:
+                unfilled.discard(entry.name)
+                return modules[target_name].shard(param_name, index)
+        elif entry.name in params:
             unfilled.discard(entry.name)
             return params[entry.name].data
         if not entry.name.endswith("rotary_emb.inv_freq"):
@@ -92,8 +110,32 @@ def _fill_parameters(model: nn.Module, entries: list[TensorEntry]) -> None:
         return None
 
     load_into(entries, target_for)
-    # NOTE: named_parameters() lists a tied LM head once, as the embedding it shares.
     missing = sorted(unfilled)
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ModelLoadError(f"the checkpoint lacks {len(missing)} weights: {shown}")
+
+
+def _expected_checkpoint_names(
+    params: dict[str, torch.Tensor], fused: dict[str, tuple[str, int]]
+) -> set[str]:
+    """The checkpoint tensors that fill ``params``: a fused parameter is one per member."""
+    members: dict[str, list[str]] = {}
+    for checkpoint_layer, (fused_layer, _) in fused.items():
+        members.setdefault(fused_layer, []).append(checkpoint_layer)
+    names = set()
+    for name in params:
+        module_name, _, param_name = name.rpartition(".")
+        parent_name, _, layer_name = module_name.rpartition(".")
+        for layer in members.get(layer_name, [layer_name]):
+            names.add(f"{parent_name}.{layer}.{param_name}" if parent_name else name)
+    return names
+
+
+def _checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers (AWQ's packed weights), by checkpoint name."""
+    # NOTE: named_parameters() lists a tied LM head once, as the embedding it shares.
+    tensors = dict(model.named_parameters())
+    persistent = model.state_dict(keep_vars=True).keys()
+    tensors.update((name, b) for name, b in model.named_buffers() if name in persistent)
+    return tensors

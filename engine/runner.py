@@ -1,11 +1,13 @@
 """Turns a scheduled batch into tensors, runs the model over the paged cache, and returns
-the logits of the sequences that sample this step."""
+the logits of the sequences that sample this step. Decode batches replay CUDA graphs
+once they are captured (GPU only); everything else runs eagerly."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from engine.cuda_graphs import DecodeGraphs
 from engine.layers.attention import AttentionMetadata
 from engine.scheduler import ScheduledBatch
 
@@ -15,6 +17,13 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
+        self.graphs: DecodeGraphs | None = None
+
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """Capture decode for batches up to ``max_num_seqs`` (CUDA only; the KV cache
+        must be bound, as the graphs read it)."""
+        max_blocks = -(-max_model_len // self.block_size)
+        self.graphs = DecodeGraphs(self.model, max_num_seqs, max_blocks, self.device)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
@@ -43,6 +52,11 @@ class ModelRunner:
             table + [0] * (max_blocks - len(table))
             for table in (seq.block_table for seq in batch.seqs)
         ]
+        # A decode batch: one new token per sequence, and every sequence samples.
+        if self.graphs is not None and (
+            len(input_ids) == len(sample_rows) == len(batch.seqs) <= self.graphs.max_batch_size
+        ):
+            return self.graphs.run(input_ids, positions, slot_mapping, block_tables, seq_lens)
 
         meta = AttentionMetadata(
             slot_mapping=self._tensor(slot_mapping, torch.int64),

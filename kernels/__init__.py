@@ -1,6 +1,111 @@
-"""Kernels over plain tensors. Each has a torch reference twin (kernels/reference.py)
-that serves CPU devices and is the oracle for the Triton versions."""
+"""Kernels over plain tensors. Each Triton kernel has a torch reference twin with the same
+signature (kernels/reference.py); these dispatchers run the Triton one on CUDA tensors and
+the twin on CPU ones.
 
-from kernels.reference import paged_attention, write_kv_cache
+NOTE: triton is imported on the first CUDA call, never at import: tests must be able to
+set TRITON_INTERPRET before any kernel is defined, and a CPU-only install needs no triton.
+"""
 
-__all__ = ["paged_attention", "write_kv_cache"]
+from __future__ import annotations
+
+import functools
+import logging
+from types import ModuleType
+
+import torch
+
+from kernels import reference
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "add_rms_norm",
+    "awq_linear",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "triton_available",
+    "write_kv_cache",
+]
+
+
+@functools.cache
+def _triton_ops() -> ModuleType | None:
+    try:
+        from kernels import triton_ops
+    except ImportError as e:  # e.g. a Jetson without the Jetson AI Lab triton wheel
+        logger.warning("triton is unavailable (%s): CUDA runs the slow torch kernels", e)
+        return None
+    return triton_ops
+
+
+def triton_available() -> bool:
+    """Whether CUDA tensors get the Triton kernels (which CUDA graphs need: the torch
+    twins sync with the host)."""
+    return _triton_ops() is not None
+
+
+def _ops(tensor: torch.Tensor) -> ModuleType:
+    if tensor.is_cuda:
+        return _triton_ops() or reference
+    return reference
+
+
+def write_kv_cache(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # [num_tokens] int64
+) -> None:
+    _ops(key).write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32
+    query_start_loc: torch.Tensor,  # [num_seqs + 1] int32
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    return _ops(query).paged_attention(
+        query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale
+    )
+
+
+def awq_linear(
+    x: torch.Tensor,  # [..., K]
+    qweight: torch.Tensor,  # [K, N/8] int32
+    qzeros: torch.Tensor,  # [K/G, N/8] int32
+    scales: torch.Tensor,  # [K/G, N]
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:  # [..., N]
+    return _ops(x).awq_linear(x, qweight, qzeros, scales, group_size, bias)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _ops(x).rms_norm(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _ops(x).add_rms_norm(x, residual, weight, eps)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [num_tokens] int64
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    cos: torch.Tensor,  # [max_position, head_dim // 2] fp32
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _ops(query).rotary_embedding(positions, query, key, cos, sin)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    return _ops(x).silu_and_mul(x)

@@ -1,5 +1,6 @@
 """Torch reference twins of the kernels: the CPU path, and the oracle the Triton kernels
-are tested against. Plain, readable tensor code; correctness over speed.
+are tested against. Plain, readable tensor code; correctness over speed (but no extra
+work on the CPU hot path: the dense model runs through these every step).
 
 KV pool layout (per layer, for K and for V): ``[num_blocks, block_size, num_kv_heads,
 head_dim]``. Token position ``p`` of a sequence lives in block ``block_table[p //
@@ -69,3 +70,70 @@ def paged_attention(
         enable_gqa=True,
     )
     return out.transpose(1, 2)[is_real_query].to(query.dtype)
+
+
+# Column j of each group of eight sits in nibble AWQ_NIBBLE_OF_COLUMN[j] (AutoAWQ's order).
+# NOTE: engine/quant/pack.py owns the format; kernels/ may not import engine/, so this
+# twin repeats the unpacking and tests hold the two against each other.
+AWQ_NIBBLE_OF_COLUMN = (0, 4, 1, 5, 2, 6, 3, 7)
+
+
+def awq_linear(
+    x: torch.Tensor,  # [..., K]
+    qweight: torch.Tensor,  # [K, N/8] int32, AutoAWQ GEMM layout
+    qzeros: torch.Tensor,  # [K/G, N/8] int32
+    scales: torch.Tensor,  # [K/G, N]
+    group_size: int,
+    bias: torch.Tensor | None = None,  # [N]
+) -> torch.Tensor:  # [..., N] in x's dtype
+    """``x @ W + bias`` with the int4 weight ``W[k, n] = (q - z) * s`` dequantized whole
+    (in fp32) on every call."""
+    shifts = torch.tensor(AWQ_NIBBLE_OF_COLUMN, device=x.device, dtype=torch.int32) * 4
+    q = (qweight[..., None] >> shifts) & 0xF  # [K, N/8, 8]
+    z = (qzeros[..., None] >> shifts) & 0xF
+    q = q.reshape(qweight.shape[0], -1)  # [K, N]
+    z = z.reshape(qzeros.shape[0], -1).repeat_interleave(group_size, dim=0)
+    s = scales.float().repeat_interleave(group_size, dim=0)
+    out = x.float() @ ((q - z).float() * s)
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as Llama-family checkpoints define it: statistics in fp32, the normalized
+    row rounded to x's dtype before the weight multiplies it."""
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(x + residual), x + residual)``: the residual stream and its norm."""
+    residual = x + residual
+    return rms_norm(residual, weight, eps), residual
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [num_tokens] int64
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    cos: torch.Tensor,  # [max_position, head_dim // 2] fp32
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each head's two halves by its token's angles (the HF "rotate_half" way)."""
+    cos = cos[positions][:, None, :]  # [num_tokens, 1, head_dim // 2]
+    sin = sin[positions][:, None, :]
+    return _rotate(query, cos, sin), _rotate(key, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [..., 2 * width] -> [..., width]
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 
-from engine.demo import write_tokenizer
+# NOTE: set before anything imports triton (transformers does, through torch._dynamo):
+# triton decides at import whether kernels compile or run in its CPU interpreter, and
+# without a GPU the kernel tests (tests/kernels) run in the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import transformers  # noqa: E402
+
+from engine.demo import write_tokenizer  # noqa: E402
 
 # Keep the whole suite off the user's real cache, and deterministic on 2 cores.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,9 +1,12 @@
-"""RMSNorm as Llama-family checkpoints define it (statistics in fp32)."""
+"""RMSNorm as Llama-family checkpoints define it (statistics in fp32), alone or fused with
+the residual add that precedes it in every decoder layer."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+import kernels
 
 
 class RMSNorm(nn.Module):
@@ -13,6 +16,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return kernels.rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(x + residual), x + residual)`` in one pass over the rows."""
+        return kernels.add_rms_norm(x, residual, self.weight, self.eps)

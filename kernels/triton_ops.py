@@ -1,0 +1,18 @@
+"""The Triton kernels under the dispatchers' names (imports triton)."""
+
+from kernels.activation import silu_and_mul
+from kernels.attention import paged_attention
+from kernels.awq_gemm import awq_linear
+from kernels.kv_write import write_kv_cache
+from kernels.norm import add_rms_norm, rms_norm
+from kernels.rotary import rotary_embedding
+
+__all__ = [
+    "add_rms_norm",
+    "awq_linear",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv_cache",
+]
