@@ -1,25 +1,53 @@
-"""The ``edgechat`` command line."""
+"""The ``edgechat`` command line: ``serve``, ``chat``, ``generate``, and the quantization
+commands of server/cli_quant.py.
+
+The options of ``serve`` and ``chat`` and the engine's options may also be set with
+``EDGECHAT_<OPTION>`` environment variables (``--max-model-len`` from
+``EDGECHAT_MAX_MODEL_LEN``; each option's help names its variable); an option given on
+the command line wins over the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 
-from engine import LLM, EngineError, SamplingParams
+from client import chat
+from server.cli_quant import add_quant_commands
+
+# NOTE: the engine (and torch) are imported by the commands that need them, so that
+# `edgechat chat` starts at once.
+
+logger = logging.getLogger("edgechat")
+
+ENV_PREFIX = "EDGECHAT_"
+# uvicorn's own deadline for open connections on shutdown: after the streams' grace
+# period (which sse-starlette notices within half a second), so streams end cleanly.
+SHUTDOWN_SLACK_SECONDS = 5.0
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, help: str, **kwargs) -> None:
+    """``add_argument`` with the default taken from the environment when set there.
+    argparse converts a string default with ``type``, so a bad value fails like a bad
+    flag would."""
+    name = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+    value = os.environ.get(name)
+    if value:
+        kwargs["default"] = value
+    parser.add_argument(flag, help=f"{help} [env {name}]", **kwargs)
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=None, help="checkpoint directory or Hub ID (default: the demo model)"
-    )
-    parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"]
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--kv-cache-memory", type=float, default=None, help="KV pool size in GiB")
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--chat-template", default=None, help="Jinja chat template file")
+    add_option(parser, "--model", "checkpoint directory or Hub ID (default: the demo model)")
+    add_option(parser, "--dtype", "auto, float32, float16 or bfloat16", default="auto")
+    add_option(parser, "--device", "auto, cpu or cuda[:N]", default="auto")
+    add_option(parser, "--kv-cache-memory", "KV pool size in GiB", type=float)
+    add_option(parser, "--max-model-len", "cap on the context length", type=int)
+    add_option(parser, "--max-num-seqs", "requests run at once", type=int, default=64)
+    add_option(parser, "--chat-template", "Jinja chat template file")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -28,11 +56,14 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         device=args.device,
         kv_cache_memory=args.kv_cache_memory,
         max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
         chat_template=args.chat_template,
     )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from engine import LLM, SamplingParams
+
     llm = LLM(args.model, **engine_kwargs(args))
     if llm.engine.is_demo:
         print("[demo model: random weights, the output is meaningless]", file=sys.stderr)
@@ -48,10 +79,133 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine import AsyncLLM, EngineConfig
+    from engine.demo import DEMO_MODEL_ID
+    from server.app import create_app
+    from server.settings import ServerSettings
+
+    try:
+        settings = ServerSettings(
+            api_key=args.api_key,
+            served_model_name=args.served_model_name,
+            max_queued_requests=args.max_queued_requests,
+            max_request_bytes=args.max_request_bytes,
+            keepalive_seconds=args.keepalive,
+            shutdown_grace_seconds=args.shutdown_timeout,
+        )
+        config = EngineConfig(model=args.model, **engine_kwargs(args))
+    except ValueError as e:  # both validate in __post_init__ (EngineError is a ValueError)
+        return _error(e)
+    if args.model is None:
+        logger.warning(
+            "no --model given: serving the built-in demo model %r (random weights, "
+            "meaningless output)",
+            DEMO_MODEL_ID,
+        )
+    load_failures: list[BaseException] = []
+
+    def on_load_failure(error: BaseException) -> None:
+        load_failures.append(error)
+        server.should_exit = True
+
+    app = create_app(settings, lambda: AsyncLLM(config), on_load_failure)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=logging.getLogger().level,
+            timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_SLACK_SECONDS,
+        )
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the
+    # handler it found; with the default one the process would die by the signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    server.run()
+    return 2 if load_failures else 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _error(error: Exception) -> int:
+    print(f"edgechat: error: {error}", file=sys.stderr)
+    return 2
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    return chat.main(
+        args.url,
+        args.api_key,
+        args.model,
+        args.image,
+        args.system,
+        args.temperature,
+        args.max_tokens,
+    )
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+    add_engine_args(serve)
+    add_option(serve, "--host", "address to listen on", default="127.0.0.1")
+    add_option(serve, "--port", "port to listen on (0: any free port)", type=int, default=8000)
+    add_option(serve, "--api-key", "require 'Authorization: Bearer KEY' (all but /health)")
+    add_option(
+        serve, "--served-model-name", "model id for clients (default: --model, or edgechat-demo)"
+    )
+    add_option(
+        serve,
+        "--max-queued-requests",
+        "generations that may wait for a slot before new requests get 503",
+        type=int,
+        default=256,
+    )
+    add_option(
+        serve, "--max-request-bytes", "larger bodies get 413", type=int, default=4 * (1 << 20)
+    )
+    add_option(
+        serve, "--keepalive", "seconds between SSE keep-alive comments", type=float, default=10.0
+    )
+    add_option(
+        serve,
+        "--shutdown-timeout",
+        "seconds running requests may take to finish on SIGTERM before they are aborted",
+        type=float,
+        default=10.0,
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
+def add_chat_parser(commands: argparse._SubParsersAction) -> None:
+    chat_parser = commands.add_parser("chat", help="chat with a server on the terminal")
+    add_option(chat_parser, "--url", "server address", default="http://127.0.0.1:8000")
+    add_option(chat_parser, "--api-key", "the server's API key")
+    # NOTE: not from $EDGECHAT_MODEL, which names the checkpoint `serve` loads.
+    chat_parser.add_argument("--model", help="model id (default: the server's first)")
+    add_option(chat_parser, "--system", "system prompt")
+    add_option(chat_parser, "--temperature", "sampling temperature", type=float)
+    add_option(chat_parser, "--max-tokens", "longest reply in tokens", type=int)
+    chat_parser.add_argument(
+        "--image",
+        action="append",
+        help="attach an image file to the first message, as a data-URL image_url part "
+        "(repeatable). edgechat answers 400 'this model does not accept images' until "
+        "vision models are supported",
+    )
+    chat_parser.set_defaults(func=cmd_chat)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgechat", description=__doc__)
-    parser.add_argument("--log-level", default="WARNING")
+    add_option(parser, "--log-level", "DEBUG, INFO, WARNING or ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(commands)
+    add_chat_parser(commands)
     generate = commands.add_parser("generate", help="generate text for one prompt, streamed")
     add_engine_args(generate)
     generate.add_argument("--prompt", required=True)
@@ -59,17 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.0)
     generate.add_argument("--seed", type=int, default=None)
     generate.set_defaults(func=cmd_generate)
+    add_quant_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # A server tells what it is doing; the one-shot commands stay quiet.
+    level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except EngineError as e:
-        print(f"edgechat: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as e:
+        # Bad input to the engine (a checkpoint that cannot load, bad options) is the
+        # user's to fix, not a crash. Commands that raise it have imported the engine.
+        from engine import EngineError
+
+        if not isinstance(e, EngineError):
+            raise
+        return _error(e)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""The FastAPI app: OpenAI-compatible endpoints over one AsyncLLM."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from engine import AsyncLLM
+from server.chat import create_chat_completion
+from server.completions import create_completion
+from server.context import ServerContext
+from server.errors import install_error_handlers
+from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from server.routes import health, list_models, metrics, retrieve_model
+from server.settings import ServerSettings
+from server.state import EngineHolder
+
+
+def create_app(
+    settings: ServerSettings,
+    load_engine: Callable[[], AsyncLLM],
+    on_load_failure: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """An app that, once started, calls ``load_engine`` in a background thread and
+    serves it; until it returns the app answers 503 (``on_load_failure`` hears if it
+    raises). The engine is shut down with the app."""
+    holder = EngineHolder(load_engine, settings.max_queued_requests)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder.start_loading(on_load_failure)
+        yield
+        holder.shutdown()
+
+    # No /docs: the endpoints take raw bodies (to answer OpenAI-style errors), so the
+    # generated schema would be empty; OpenAI's API reference is the documentation.
+    app = FastAPI(
+        title="edgechat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.ctx = ServerContext(settings, holder)
+    install_error_handlers(app)
+    app.add_api_route("/v1/chat/completions", create_chat_completion, methods=["POST"])
+    app.add_api_route("/v1/completions", create_completion, methods=["POST"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{model:path}", retrieve_model, methods=["GET"])
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    # The last one added runs first: the key is checked before any body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    return app

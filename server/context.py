@@ -1,0 +1,63 @@
+"""What the endpoints of one app share."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from importlib.metadata import version
+
+from fastapi import Request
+
+from engine import SamplingParams
+from server.errors import APIError
+from server.generation import Generation
+from server.metrics import Metrics
+from server.settings import ServerSettings
+from server.state import EngineHolder
+
+
+class ServerContext:
+    def __init__(self, settings: ServerSettings, holder: EngineHolder):
+        self.settings = settings
+        self.holder = holder
+        self.metrics = Metrics(holder, lambda: self.model_name)
+        self.created = int(time.time())
+
+    @property
+    def model_name(self) -> str:
+        """The id clients use; raises a 503 until the engine is loaded."""
+        return self.settings.served_model_name or self.holder.llm.model_name
+
+    @property
+    def fingerprint(self) -> str:
+        """OpenAI's ``system_fingerprint``: changes when what answers changes."""
+        llm = self.holder.llm
+        key = f"edgechat {version('edgechat')}:{llm.model_name}:{llm.max_model_len}"
+        return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+    def check_model(self, requested: str | None) -> str:
+        """The served model's name; a 404 if the request names another one."""
+        name = self.model_name
+        if requested is not None and requested != name:
+            raise APIError(
+                404,
+                f"the model {requested!r} does not exist; this server serves {name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return name
+
+    def start(
+        self, request: Request, prompts: list[list[int]], params: list[SamplingParams]
+    ) -> Generation:
+        """Admit the request's generations (a 503 when the queue is full)."""
+        ticket = self.holder.admit(len(prompts) * len(params))
+        return Generation(
+            self.holder.llm,
+            request.state.request_id,
+            prompts,
+            params,
+            ticket,
+            self.metrics,
+            request.state.arrival,
+        )

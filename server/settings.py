@@ -1,0 +1,42 @@
+"""What the HTTP layer needs to know that the engine does not: one frozen object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``api_key`` None serves without authentication. ``served_model_name`` None serves
+    the engine's own name (the checkpoint path or Hub ID, or ``edgechat-demo``).
+    ``max_queued_requests``: engine requests (a choice each) that may wait for one of
+    the engine's ``max_num_seqs`` slots before new ones get a 503.
+    ``keepalive_seconds``: how often an SSE stream sends a comment while it has no
+    tokens to send (queued, or prefilling a long prompt).
+    ``shutdown_grace_seconds``: on SIGTERM, how long running requests may go on before
+    they are aborted."""
+
+    api_key: str | None = None
+    served_model_name: str | None = None
+    max_queued_requests: int = 256
+    max_request_bytes: int = 4 * MIB
+    keepalive_seconds: float = 10.0
+    shutdown_grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.api_key == "":
+            raise ValueError("api_key must not be empty (use None to serve without a key)")
+        if self.served_model_name == "":
+            raise ValueError("served_model_name must not be empty")
+        if self.max_queued_requests < 0:
+            raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests}")
+        if self.max_request_bytes < 1024:
+            raise ValueError(f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
+        if self.keepalive_seconds <= 0:
+            raise ValueError(f"keepalive_seconds must be > 0, got {self.keepalive_seconds}")
+        if self.shutdown_grace_seconds < 0:
+            raise ValueError(
+                f"shutdown_grace_seconds must be >= 0, got {self.shutdown_grace_seconds}"
+            )

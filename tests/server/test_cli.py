@@ -1,0 +1,174 @@
+"""``edgechat serve`` as a real process: environment variables, and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.cli import build_parser, main
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECHAT_PORT", "9001")
+    monkeypatch.setenv("EDGECHAT_API_KEY", "from-env")
+    monkeypatch.setenv("EDGECHAT_MODEL", "/models/x")
+    monkeypatch.setenv("EDGECHAT_KV_CACHE_MEMORY", "0.5")
+    args = build_parser().parse_args(["serve"])
+    assert (args.port, args.api_key, args.model, args.kv_cache_memory) == (
+        9001,
+        "from-env",
+        "/models/x",
+        0.5,
+    )
+    assert (args.host, args.max_queued_requests, args.served_model_name) == ("127.0.0.1", 256, None)
+    args = build_parser().parse_args(["serve", "--port", "9002", "--api-key", "from-flag"])
+    assert (args.port, args.api_key) == (9002, "from-flag")
+    monkeypatch.setenv("EDGECHAT_PORT", "not-a-port")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve"])
+
+
+def test_generate_still_works(tiny_llama: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_llama),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "4",
+        "--kv-cache-memory",
+        "0.05",
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_bad_settings_exit_2(capsys: pytest.CaptureFixture) -> None:
+    assert main(["serve", "--max-queued-requests", "-1"]) == 2
+    assert "max_queued_requests" in capsys.readouterr().err
+
+
+@contextmanager
+def serve_process(model: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
+    """``edgechat serve`` on a free port; yields the process, its URL and its log lines."""
+    env = {**os.environ, "EDGECHAT_MODEL": str(model), "EDGECHAT_KV_CACHE_MEMORY": "0.05"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", "0", *flags],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        url = None
+        deadline = time.monotonic() + 90
+        while url is None and time.monotonic() < deadline and process.poll() is None:
+            for line in list(log):
+                if match := re.search(r"Uvicorn running on (http://\S+)", line):
+                    url = match.group(1)
+            time.sleep(0.05)
+        assert url is not None, "".join(log)
+        while httpx.get(f"{url}/health").status_code != 200:
+            time.sleep(0.05)
+        yield process, url, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def read_stream(url: str, body: dict, first_chunk: threading.Event) -> list[str]:
+    """The data payloads of a streamed completion; sets ``first_chunk`` on the first."""
+    events = []
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[len("data: ") :])
+                first_chunk.set()
+    return events
+
+
+@contextmanager
+def streaming_in_background(
+    url: str, body: dict
+) -> Iterator[tuple[list[list[str]], threading.Thread]]:
+    """Yields once the stream has started: where its events will be, and its thread."""
+    result: list[list[str]] = []
+    first_chunk = threading.Event()
+    thread = threading.Thread(target=lambda: result.append(read_stream(url, body, first_chunk)))
+    thread.start()
+    assert first_chunk.wait(timeout=30)
+    yield result, thread
+    thread.join(timeout=60)
+
+
+LONG_STREAM = {"prompt": "Go on", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_lets_running_streams_finish_and_exits_0(tiny_model_factory) -> None:
+    model = tiny_model_factory("llama", max_position_embeddings=2048)
+    with serve_process(model, "--shutdown-timeout", "60") as (process, url, log):
+        body = {**LONG_STREAM, "max_tokens": 600}
+        with streaming_in_background(url, body) as (result, stream):
+            process.send_signal(signal.SIGTERM)
+            # New connections are refused at once, while the stream goes on.
+            time.sleep(0.5)
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{url}/health")
+            assert stream.is_alive()
+        assert process.wait(timeout=60) == 0, "".join(log)
+    [events] = result
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    # All of it came (fewer chunks than tokens: the detokenizer may hold a token back).
+    assert len(chunks) - 1 >= 500
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_aborts_streams_after_the_grace_period(tiny_model_factory) -> None:
+    model = tiny_model_factory("llama", max_position_embeddings=2048)
+    with serve_process(model, "--shutdown-timeout", "0") as (process, url, log):
+        with streaming_in_background(url, LONG_STREAM) as (result, _):
+            process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(log)
+    [events] = result
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert (error["code"], error["type"]) == ("shutting_down", "server_error")
+
+
+@pytest.mark.timeout(120)
+def test_a_model_that_cannot_load_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    process = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--model", str(missing)],
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert process.returncode == 2, process.stderr
+    assert "cannot load the model" in process.stderr and str(missing) in process.stderr
