@@ -12,10 +12,11 @@ from server.chat import create_chat_completion
 from server.completions import create_completion
 from server.context import ServerContext
 from server.errors import install_error_handlers
-from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from server.middleware import PUBLIC_PATHS, APIKeyMiddleware, BodyLimitMiddleware
 from server.routes import health, list_models, metrics, retrieve_model
 from server.settings import ServerSettings
 from server.state import EngineHolder
+from server.web import mount_web_ui
 
 
 def create_app(
@@ -47,8 +48,11 @@ def create_app(
     app.add_api_route("/v1/models/{model:path}", retrieve_model, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
+    public_paths = PUBLIC_PATHS
+    if settings.web_ui:
+        public_paths |= mount_web_ui(app)
     # The last one added runs first: the key is checked before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key is not None:
-        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key, public_paths=public_paths)
     return app

@@ -95,6 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_bytes,
             keepalive_seconds=args.keepalive,
             shutdown_grace_seconds=args.shutdown_timeout,
+            web_ui=not args.no_web_ui,
         )
         config = EngineConfig(model=args.model, **engine_kwargs(args))
     except ValueError as e:  # both validate in __post_init__ (EngineError is a ValueError)
@@ -177,6 +178,11 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "seconds running requests may take to finish on SIGTERM before they are aborted",
         type=float,
         default=10.0,
+    )
+    serve.add_argument(
+        "--no-web-ui",
+        action="store_true",
+        help="do not serve the browser chat page at / (the API alone)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -18,14 +18,15 @@ PUBLIC_PATHS = frozenset({"/health"})
 
 
 class APIKeyMiddleware:
-    """Every route but ``PUBLIC_PATHS`` needs ``Authorization: Bearer <key>``."""
+    """Every route but ``public_paths`` needs ``Authorization: Bearer <key>``."""
 
-    def __init__(self, app: ASGIApp, api_key: str):
+    def __init__(self, app: ASGIApp, api_key: str, public_paths: frozenset[str] = PUBLIC_PATHS):
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")

@@ -16,7 +16,8 @@ class ServerSettings:
     ``keepalive_seconds``: how often an SSE stream sends a comment while it has no
     tokens to send (queued, or prefilling a long prompt).
     ``shutdown_grace_seconds``: on SIGTERM, how long running requests may go on before
-    they are aborted."""
+    they are aborted.
+    ``web_ui``: serve the browser chat page (client/web/) at ``/``."""
 
     api_key: str | None = None
     served_model_name: str | None = None
@@ -24,6 +25,7 @@ class ServerSettings:
     max_request_bytes: int = 4 * MIB
     keepalive_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
+    web_ui: bool = True
 
     def __post_init__(self) -> None:
         if self.api_key == "":
