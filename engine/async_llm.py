@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from engine.config import EngineConfig
 from engine.llm_engine import EngineStats, LLMEngine
+from engine.multimodal.images import ImageInput
 from engine.outputs import RequestOutput
 from engine.sampling import SamplingParams
 
@@ -46,17 +47,31 @@ class AsyncLLM:
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         return self.engine.chat_prompt(messages)
 
-    def check_prompt(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
+    def chat_request(self, messages: list[dict]) -> tuple[list[int], list[ImageInput]]:
+        """Token ids and images of OpenAI-style messages (see ``LLMEngine.chat_request``);
+        pass both to ``generate``."""
+        return self.engine.chat_request(messages)
+
+    def check_prompt(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        images: list[ImageInput] | None = None,
+    ) -> list[int]:
         """Tokenize and validate a request as ``generate`` would, without queuing it, and
         return the prompt's token ids: a server answers bad input before it streams."""
-        return self.engine.make_sequence("check", prompt, params).prompt_token_ids
+        return self.engine.make_sequence("check", prompt, params, images).prompt_token_ids
 
     async def generate(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        images: list[ImageInput] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream one request's outputs until it finishes. Bad input raises a ValueError
         before anything is queued. Leaving the iteration early aborts the request."""
-        seq = self.engine.make_sequence(request_id, prompt, params)
+        seq = self.engine.make_sequence(request_id, prompt, params, images)
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use")
         outputs: asyncio.Queue = asyncio.Queue()

@@ -51,8 +51,14 @@ class LLM:
         return self._run([seq.request_id for seq in seqs], use_tqdm)
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
-        """Answer one conversation (OpenAI-style messages) with the chat template."""
-        return self.generate([self.engine.chat_prompt(messages)], params)[0]
+        """Answer one conversation (OpenAI-style messages, with ``image_url`` parts for
+        VLMs) with the chat template."""
+        token_ids, images = self.engine.chat_request(messages)
+        seq = self.engine.make_sequence(
+            f"llm-{next(self._ids)}", token_ids, params or SamplingParams(), images
+        )
+        self.engine.add_sequence(seq)
+        return self._run([seq.request_id], use_tqdm=False)[0]
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}

@@ -18,6 +18,9 @@ from engine.kv_cache import KVCache, num_blocks_for_budget
 from engine.loader import load_config, load_model, resolve_model_dir
 from engine.memory import check_weights_fit, checkpoint_bytes, kv_budget_bytes
 from engine.model_info import eos_token_ids, max_context_len, pick_device, pick_dtype
+from engine.multimodal.images import ImageInput
+from engine.multimodal.prompt import flatten_messages, render_chat
+from engine.multimodal.requests import ImageRequests
 from engine.outputs import RequestOutput
 from engine.request import Request
 from engine.runner import ModelRunner
@@ -44,6 +47,8 @@ class EngineStats:
     num_preemptions: int
     num_prompt_tokens: int
     num_generation_tokens: int
+    num_image_cache_hits: int = 0
+    num_image_cache_misses: int = 0
 
 
 class LLMEngine:
@@ -58,15 +63,21 @@ class LLMEngine:
         if self.is_demo:
             logger.warning("serving the built-in DEMO model: random weights, meaningless output")
         hf_config = load_config(self.model_dir)
+        # VLM configs nest the language model's (vocab, context, eos); others return self.
+        text_config = hf_config.get_text_config()
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, hf_config, self.device)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.chat_template = ChatTemplate(self.tokenizer, config.chat_template)
-        self.eos_token_ids = eos_token_ids(self.model_dir, hf_config, self.tokenizer)
-        self.vocab_size = hf_config.vocab_size
+        self.eos_token_ids = eos_token_ids(self.model_dir, text_config, self.tokenizer)
+        self.vocab_size = text_config.vocab_size
         check_weights_fit(checkpoint_bytes(self.model_dir, self.dtype), self.device)
         model = load_model(self.model_dir, hf_config, self.dtype, self.device)
-        self.max_model_len, num_blocks = self._size_kv_cache(model, hf_config)
+        self.max_model_len, num_blocks = self._size_kv_cache(model, text_config)
+        # Set for VLMs only: their image token, preprocessing and checks.
+        self.vision: ImageRequests | None = None
+        if hasattr(model, "encode_images"):
+            self.vision = ImageRequests(self.model_dir, hf_config, model, self.tokenizer)
         self.kv_cache = KVCache(
             model.attention_layers(), num_blocks, config.block_size, self.dtype, self.device
         )
@@ -112,14 +123,28 @@ class LLMEngine:
     # -- requests ---------------------------------------------------------------------
 
     def make_sequence(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        images: list[ImageInput] | None = None,
     ) -> Sequence:
-        """Validate and tokenize a request. Raises InvalidRequestError (a ValueError)."""
+        """Validate and tokenize a request. Raises InvalidRequestError (a ValueError).
+
+        With ``images`` (from ``chat_request``), token-id prompts carry each image's
+        tokens already expanded; in a string prompt each image token is expanded here."""
+        images = list(images or [])
+        if images and self.vision is None:
+            raise InvalidRequestError(f"model {self.model_name!r} does not accept images")
+        if self.vision is not None:
+            self.vision.check(images)
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("the prompt is empty")
             with self.tokenizer_lock:
                 token_ids = self.tokenizer(prompt).input_ids
+            if images:
+                token_ids = self.vision.expand(token_ids)
         else:
             token_ids = list(prompt)
             if not token_ids:
@@ -138,7 +163,12 @@ class LLMEngine:
             raise InvalidRequestError(
                 f"logit_bias token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
             )
-        return Sequence(request_id, token_ids, params, self.config.block_size)
+        if self.vision is None:
+            return Sequence(request_id, token_ids, params, self.config.block_size)
+        extra_hash, positions = self.vision.spans(token_ids, images)
+        return Sequence(
+            request_id, token_ids, params, self.config.block_size, extra_hash, images, positions
+        )
 
     def add_sequence(self, seq: Sequence) -> None:
         if seq.request_id in self.requests:
@@ -148,8 +178,14 @@ class LLMEngine:
         self.sampler.add_request(seq.seq_id, seq.params.seed)
         self.scheduler.add(seq)
 
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
-        self.add_sequence(self.make_sequence(request_id, prompt, params))
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        images: list[ImageInput] | None = None,
+    ) -> None:
+        self.add_sequence(self.make_sequence(request_id, prompt, params, images))
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """End a request now and free its KV blocks; None if it is not running."""
@@ -195,7 +231,9 @@ class LLMEngine:
     def _run(self, batch: ScheduledBatch) -> list[SampleResult]:
         # NOTE: writes nothing but the KV slots of the batch's uncomputed tokens (and the
         # random draws of its sampled rows), so a batch that raises can be run again.
-        return self.sampler.sample(self.runner.run(batch), batch.sampling)
+        logits = self.runner.run(batch)
+        # A step of prompt chunks only (a long prompt alone) has nothing to sample.
+        return self.sampler.sample(logits, batch.sampling) if batch.sampling else []
 
     def _run_one_by_one(
         self, batch: ScheduledBatch, outputs: list[RequestOutput]
@@ -251,12 +289,33 @@ class LLMEngine:
     # -- chat and stats ---------------------------------------------------------------
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Token ids of ``messages`` rendered by the chat template, ready to generate."""
+        """Token ids of text-only ``messages`` rendered by the chat template, ready to
+        generate. Messages with images need ``chat_request``."""
+        token_ids, images = self.chat_request(messages)
+        if images:
+            raise InvalidRequestError("messages with images need chat_request, not chat_prompt")
+        return token_ids
+
+    def chat_request(self, messages: list[dict]) -> tuple[list[int], list[ImageInput]]:
+        """OpenAI-style ``messages`` (content a string, or ``text`` and ``image_url``
+        parts in any order) -> the prompt's token ids, each image's tokens expanded, and
+        its images in order: pass both to ``make_sequence``/``add_request``. Decodes and
+        preprocesses the images (CPU work: callers may run it off the event loop)."""
+        if self.vision is None:
+            flat, images = flatten_messages(messages, None, None, 0)
+        else:
+            flat, images = self.vision.flatten(messages)
         with self.tokenizer_lock:
-            return self.chat_template.encode(messages)
+            text = render_chat(self.chat_template, messages, flat)
+            # The template writes any BOS itself, so the tokenizer must not add another.
+            token_ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if images:
+            token_ids = self.vision.expand(token_ids)
+        return token_ids, images
 
     def stats(self) -> EngineStats:
         bm = self.block_manager
+        cache = self.runner.image_cache
         return EngineStats(
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
@@ -268,4 +327,6 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             num_prompt_tokens=self.num_prompt_tokens,
             num_generation_tokens=self.num_generation_tokens,
+            num_image_cache_hits=cache.num_hits if cache is not None else 0,
+            num_image_cache_misses=cache.num_misses if cache is not None else 0,
         )

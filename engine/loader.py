@@ -3,8 +3,10 @@ tensor by tensor into a model built on the meta device (never two copies in memo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,6 +67,8 @@ def load_model(
     quant_config = read_quant_config(model_dir)
     entries = [entry for path in checkpoint_files(model_dir) for entry in read_header(path)]
     model = build_model(config, quant_config, dtype, device)
+    if hasattr(model, "checkpoint_name"):
+        entries = _renamed(entries, model.checkpoint_name)
     _fill_parameters(model, entries)
     return model.eval()
 
@@ -102,7 +106,8 @@ def _fill_parameters(model: nn.Module, entries: list[TensorEntry]) -> None:
             if f"{target_name}.{param_name}" in params:
                 unfilled.discard(entry.name)
                 return modules[target_name].shard(param_name, index)
-        elif entry.name in params:
+        # Not fused here (e.g. a vision tower's q_proj): loads by its own name.
+        if entry.name in params:
             unfilled.discard(entry.name)
             return params[entry.name].data
         if not entry.name.endswith("rotary_emb.inv_freq"):
@@ -114,6 +119,19 @@ def _fill_parameters(model: nn.Module, entries: list[TensorEntry]) -> None:
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ModelLoadError(f"the checkpoint lacks {len(missing)} weights: {shown}")
+
+
+def _renamed(
+    entries: list[TensorEntry], checkpoint_name: Callable[[str], str | None]
+) -> list[TensorEntry]:
+    """Entries under the model's own names (checkpoint layouts vary between library
+    versions); those it maps to None are tensors it does not use."""
+    renamed = []
+    for entry in entries:
+        name = checkpoint_name(entry.name)
+        if name is not None:
+            renamed.append(dataclasses.replace(entry, name=name))
+    return renamed
 
 
 def _expected_checkpoint_names(

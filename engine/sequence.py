@@ -33,6 +33,8 @@ class Sequence:
         params: SamplingParams,
         block_size: int,
         extra_hash: bytes = b"",
+        images: list | None = None,
+        image_positions: list[int] | None = None,
     ):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
@@ -40,6 +42,13 @@ class Sequence:
         self.block_size = block_size
         # NOTE: extra_hash folds non-token inputs (e.g. image hashes) into the prefix keys.
         self.extra_hash = extra_hash
+        # Opaque here (engine/multimodal's ImageInput): image i fills the prompt positions
+        # image_positions[i * n : (i + 1) * n], n = len(image_positions) // len(images).
+        self.images = images or []
+        self.image_positions = image_positions or []
+        # Features of the images encoded so far, by index, kept while the request lives
+        # because chunked prefill may reach an image's positions over several steps.
+        self.image_embeds: dict[int, object] = {}
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.status = SequenceStatus.WAITING

@@ -101,9 +101,16 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        input_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        hidden, residual = self.embed_tokens(input_ids), None
+        """``input_embeds`` (``[num_tokens, hidden]``) replaces the embedding lookup: VLMs
+        pass the token embeddings with image features written over the image tokens."""
+        hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        residual = None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual, meta)
         return self.norm.add_and_norm(hidden, residual)[0]

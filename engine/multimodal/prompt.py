@@ -1,0 +1,117 @@
+"""OpenAI chat messages with image parts -> token ids with image spans.
+
+Content given as a list of parts (``text`` and ``image_url``, in any order) is flattened
+to a string, one image placeholder (the model's image token, e.g. ``<image>``) where each
+image was and parts joined by newlines, so any chat template (even one that only takes
+string content) keeps the images exactly where the user put them. After tokenization
+each placeholder token is expanded to one position per image feature, as Hugging Face's
+LLaVA processor does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.errors import InvalidRequestError
+from engine.multimodal.images import ImageInput
+from engine.tokenizer import ChatTemplate
+
+
+def flatten_messages(
+    messages: list[dict],
+    load_image: Callable[[str], ImageInput] | None,
+    placeholder: str | None,
+    max_images: int,
+) -> tuple[list[dict], list[ImageInput]]:
+    """Messages with string content, and their images in order. ``load_image`` is None
+    for text-only models, which then refuse image parts."""
+    if not isinstance(messages, list):
+        raise InvalidRequestError("messages must be a list")
+    flat: list[dict] = []
+    images: list[ImageInput] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise InvalidRequestError("each message must be an object")
+        content = message.get("content")
+        if not isinstance(content, list):
+            flat.append(message)
+            continue
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise InvalidRequestError("a text part needs a string 'text'")
+                if placeholder is not None and placeholder in part["text"]:
+                    raise InvalidRequestError(
+                        f"message text must not contain the image placeholder {placeholder!r}"
+                    )
+                texts.append(part["text"])
+            elif kind == "image_url":
+                if load_image is None:
+                    raise InvalidRequestError("this model does not accept images")
+                if len(images) == max_images:
+                    raise InvalidRequestError(f"a prompt may hold at most {max_images} images")
+                images.append(load_image(_url_of(part)))
+                texts.append(placeholder)
+            else:
+                raise InvalidRequestError(
+                    f"unsupported content part type {kind!r}; use 'text' or 'image_url'"
+                )
+        flat.append({**message, "content": "\n".join(texts)})
+    return flat, images
+
+
+def render_chat(template: ChatTemplate, messages: list[dict], flat: list[dict]) -> str:
+    """Render ``flat`` (``messages`` through ``flatten_messages``). Templates differ:
+    ChatML-like ones take string content only, while llava-hf's iterate over parts and
+    render nothing of a string. So: strings first, then each flattened message as one
+    text part; the first rendering that shows every flattened message's text wins."""
+    flattened = [i for i, m in enumerate(messages) if isinstance(m.get("content"), list)]
+    as_parts = [
+        {**m, "content": [{"type": "text", "text": m["content"]}]} if i in flattened else m
+        for i, m in enumerate(flat)
+    ]
+    error = InvalidRequestError("the chat template drops the text of messages given as parts")
+    for candidate in (flat, as_parts) if flattened else (flat,):
+        try:
+            text = template.render(candidate)
+        except InvalidRequestError as e:
+            error = e
+            continue
+        if all(flat[i]["content"].strip() in text for i in flattened):
+            return text
+    raise error
+
+
+def _url_of(part: dict) -> str:
+    image_url = part.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+    if not isinstance(url, str):
+        raise InvalidRequestError("an image_url part needs image_url.url (a string)")
+    return url
+
+
+def expand_image_tokens(
+    token_ids: list[int], image_token_id: int, num_image_tokens: int
+) -> list[int]:
+    """Each image token repeated ``num_image_tokens`` times."""
+    expanded: list[int] = []
+    for token_id in token_ids:
+        expanded += [token_id] * num_image_tokens if token_id == image_token_id else [token_id]
+    return expanded
+
+
+def image_positions(
+    token_ids: list[int], image_token_id: int, num_images: int, num_image_tokens: int
+) -> list[int]:
+    """Positions of the image tokens; image ``i`` owns
+    ``positions[i * num_image_tokens : (i + 1) * num_image_tokens]`` (in order, as in
+    Hugging Face's LLaVA). Raises when they do not match the images given."""
+    positions = [p for p, token_id in enumerate(token_ids) if token_id == image_token_id]
+    if len(positions) != num_images * num_image_tokens:
+        raise InvalidRequestError(
+            f"the prompt has {len(positions)} image tokens but {num_images} images take "
+            f"{num_images * num_image_tokens} ({num_image_tokens} each)"
+        )
+    return positions

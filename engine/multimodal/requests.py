@@ -1,0 +1,61 @@
+"""A VLM's side of request handling: which token stands for an image and how many
+positions one takes, the preprocessing of the images a request brings, and the checks
+that a prompt's image tokens and its images agree."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from engine.errors import InvalidRequestError
+from engine.multimodal.images import ImageInput, ImageLimits, ImageProcessor
+from engine.multimodal.prompt import expand_image_tokens, flatten_messages, image_positions
+
+
+class ImageRequests:
+    def __init__(
+        self, model_dir: Path, hf_config, model, tokenizer, limits: ImageLimits | None = None
+    ):
+        self.image_token_id: int = model.image_token_id
+        self.num_image_tokens: int = model.num_image_tokens
+        self.placeholder: str = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        self.processor = ImageProcessor(model_dir, hf_config, limits)
+        image_size = hf_config.vision_config.image_size
+        self.pixel_shape = (3, image_size, image_size)
+
+    @property
+    def limits(self) -> ImageLimits:
+        return self.processor.limits
+
+    def flatten(self, messages: list[dict]) -> tuple[list[dict], list[ImageInput]]:
+        """String-content messages with one placeholder per image, and the images
+        (decoded and preprocessed) in order."""
+        return flatten_messages(
+            messages, self.processor.load, self.placeholder, self.limits.max_images
+        )
+
+    def expand(self, token_ids: list[int]) -> list[int]:
+        return expand_image_tokens(token_ids, self.image_token_id, self.num_image_tokens)
+
+    def check(self, images: list[ImageInput]) -> None:
+        if len(images) > self.limits.max_images:
+            raise InvalidRequestError(f"a prompt may hold at most {self.limits.max_images} images")
+        for image in images:
+            if not isinstance(image, ImageInput) or image.pixel_values.shape != self.pixel_shape:
+                raise InvalidRequestError(
+                    f"images must be ImageInputs of shape {self.pixel_shape} "
+                    "(from chat_request or ImageProcessor.load)"
+                )
+
+    def spans(self, token_ids: list[int], images: list[ImageInput]) -> tuple[bytes, list[int]]:
+        """The Sequence's ``extra_hash`` and ``image_positions`` for a prompt whose image
+        tokens are expanded; raises when they do not match ``images``."""
+        positions = image_positions(
+            token_ids, self.image_token_id, len(images), self.num_image_tokens
+        )
+        if not images:
+            return b"", positions
+        # NOTE: the same placeholder tokens stand for any image: the prefix cache must
+        # key on the pixels too.
+        hashes = b"".join(image.content_hash for image in images)
+        return hashlib.blake2b(hashes, digest_size=16).digest(), positions

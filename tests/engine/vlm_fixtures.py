@@ -1,0 +1,95 @@
+"""Tiny random LLaVA checkpoints and image helpers shared by the VLM tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import torch
+import transformers
+from PIL import Image
+
+from engine.demo import write_tokenizer
+from engine.multimodal.images import CLIP_MEAN, CLIP_STD
+from tests.conftest import TINY
+
+IMAGE_TOKEN = "<image>"
+IMAGE_SIZE = 56  # 4 x 4 patches of 14: 16 image tokens under the "default" strategy
+
+
+def build_tiny_llava(out_dir: Path, seed: int = 0, **overrides) -> Path:
+    """A tiny random LlavaForConditionalGeneration with the demo tokenizer plus ``<image>``
+    and a CLIP preprocessor_config.json; ``overrides`` go to LlavaConfig."""
+    tokenizer = write_tokenizer(out_dir)
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    tokenizer.save_pretrained(out_dir, save_jinja_files=False)
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=14,
+    )
+    text = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **TINY,
+    )
+    config = transformers.LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        **overrides,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlavaForConditionalGeneration(config).to(torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0, 0.15)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "preprocessor_config.json").write_text(
+        json.dumps(
+            dict(
+                image_mean=list(CLIP_MEAN),
+                image_std=list(CLIP_STD),
+                size={"shortest_edge": IMAGE_SIZE},
+                crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                do_center_crop=True,
+                resample=3,
+            )
+        )
+    )
+    return out_dir
+
+
+def load_llava_reference(model_dir: Path):
+    return transformers.LlavaForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32
+    ).eval()
+
+
+def random_image(seed: int, size: tuple[int, int] = (80, 64), mode: str = "RGB") -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = torch.randint(0, 256, (size[1], size[0], channels), generator=generator)
+    return Image.fromarray(pixels.to(torch.uint8).squeeze(-1).numpy(), mode)
+
+
+def data_url(image: Image.Image, fmt: str = "PNG", **save_args) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    media = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif"}[fmt]
+    return f"data:image/{media};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
