@@ -144,3 +144,12 @@ def test_chat_uses_the_template(llm):
     )
     assert output.prompt_token_ids == llm.tokenizer(rendered, add_special_tokens=False).input_ids
     assert len(output.token_ids) == 12
+
+
+def test_a_prompt_longer_than_the_token_budget_runs_alone(tiny_llama, llm):
+    # Steps that only prefill chunks sample nothing; the engine must not trip on that.
+    long_prompt = [1] + [(13 * j) % 1900 + 4 for j in range(60)]
+    chunked = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_batched_tokens=16, max_num_seqs=4)
+    output = chunked.generate([long_prompt], GREEDY)[0]
+    assert output.finish_reason == "length"
+    assert output.token_ids == alone(llm, long_prompt)
