@@ -28,3 +28,8 @@ class ModelLoadError(EngineError):
 
 class UnsupportedModelError(ModelLoadError):
     """A checkpoint of an architecture or format the engine does not implement."""
+
+
+class QuantizationError(EngineError):
+    """A quantization run that cannot start as asked (bad options, calibration data or
+    output directory); raised before any long work begins."""

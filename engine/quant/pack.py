@@ -24,7 +24,7 @@ def pack_int4(values: torch.Tensor) -> torch.Tensor:
     rows, cols = values.shape
     assert cols % 8 == 0, "packed dimension must be a multiple of 8"
     nibbles = values.to(torch.int64).view(rows, cols // 8, 8)[..., list(AWQ_ORDER)]
-    packed = (nibbles << SHIFTS.to(torch.int64)).sum(-1)
+    packed = (nibbles << SHIFTS.to(values.device, torch.int64)).sum(-1)
     # Two's-complement wrap into int32 (the top nibble may set the sign bit).
     return (packed - ((packed >> 31) << 32)).to(torch.int32)
 
@@ -45,9 +45,12 @@ class QuantizedWeight:
     group_size: int
 
 
-def quantize_rtn(weight: torch.Tensor, group_size: int) -> QuantizedWeight:
-    """Round-to-nearest int4 with a zero point, per output channel and input group.
-    ``weight`` is an nn.Linear weight, [N, K] (out x in)."""
+def rtn_codes(
+    weight: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest int4 with a zero point, per output channel and input group, in
+    fp32: ``(q, zeros, scales)`` of shapes [N, K/G, G], [N, K/G, 1], [N, K/G, 1] for an
+    nn.Linear weight [N, K] (out x in). ``(q - zeros) * scales`` is the quantized weight."""
     out_features, in_features = weight.shape
     if in_features % group_size:
         raise ValueError(f"group size {group_size} does not divide {in_features} in-features")
@@ -55,8 +58,14 @@ def quantize_rtn(weight: torch.Tensor, group_size: int) -> QuantizedWeight:
     w_max, w_min = groups.amax(-1, keepdim=True), groups.amin(-1, keepdim=True)
     scales = (w_max - w_min).clamp(min=1e-5) / 15
     zeros = (-torch.round(w_min / scales)).clamp(0, 15)
-    q = (torch.round(groups / scales) + zeros).clamp(0, 15)
-    q = q.reshape(out_features, in_features).to(torch.int32)
+    q = torch.round(groups / scales).add_(zeros).clamp_(0, 15)
+    return q, zeros, scales
+
+
+def quantize_rtn(weight: torch.Tensor, group_size: int) -> QuantizedWeight:
+    """``rtn_codes`` packed into AutoAWQ GEMM tensors."""
+    q, zeros, scales = rtn_codes(weight, group_size)
+    q = q.reshape(weight.shape).to(torch.int32)
     return QuantizedWeight(
         qweight=pack_int4(q.t().contiguous()),
         qzeros=pack_int4(zeros[..., 0].t().contiguous().to(torch.int32)),

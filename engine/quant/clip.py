@@ -1,0 +1,60 @@
+"""AWQ's clip search: per quantization group, the max |w| to clip to before rounding.
+
+Clipping a group's few largest weights shrinks its step, so every other weight rounds
+more finely; the search picks, per output channel and group, the shrink ratio whose
+partial outputs ``x_g @ w_g`` on sample tokens are closest to the unclipped float ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.quant.rtn import fake_quantize
+
+CLIP_GRID = 20
+MAX_SHRINK = 0.5  # ratios 1, 0.95, ..., 0.55 of max |w|
+NUM_SAMPLE_TOKENS = 512
+# Elements of one [out_channels, tokens, groups] partial-output tensor: 16 MiB in fp32,
+# of which the search holds a few at once.
+MAX_BATCH_ELEMENTS = 1 << 22
+
+
+@torch.no_grad()
+def search_clip(weight: torch.Tensor, x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The best max |w| per output channel and input group, [N, K/G, 1] in fp32, for a
+    linear weight [N, K] whose input is ``x`` [..., K]."""
+    out_features, in_features = weight.shape
+    num_groups = in_features // group_size
+    x = x.reshape(-1, in_features)
+    x = x[:: max(1, x.shape[0] // NUM_SAMPLE_TOKENS)].float()
+    x = x.reshape(x.shape[0], num_groups, group_size)  # [tokens, groups, group_size]
+    w = weight.float().reshape(out_features, num_groups, group_size)
+    batch = max(1, MAX_BATCH_ELEMENTS // (x.shape[0] * num_groups))
+    return torch.cat([_search_batch(w_b, x, group_size) for w_b in w.split(batch)])
+
+
+def _search_batch(w: torch.Tensor, x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``search_clip`` for a batch of output channels, ``w`` [n, groups, group_size]."""
+    reference = torch.einsum("tgk,ngk->ntg", x, w)  # partial outputs per group
+    max_abs = w.abs().amax(dim=-1, keepdim=True)  # [n, groups, 1]
+    best_max = max_abs.clone()
+    best_error = torch.full_like(max_abs, float("inf"))
+    for step in range(int(MAX_SHRINK * CLIP_GRID)):
+        limit = max_abs * (1 - step / CLIP_GRID)
+        clipped = torch.clamp(w, -limit, limit).reshape(w.shape[0], -1)
+        quantized = fake_quantize(clipped, group_size).reshape(w.shape)
+        output = torch.einsum("tgk,ngk->ntg", x, quantized)
+        error = (output - reference).pow(2).mean(dim=1)[..., None]  # [n, groups, 1]
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_max = torch.where(better, limit, best_max)
+    return best_max
+
+
+@torch.no_grad()
+def apply_clip(linear: nn.Linear, max_abs: torch.Tensor) -> None:
+    """Clamp ``linear``'s weight, group by group, to ``[-max_abs, max_abs]`` in place."""
+    grouped = linear.weight.data.reshape(*max_abs.shape[:2], -1)
+    limit = max_abs.to(grouped.dtype)
+    grouped.copy_(torch.clamp(grouped, -limit, limit))

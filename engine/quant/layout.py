@@ -1,0 +1,85 @@
+"""Where the quantizer finds things in a model: the decoder layers, their linears, and
+which linears AWQ scales together. Names are the same in the transformers module tree and
+in the checkpoint, so one prefix locates a layer in both (a VLM's language model will be
+the same layout under another prefix)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class ScaleGroup:
+    """Linears that read the same input, scaled together by one per-input-channel vector
+    ``s`` (weights times ``s``) whose inverse is folded into ``prev_op``, the norm or linear
+    that produces that input. Names are relative to the decoder layer."""
+
+    prev_op: str
+    linears: tuple[str, ...]
+    # The module whose output the scale search compares: the block that the scaled
+    # linears feed (attention, MLP); None means the single linear itself.
+    inspect: str | None = None
+
+    @property
+    def input_of(self) -> str:
+        """The linear whose recorded input stands for the whole group's."""
+        return self.linears[0]
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    layers: str  # the ModuleList of decoder layers, e.g. "model.layers"
+    embed_tokens: str
+    rotary: str  # the module that turns positions into the rotary (cos, sin) tables
+    scale_groups: tuple[ScaleGroup, ...]  # together they cover every quantized linear
+    # Linears whose clip search is skipped: q/k feed a product of two quantized outputs,
+    # which the per-linear error measures badly (AutoAWQ skips them too).
+    no_clip: tuple[str, ...]
+    # Linear layers left in 16 bits, for quantization_config's modules_to_not_convert.
+    not_converted: tuple[str, ...]
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        return tuple(name for group in self.scale_groups for name in group.linears)
+
+    def layer_prefix(self, index: int) -> str:
+        return f"{self.layers}.{index}."
+
+
+LLAMA = DecoderLayout(
+    layers="model.layers",
+    embed_tokens="model.embed_tokens",
+    rotary="model.rotary_emb",
+    scale_groups=(
+        ScaleGroup(
+            "input_layernorm",
+            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            inspect="self_attn",
+        ),
+        # Only applies when v_proj's outputs are o_proj's inputs one to one (not under GQA).
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",)),
+        ScaleGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), inspect="mlp"),
+        ScaleGroup("mlp.up_proj", ("mlp.down_proj",)),
+    ),
+    no_clip=("self_attn.q_proj", "self_attn.k_proj"),
+    not_converted=("lm_head",),
+)
+
+LAYOUTS: dict[str, DecoderLayout] = {
+    "LlamaForCausalLM": LLAMA,
+    "MistralForCausalLM": LLAMA,
+    "Qwen2ForCausalLM": LLAMA,
+}
+
+
+def layout_for(config) -> DecoderLayout:
+    architectures = getattr(config, "architectures", None) or []
+    for name in architectures:
+        if name in LAYOUTS:
+            return LAYOUTS[name]
+    raise UnsupportedModelError(
+        f"cannot quantize architecture {', '.join(architectures) or '(none given)'}; "
+        f"supported: {', '.join(sorted(LAYOUTS))}"
+    )

@@ -1,0 +1,135 @@
+"""The AWQ search: scaling keeps the function, the search finds the outlier channels, and
+the result is clearly more accurate than round-to-nearest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.quant.awq import apply_scales, group_applies, search_scales
+from engine.quant.clip import apply_clip, search_clip
+from engine.quant.dense import load_dense
+from engine.quant.forward import BlockRunner, record_inputs
+from engine.quant.layout import LLAMA
+from engine.quant.rtn import fake_quantize
+from tests.conftest import load_reference
+from tests.quant.conftest import GROUP_SIZE, NUM_OUTLIER_CHANNELS, calib_ids
+
+
+def layer_inputs(reference, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The input of every decoder layer of the fp32 reference for ``ids``."""
+    inputs = []
+    handles = [
+        layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+        for layer in reference.model.layers
+    ]
+    with torch.no_grad():
+        reference(ids)
+    for handle in handles:
+        handle.remove()
+    return inputs
+
+
+def relative_layer_errors(reference, quantized, ids: torch.Tensor) -> list[float]:
+    """Per layer: ||quantized layer(x) - fp32 layer(x)||^2 / ||fp32 layer(x) - x||^2, for
+    the fp32 model's own inputs x (so errors do not compound across layers)."""
+    runner = BlockRunner(reference.model.rotary_emb, ids.shape[1], torch.float32, "cpu")
+    errors = []
+    with torch.no_grad():
+        for x, ours, theirs in zip(
+            layer_inputs(reference, ids), quantized.model.layers, reference.model.layers
+        ):
+            expected = runner.outputs(theirs, x)
+            got = runner.outputs(ours, x)
+            errors.append(float((got - expected).pow(2).sum() / (expected - x).pow(2).sum()))
+    return errors
+
+
+def test_awq_layer_error_is_well_below_rtn(outlier_llama, quantized_factory):
+    reference = load_reference(outlier_llama)
+    held_out = calib_ids(num_samples=4, seq_len=64, seed=7)
+    errors = {
+        method: relative_layer_errors(
+            reference, load_dense(quantized_factory(outlier_llama, method)), held_out
+        )
+        for method in ("rtn", "awq")
+    }
+    for awq, rtn in zip(errors["awq"], errors["rtn"]):
+        assert awq < 0.7 * rtn, errors
+
+
+def test_clipping_helps_awq(outlier_llama, quantized_factory):
+    reference = load_reference(outlier_llama)
+    held_out = calib_ids(num_samples=4, seq_len=64, seed=7)
+    clipped, unclipped = (
+        sum(
+            relative_layer_errors(
+                reference, load_dense(quantized_factory(outlier_llama, clip=c)), held_out
+            )
+        )
+        for c in (True, False)
+    )
+    assert clipped < unclipped
+
+
+@pytest.fixture()
+def first_layer(outlier_llama):
+    """Layer 0 of the fp32 reference, its runner and its recorded group inputs."""
+    reference = load_reference(outlier_llama)
+    ids = calib_ids(num_samples=4)
+    runner = BlockRunner(reference.model.rotary_emb, ids.shape[1], torch.float32, "cpu")
+    layer = reference.model.layers[0]
+    x = layer_inputs(reference, ids)[0]
+    inputs, _ = record_inputs(layer, runner, x, [g.input_of for g in LLAMA.scale_groups])
+    return layer, runner, x, inputs
+
+
+def test_folded_scales_keep_the_layers_function(first_layer):
+    layer, runner, x, inputs = first_layer
+    with torch.no_grad():
+        expected = runner.outputs(layer, x)
+        generator = torch.Generator().manual_seed(0)
+        for group in LLAMA.scale_groups:
+            assert group_applies(layer, group)
+            in_features = layer.get_submodule(group.input_of).in_features
+            scales = torch.rand(in_features, generator=generator) * 4 + 0.25
+            apply_scales(layer, group, scales, inputs[group.input_of])
+        torch.testing.assert_close(runner.outputs(layer, x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_scale_search_boosts_the_outlier_channels(first_layer):
+    layer, runner, _, inputs = first_layer
+    group = LLAMA.scale_groups[0]
+    scales = search_scales(layer, group, inputs[group.input_of], runner, GROUP_SIZE)
+    outliers = layer.input_layernorm.weight.abs().topk(NUM_OUTLIER_CHANNELS).indices
+    assert set(scales.topk(NUM_OUTLIER_CHANNELS).indices.tolist()) == set(outliers.tolist())
+
+
+def test_search_leaves_the_weights_as_they_were(first_layer):
+    layer, runner, _, inputs = first_layer
+    before = {name: p.clone() for name, p in layer.named_parameters()}
+    for group in LLAMA.scale_groups:
+        search_scales(layer, group, inputs[group.input_of], runner, GROUP_SIZE)
+    for name, param in layer.named_parameters():
+        assert torch.equal(param, before[name]), name
+
+
+def test_o_proj_is_not_scaled_under_grouped_query_attention(tiny_model_factory):
+    gqa = load_reference(tiny_model_factory("llama")).model.layers[0]  # 4 query, 2 KV heads
+    v_to_o = LLAMA.scale_groups[1]
+    assert v_to_o.prev_op == "self_attn.v_proj"
+    assert not group_applies(gqa, v_to_o)
+
+
+def test_clip_search_never_does_worse_than_no_clip(first_layer):
+    layer, _, _, inputs = first_layer
+    linear = layer.mlp.down_proj
+    x = inputs["mlp.down_proj"].reshape(-1, linear.in_features)
+    max_abs = search_clip(linear.weight, x, GROUP_SIZE)
+    grouped = linear.weight.reshape(*max_abs.shape[:2], -1)
+    assert (max_abs <= grouped.abs().amax(-1, keepdim=True)).all()
+    original = linear.weight.detach().clone()
+    unclipped_error = (x @ (fake_quantize(original, GROUP_SIZE) - original).t()).pow(2).mean()
+    apply_clip(linear, max_abs)
+    clipped_error = (x @ (fake_quantize(linear.weight, GROUP_SIZE) - original).t()).pow(2).mean()
+    assert clipped_error < unclipped_error
