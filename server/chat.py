@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import Request
@@ -67,9 +68,11 @@ async def create_chat_completion(request: Request) -> Response:
     model = ctx.check_model(body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs to be true", param="top_logprobs")
+    messages = chat_messages(body.messages, ctx.accepts_images)
     try:
-        prompt = llm.chat_prompt(chat_messages(body.messages))
-    except EngineError as e:  # the chat template refused them
+        # Off the event loop: it decodes and preprocesses the images.
+        prompt, images = await asyncio.to_thread(llm.chat_request, messages)
+    except EngineError as e:  # an image or the chat template refused
         raise bad_request(str(e), param="messages") from None
     # NOTE: by default a chat answer may fill the context (OpenAI's behaviour).
     max_tokens = (
@@ -77,12 +80,12 @@ async def create_chat_completion(request: Request) -> Response:
     )
     params = sampling_params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
     try:
-        llm.check_prompt(prompt, params[0])
+        llm.check_prompt(prompt, params[0], images)
     except EngineError as e:
         raise engine_error(e, "messages") from None
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     fmt = ChatFormat(
         request.state.request_id, model, int(time.time()), ctx.fingerprint, include_usage
     )
-    generation = ctx.start(request, [prompt], params)
+    generation = ctx.start(request, [prompt], params, [images])
     return await respond(request, generation, fmt, body.stream, ctx.settings)

@@ -200,8 +200,7 @@ def add_chat_parser(commands: argparse._SubParsersAction) -> None:
         "--image",
         action="append",
         help="attach an image file to the first message, as a data-URL image_url part "
-        "(repeatable). edgechat answers 400 'this model does not accept images' until "
-        "vision models are supported",
+        "(repeatable); a text-only model answers 400 'this model does not accept images'",
     )
     chat_parser.set_defaults(func=cmd_chat)
 

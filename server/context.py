@@ -9,6 +9,7 @@ from importlib.metadata import version
 from fastapi import Request
 
 from engine import SamplingParams
+from engine.multimodal.images import ImageInput
 from server.errors import APIError
 from server.generation import Generation
 from server.metrics import Metrics
@@ -35,6 +36,11 @@ class ServerContext:
         key = f"edgechat {version('edgechat')}:{llm.model_name}:{llm.max_model_len}"
         return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
+    @property
+    def accepts_images(self) -> bool:
+        # NOTE: AsyncLLM has no public flag; the engine sets ``vision`` for VLMs only.
+        return self.holder.llm.engine.vision is not None
+
     def check_model(self, requested: str | None) -> str:
         """The served model's name; a 404 if the request names another one."""
         name = self.model_name
@@ -48,9 +54,14 @@ class ServerContext:
         return name
 
     def start(
-        self, request: Request, prompts: list[list[int]], params: list[SamplingParams]
+        self,
+        request: Request,
+        prompts: list[list[int]],
+        params: list[SamplingParams],
+        images: list[list[ImageInput]] | None = None,
     ) -> Generation:
-        """Admit the request's generations (a 503 when the queue is full)."""
+        """Admit the request's generations (a 503 when the queue is full). ``images[i]``
+        are prompt i's images, if any prompt has some."""
         ticket = self.holder.admit(len(prompts) * len(params))
         return Generation(
             self.holder.llm,
@@ -60,4 +71,5 @@ class ServerContext:
             ticket,
             self.metrics,
             request.state.arrival,
+            images,
         )

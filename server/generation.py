@@ -10,6 +10,7 @@ import anyio
 from starlette.requests import Request
 
 from engine import AsyncLLM, RequestOutput, SamplingParams
+from engine.multimodal.images import ImageInput
 from server.metrics import Metrics
 from server.state import Ticket
 
@@ -24,7 +25,8 @@ class ShuttingDown(Exception):
 
 class Generation:
     """Choice ``i`` generates from ``prompts[i // n]`` with ``params[i % n]``, where
-    ``n = len(params)``: n choices per prompt, as OpenAI numbers them.
+    ``n = len(params)``: n choices per prompt, as OpenAI numbers them. ``images[i]``
+    (when given) are the images of ``prompts[i]``.
 
     ``outputs`` starts the engine requests and yields their outputs as they come, timed
     for the metrics. ``close`` aborts whatever still runs and gives the admission ticket
@@ -41,6 +43,7 @@ class Generation:
         ticket: Ticket,
         metrics: Metrics,
         arrival: float,
+        images: list[list[ImageInput]] | None = None,
     ):
         self.llm = llm
         self.request_id = request_id
@@ -49,6 +52,7 @@ class Generation:
         self.ticket = ticket
         self.metrics = metrics
         self.arrival = arrival
+        self.images = images
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
 
@@ -97,8 +101,10 @@ class Generation:
     async def _run_choice(self, index: int) -> None:
         prompt = self.prompts[index // self.n]
         params = self.params[index % self.n]
+        images = None if self.images is None else self.images[index // self.n]
+        request_id = f"{self.request_id}-{index}"
         try:
-            async for output in self.llm.generate(f"{self.request_id}-{index}", prompt, params):
+            async for output in self.llm.generate(request_id, prompt, params, images):
                 self._queue.put_nowait((index, output))
         except Exception as e:
             self._queue.put_nowait((index, e))

@@ -176,6 +176,16 @@ class EngineCollector(Collector):
                 "Prompt tokens found in the prefix cache.",
                 stats.num_prefix_hit_tokens,
             ),
+            (
+                "edgechat:image_cache_hits",
+                "Images whose features came from the image embedding cache.",
+                stats.num_image_cache_hits,
+            ),
+            (
+                "edgechat:image_cache_misses",
+                "Images run through the vision tower (not in the image embedding cache).",
+                stats.num_image_cache_misses,
+            ),
             ("vllm:num_preemptions", "Requests preempted.", stats.num_preemptions),
         )
         for metric_name, doc, value in gauges:

@@ -1,4 +1,4 @@
-"""Request prompts into what the engine takes: chat messages with string content, and
+"""Request prompts into what the engine takes: chat messages for ``chat_request``, and
 completion prompts as a list of strings or token-id lists."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ IMAGE_PART_TYPES = ("image_url", "input_image")
 TOOL_ROLES = ("tool", "function")
 
 
-def chat_messages(messages: list[ChatMessage]) -> list[dict]:
-    """OpenAI messages as ``{"role", "content": str}`` for the chat template. Text parts
-    are joined with newlines (as vLLM does, so prompts render the same there and here);
-    anything but text is refused."""
+def chat_messages(messages: list[ChatMessage], accepts_images: bool) -> list[dict]:
+    """OpenAI messages as ``{"role", "content"}`` dicts for the engine's ``chat_request``,
+    content a string or a list of parts in the order given: ``text``, and ``image_url``
+    when the model accepts images (the engine decodes and checks those). Refused here,
+    with the part's place: the roles and part types we never serve."""
     rendered = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -28,27 +29,24 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict]:
         if content is None:
             raise bad_request(f"{where}.content must be given", param="messages")
         if isinstance(content, list):
-            content = "\n".join(
-                _part_text(part, f"{where}.content[{j}]") for j, part in enumerate(content)
-            )
+            for j, part in enumerate(content):
+                _check_part(part, f"{where}.content[{j}]", accepts_images)
         rendered.append({"role": message.role, "content": content})
     return rendered
 
 
-def _part_text(part: dict, where: str) -> str:
+def _check_part(part: dict, where: str, accepts_images: bool) -> None:
     kind = part.get("type")
-    if kind in IMAGE_PART_TYPES:
+    if kind in IMAGE_PART_TYPES and not accepts_images:
         raise bad_request(
             f"{where}: this model does not accept images",
             param="messages",
             code="images_not_supported",
         )
-    if kind != "text":
+    if kind not in ("text", "image_url"):
         raise bad_request(f"{where}: content parts of type {kind!r} are not supported", "messages")
-    text = part.get("text")
-    if not isinstance(text, str):
+    if kind == "text" and not isinstance(part.get("text"), str):
         raise bad_request(f"{where}.text must be a string", param="messages")
-    return text
 
 
 def completion_prompts(

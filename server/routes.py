@@ -19,7 +19,7 @@ def _model_card(ctx: ServerContext) -> dict:
         "owned_by": "edgechat",
         "root": llm.model_name,
         "max_model_len": llm.max_model_len,
-        "accepts_images": False,
+        "accepts_images": ctx.accepts_images,
         # The built-in demo: random weights, meaningless output.
         "demo": llm.is_demo,
     }

@@ -1,5 +1,5 @@
 """Real uvicorn servers on 127.0.0.1 (a free port, a background thread) over a tiny random
-Llama, and the clients that talk to them."""
+Llama (or LLaVA), and the clients that talk to them."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from engine import AsyncLLM, EngineConfig, RequestOutput, SamplingParams
 from server.app import create_app
 from server.settings import ServerSettings
+from tests.engine.vlm_fixtures import build_tiny_llava
 
 API_KEY = "sk-test-key"
 # A small pool keeps the engine's allocations (and the block checks) quick.
@@ -123,6 +124,18 @@ def live_server(
 def server(tiny_llama: Path) -> Iterator[LiveServer]:
     """One server per test module, with an API key."""
     with live_server(tiny_llama) as live:
+        yield live
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    return build_tiny_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(scope="module")
+def vlm_server(tiny_llava: Path) -> Iterator[LiveServer]:
+    """One server over the tiny LLaVA per test module, with an API key."""
+    with live_server(tiny_llava) as live:
         yield live
 
 
