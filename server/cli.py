@@ -96,6 +96,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             keepalive_seconds=args.keepalive,
             shutdown_grace_seconds=args.shutdown_timeout,
             web_ui=not args.no_web_ui,
+            cors_origins=tuple(
+                o.strip() for o in (args.cors_origins or "").split(",") if o.strip()
+            ),
         )
         config = EngineConfig(model=args.model, **engine_kwargs(args))
     except ValueError as e:  # both validate in __post_init__ (EngineError is a ValueError)
@@ -178,6 +181,11 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "seconds running requests may take to finish on SIGTERM before they are aborted",
         type=float,
         default=10.0,
+    )
+    add_option(
+        serve,
+        "--cors-origins",
+        "comma-separated web origins whose pages may call the API ('*': any)",
     )
     serve.add_argument(
         "--no-web-ui",

@@ -17,7 +17,9 @@ class ServerSettings:
     tokens to send (queued, or prefilling a long prompt).
     ``shutdown_grace_seconds``: on SIGTERM, how long running requests may go on before
     they are aborted.
-    ``web_ui``: serve the browser chat page (client/web/) at ``/``."""
+    ``web_ui``: serve the browser chat page (client/web/) at ``/``.
+    ``cors_origins``: web origins (e.g. ``http://robot.local:3000``) whose pages may call
+    the API from a browser; ``("*",)`` allows any. Empty: same-origin pages only."""
 
     api_key: str | None = None
     served_model_name: str | None = None
@@ -26,6 +28,7 @@ class ServerSettings:
     keepalive_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
     web_ui: bool = True
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.api_key == "":
