@@ -67,9 +67,15 @@ class LLMEngine:
         text_config = hf_config.get_text_config()
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, hf_config, self.device)
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.chat_template = ChatTemplate(self.tokenizer, config.chat_template)
-        self.eos_token_ids = eos_token_ids(self.model_dir, text_config, self.tokenizer)
+        # VILA keeps its tokenizer with the language model, in a subfolder.
+        tokenizer_dir = getattr(hf_config, "tokenizer_dir", self.model_dir)
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.chat_template = ChatTemplate(
+            self.tokenizer,
+            config.chat_template,
+            getattr(hf_config, "default_chat_template", None),
+        )
+        self.eos_token_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
         self.vocab_size = text_config.vocab_size
         check_weights_fit(checkpoint_bytes(self.model_dir, self.dtype), self.device)
         model = load_model(self.model_dir, hf_config, self.dtype, self.device)
@@ -77,7 +83,8 @@ class LLMEngine:
         # Set for VLMs only: their image token, preprocessing and checks.
         self.vision: ImageRequests | None = None
         if hasattr(model, "encode_images"):
-            self.vision = ImageRequests(self.model_dir, hf_config, model, self.tokenizer)
+            processor_dir = getattr(hf_config, "processor_dir", self.model_dir)
+            self.vision = ImageRequests(processor_dir, hf_config, model, self.tokenizer)
         self.kv_cache = KVCache(
             model.attention_layers(), num_blocks, config.block_size, self.dtype, self.device
         )

@@ -16,8 +16,9 @@ from transformers import AutoConfig, PretrainedConfig
 from engine.errors import ModelLoadError
 from engine.layers.awq_linear import convert_to_awq
 from engine.models.registry import model_class_for
+from engine.models.vila import VilaConfig
 from engine.quant.config import AWQConfig, read_quant_config
-from engine.weights import TensorEntry, checkpoint_files, load_into, read_header
+from engine.weights import TensorEntry, checkpoint_entries, is_split_checkpoint, load_into
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,10 @@ def _download(repo_id: str) -> Path:
         raise ModelLoadError(f"cannot fetch model {repo_id!r} from the Hub: {e}") from None
 
 
-def load_config(model_dir: Path) -> PretrainedConfig:
+def load_config(model_dir: Path) -> PretrainedConfig | VilaConfig:
     try:
+        if is_split_checkpoint(model_dir):
+            return VilaConfig(model_dir)
         return AutoConfig.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"cannot read the config of {model_dir}: {e}") from None
@@ -65,7 +68,7 @@ def load_model(
     """Build the model for ``config`` and fill it from the checkpoint's safetensors
     (dense, or AutoAWQ GEMM int4 as found on disk)."""
     quant_config = read_quant_config(model_dir)
-    entries = [entry for path in checkpoint_files(model_dir) for entry in read_header(path)]
+    entries = checkpoint_entries(model_dir)
     model = build_model(config, quant_config, dtype, device)
     if hasattr(model, "checkpoint_name"):
         entries = _renamed(entries, model.checkpoint_name)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import EngineError
-from engine.weights import checkpoint_files, read_header
+from engine.weights import checkpoint_entries
 
 GIB = 1 << 30
 # Left to the OS, the CUDA context and the Python heap when RAM is shared (Orin Nano: 8 GiB).
@@ -48,10 +48,9 @@ def usable_bytes(device: torch.device) -> int:
 def checkpoint_bytes(model_dir: Path, dtype: torch.dtype) -> int:
     """Bytes the weights take once loaded: floating tensors in ``dtype``, others as stored."""
     total = 0
-    for path in checkpoint_files(model_dir):
-        for entry in read_header(path):
-            numel = entry.num_bytes // entry.dtype.itemsize
-            total += numel * dtype.itemsize if entry.dtype.is_floating_point else entry.num_bytes
+    for entry in checkpoint_entries(model_dir):
+        numel = entry.num_bytes // entry.dtype.itemsize
+        total += numel * dtype.itemsize if entry.dtype.is_floating_point else entry.num_bytes
     return total
 
 

@@ -18,12 +18,18 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
 
 
 class ChatTemplate:
-    """Renders OpenAI-style messages with the tokenizer's Jinja chat template, or with
-    the template in ``template_file`` when given (for checkpoints that lack one)."""
+    """Renders OpenAI-style messages with the template in ``template_file`` when given,
+    else the tokenizer's Jinja chat template, else ``default`` (the conversation format a
+    model family documents, for checkpoints whose tokenizer has none)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, template_file: str | None = None):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        template_file: str | None = None,
+        default: str | None = None,
+    ):
         self.tokenizer = tokenizer
-        self.template = None
+        self.template = None if tokenizer.chat_template is not None else default
         if template_file is not None:
             try:
                 self.template = Path(template_file).read_text()

@@ -10,6 +10,7 @@ or corrupt file fails with a clear error before anything is read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -111,6 +112,27 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     if not files:
         raise ModelLoadError(f"no .safetensors weights found in {model_dir}")
     return files
+
+
+# VILA saves each part of the model as a checkpoint of its own, in these subfolders.
+SPLIT_PARTS = ("llm", "vision_tower", "mm_projector")
+
+
+def is_split_checkpoint(model_dir: Path) -> bool:
+    return (model_dir / "llm" / "config.json").exists()
+
+
+def checkpoint_entries(model_dir: Path) -> list[TensorEntry]:
+    """Every tensor of a checkpoint. Those of a checkpoint split into ``SPLIT_PARTS``
+    are named ``<part>.<name within the part>``."""
+    if not is_split_checkpoint(model_dir):
+        return [entry for path in checkpoint_files(model_dir) for entry in read_header(path)]
+    return [
+        dataclasses.replace(entry, name=f"{part}.{entry.name}")
+        for part in SPLIT_PARTS
+        for path in checkpoint_files(model_dir / part)
+        for entry in read_header(path)
+    ]
 
 
 def load_into(

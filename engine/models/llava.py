@@ -37,6 +37,18 @@ PREFIXES = [
 _VISION_LAYER = re.compile(r"vision_tower\.encoder\.layers\.(\d+)\.")
 
 
+def tower_name(name: str, tower: VisionTower) -> str | None:
+    """``name`` (ours), or None for a tensor of the tower's unused tail: the layers past
+    the deepest feature layer, the post-norm, a pooling head."""
+    if name.startswith("vision_tower."):
+        layer = _VISION_LAYER.match(name)
+        if layer is not None:
+            return name if int(layer[1]) < len(tower.encoder.layers) else None
+        if name.startswith(("vision_tower.post_layernorm.", "vision_tower.head.")):
+            return None
+    return name
+
+
 class LlavaProjector(nn.Module):
     def __init__(self, in_size: int, out_size: int, act: str, bias: bool):
         super().__init__()
@@ -86,19 +98,12 @@ class LlavaForConditionalGeneration(nn.Module):
         )
 
     def checkpoint_name(self, name: str) -> str | None:
-        """Our name for a checkpoint tensor; None for the tower's unused tail (the layers
-        past the deepest feature layer, the post-norm, a pooling head)."""
+        """Our name for a checkpoint tensor; None for one we do not use."""
         for old, new in PREFIXES:
             if name.startswith(old):
                 name = new + name[len(old) :]
                 break
-        if name.startswith("vision_tower."):
-            layer = _VISION_LAYER.match(name)
-            if layer is not None:
-                return name if int(layer[1]) < len(self.vision_tower.encoder.layers) else None
-            if name.startswith(("vision_tower.post_layernorm.", "vision_tower.head.")):
-                return None
-        return name
+        return tower_name(name, self.vision_tower)
 
     def init_buffers(self, device: torch.device) -> None:
         self.language_model.init_buffers(device)

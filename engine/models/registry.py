@@ -7,12 +7,14 @@ from torch import nn
 from engine.errors import UnsupportedModelError
 from engine.models.llama import LlamaForCausalLM, Qwen2ForCausalLM
 from engine.models.llava import LlavaForConditionalGeneration
+from engine.models.vila import VilaForCausalLM
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
+    "LlavaLlamaModel": VilaForCausalLM,
 }
 
 

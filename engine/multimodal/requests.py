@@ -7,16 +7,37 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from engine.errors import InvalidRequestError
+from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.multimodal.images import ImageInput, ImageLimits, ImageProcessor
 from engine.multimodal.prompt import expand_image_tokens, flatten_messages, image_positions
+
+# Tokens that stand for an image in models (VILA) whose config names none: VILA marks
+# images with -200, outside the vocabulary, which our prompts (and validation) cannot
+# hold; any in-vocabulary special token that text never produces serves as well, since
+# its embedding is overwritten. The placeholder check keeps it out of user text.
+BORROWABLE_IMAGE_TOKENS = ("<image>", "<unk>", "<|reserved_special_token_0|>")
+
+
+def borrowed_image_token(tokenizer) -> int:
+    """The first of ``BORROWABLE_IMAGE_TOKENS`` that the tokenizer reads as one token."""
+    vocab = tokenizer.get_vocab()
+    for token in BORROWABLE_IMAGE_TOKENS:
+        token_id = vocab.get(token)
+        if token_id is not None and tokenizer.encode(token, add_special_tokens=False) == [token_id]:
+            return token_id
+    raise UnsupportedModelError(
+        f"the tokenizer has none of {', '.join(BORROWABLE_IMAGE_TOKENS)} to stand for images"
+    )
 
 
 class ImageRequests:
     def __init__(
         self, model_dir: Path, hf_config, model, tokenizer, limits: ImageLimits | None = None
     ):
-        self.image_token_id: int = model.image_token_id
+        image_token_id = getattr(model, "image_token_id", None)
+        if image_token_id is None:
+            image_token_id = borrowed_image_token(tokenizer)
+        self.image_token_id: int = image_token_id
         self.num_image_tokens: int = model.num_image_tokens
         self.placeholder: str = tokenizer.convert_ids_to_tokens(self.image_token_id)
         self.processor = ImageProcessor(model_dir, hf_config, limits)
