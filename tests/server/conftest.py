@@ -60,7 +60,7 @@ class LiveServer:
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
 
-    def all_blocks_free(self, timeout: float = 5.0) -> bool:
+    def all_blocks_free(self, timeout: float = 15.0) -> bool:
         """Polls until every KV block is free again (or ``timeout`` passes)."""
         block_manager = self.llm.engine.block_manager
         deadline = time.monotonic() + timeout
