@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.errors import EngineError
+from engine.multimodal.images import ImageLimits
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -20,6 +22,11 @@ class EngineConfig:
     ``max_model_len`` caps the context below the model's own limit. On a GPU, decode
     steps replay CUDA graphs unless ``enforce_eager`` (for debugging, or to save the
     graphs' memory and capture time).
+
+    A VLM takes at most ``limit_images_per_prompt`` images a prompt, each at most
+    ``max_image_bytes`` encoded and ``max_image_pixels`` decoded; http(s) image URLs are
+    fetched within ``image_fetch_timeout`` seconds; ``file:`` image URLs are read only
+    from inside ``allowed_local_media_path`` (refused when None).
     """
 
     model: str | None = None
@@ -34,6 +41,11 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     chat_template: str | None = None
     enforce_eager: bool = False
+    limit_images_per_prompt: int = ImageLimits.max_images
+    max_image_bytes: int = ImageLimits.max_bytes
+    max_image_pixels: int = ImageLimits.max_pixels
+    image_fetch_timeout: float = ImageLimits.fetch_timeout
+    allowed_local_media_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -53,3 +65,22 @@ class EngineConfig:
                 "max_num_batched_tokens must be at least max_num_seqs "
                 f"({self.max_num_batched_tokens} < {self.max_num_seqs})"
             )
+        for name in ("limit_images_per_prompt", "max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise EngineError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.image_fetch_timeout > 0:
+            raise EngineError(f"image_fetch_timeout must be > 0 s, got {self.image_fetch_timeout}")
+        media = self.allowed_local_media_path
+        if media is not None and not Path(media).is_dir():
+            raise EngineError(f"allowed_local_media_path {media!r} is not a directory")
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        media = self.allowed_local_media_path
+        return ImageLimits(
+            max_images=self.limit_images_per_prompt,
+            max_bytes=self.max_image_bytes,
+            max_pixels=self.max_image_pixels,
+            fetch_timeout=self.image_fetch_timeout,
+            local_media_dir=None if media is None else Path(media),
+        )

@@ -84,7 +84,9 @@ class LLMEngine:
         self.vision: ImageRequests | None = None
         if hasattr(model, "encode_images"):
             processor_dir = getattr(hf_config, "processor_dir", self.model_dir)
-            self.vision = ImageRequests(processor_dir, hf_config, model, self.tokenizer)
+            self.vision = ImageRequests(
+                processor_dir, hf_config, model, self.tokenizer, config.image_limits
+            )
         self.kv_cache = KVCache(
             model.attention_layers(), num_blocks, config.block_size, self.dtype, self.device
         )
@@ -306,8 +308,8 @@ class LLMEngine:
     def chat_request(self, messages: list[dict]) -> tuple[list[int], list[ImageInput]]:
         """OpenAI-style ``messages`` (content a string, or ``text`` and ``image_url``
         parts in any order) -> the prompt's token ids, each image's tokens expanded, and
-        its images in order: pass both to ``make_sequence``/``add_request``. Decodes and
-        preprocesses the images (CPU work: callers may run it off the event loop)."""
+        its images in order: pass both to ``make_sequence``/``add_request``. Fetches, decodes
+        and preprocesses the images (blocking: callers may run it off the event loop)."""
         if self.vision is None:
             flat, images = flatten_messages(messages, None, None, 0)
         else:

@@ -48,6 +48,27 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--max-model-len", "cap on the context length", type=int)
     add_option(parser, "--max-num-seqs", "requests run at once", type=int, default=64)
     add_option(parser, "--chat-template", "Jinja chat template file")
+    # NOTE: the image defaults repeat ImageLimits' own, since importing the engine here
+    # would slow `edgechat chat`'s start.
+    add_option(
+        parser, "--limit-images-per-prompt", "most images one prompt may hold", type=int, default=8
+    )
+    add_option(
+        parser, "--max-image-bytes", "largest encoded image", type=int, default=20 * (1 << 20)
+    )
+    add_option(parser, "--max-image-pixels", "largest decoded image", type=int, default=40_000_000)
+    add_option(
+        parser,
+        "--image-fetch-timeout",
+        "seconds for a whole http(s) image fetch",
+        type=float,
+        default=10.0,
+    )
+    add_option(
+        parser,
+        "--allowed-local-media-path",
+        "directory from which file: image URLs may be read (default: none, refused)",
+    )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -58,6 +79,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         chat_template=args.chat_template,
+        limit_images_per_prompt=args.limit_images_per_prompt,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        image_fetch_timeout=args.image_fetch_timeout,
+        allowed_local_media_path=args.allowed_local_media_path,
     )
 
 

@@ -1,7 +1,8 @@
-"""Images in requests: ``data:`` URLs decoded with Pillow (bounded in bytes and pixels),
-then preprocessed the way the model's Hugging Face image processor does (CLIP: resize
-the shortest side, center crop; LLaVA's ``pad``: first pad to a square with the mean
-colour), into normalised ``[3, H, W]`` fp32 pixel tensors."""
+"""Images in requests: ``data:`` URLs (or http(s) and allowed ``file:`` URLs, read by
+fetch.py) decoded with Pillow (bounded in bytes and pixels), then preprocessed the way
+the model's Hugging Face image processor does (CLIP: resize the shortest side, center
+crop; LLaVA's ``pad``: first pad to a square with the mean colour), into normalised
+``[3, H, W]`` fp32 pixel tensors."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.errors import InvalidRequestError, ModelLoadError
+from engine.multimodal.fetch import fetch_http, read_local_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,6 +31,10 @@ class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
     # Checked from the header, before decoding: a small file may expand into gigabytes.
     max_pixels: int = 40_000_000
+    # Seconds for a whole http(s) fetch, redirects included.
+    fetch_timeout: float = 10.0
+    # file: URLs are read only from inside this directory; None refuses them all.
+    local_media_dir: Path | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,13 +51,22 @@ def image_input(pixel_values: torch.Tensor) -> ImageInput:
     return ImageInput(pixel_values, hashlib.blake2b(data, digest_size=16).digest())
 
 
+def image_bytes(url: str, limits: ImageLimits) -> bytes:
+    """The bytes behind an ``image_url``: a data:, http(s) or (if allowed) file: URL."""
+    scheme = url.partition(":")[0].lower() if ":" in url else ""
+    if scheme == "data":
+        return decode_data_url(url, limits)
+    if scheme in ("http", "https"):
+        return fetch_http(url, limits.max_bytes, limits.fetch_timeout)
+    if scheme == "file":
+        return read_local_file(url, limits.local_media_dir, limits.max_bytes)
+    raise InvalidRequestError(
+        f"unsupported image URL {url[:40]!r}: expected a data: URL or an http(s) URL"
+    )
+
+
 def decode_data_url(url: str, limits: ImageLimits) -> bytes:
     """The bytes of a base64 ``data:`` URL."""
-    if url.startswith(("http://", "https://")):
-        raise InvalidRequestError(
-            "image URLs over http(s) are not supported yet; send the image inline as a "
-            "base64 data: URL (data:image/png;base64,...)"
-        )
     if not url.startswith("data:"):
         raise InvalidRequestError(f"unsupported image URL {url[:40]!r}: expected a data: URL")
     header, sep, payload = url[len("data:") :].partition(",")
@@ -139,7 +154,7 @@ class ImageProcessor:
 
     def load(self, url: str) -> ImageInput:
         """Decode and preprocess the image of an ``image_url`` part."""
-        image = decode_image(decode_data_url(url, self.limits), self.limits)
+        image = decode_image(image_bytes(url, self.limits), self.limits)
         return image_input(self.preprocess(image))
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:  # [3, H, W]

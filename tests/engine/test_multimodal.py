@@ -152,8 +152,8 @@ def b64_url(data: bytes, media: str = "image/png") -> str:
 @pytest.mark.parametrize(
     "url, message",
     [
-        ("https://example.com/cat.png", "http"),
-        ("file:///etc/passwd", "data: URL"),
+        ("ftp://example.com/cat.png", "data: URL or an http"),
+        ("file:///etc/passwd", "no local media directory"),
         ("data:image/png,rawbytes", "base64"),
         ("data:image/png;base64,@@@not base64@@@", "corrupt base64"),
         (b64_url(b"not an image at all"), "cannot decode"),

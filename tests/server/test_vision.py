@@ -1,6 +1,6 @@
-"""Images over HTTP: OpenAI image_url parts to a tiny random LLaVA, with the official
-client, checked against the in-process engine; the image and prefix caches; and the
-400s for images the server cannot take."""
+"""Images over HTTP: OpenAI image_url parts (data: URLs, and http URLs to a local image
+server) to a tiny random LLaVA, with the official client, checked against the in-process
+engine; the image and prefix caches; and the 400s for images the server cannot take."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from engine import LLM, SamplingParams
+from tests.engine.image_server import closed_port, image_server
 from tests.engine.vlm_fixtures import data_url, image_part, random_image, text_part
 from tests.server.conftest import LiveServer
 
@@ -100,14 +101,21 @@ def test_swapped_images_hit_the_image_cache_and_change_the_answer(
     assert counter(vlm_server, MISSES) == before[MISSES]
 
 
+def test_an_http_image_url_answers_as_the_same_image_inline(vlm_server: LiveServer) -> None:
+    png = base64.b64decode(URL_A.partition(",")[2])
+    with image_server(png) as base_url:
+        fetched = greedy(vlm_server, two_images(f"{base_url}/image.png"))
+    assert fetched == greedy(vlm_server, two_images())
+
+
 @pytest.mark.parametrize(
     ("url", "match"),
     [
         ("data:image/png;base64,!!not*base64!!", "corrupt base64"),
         (f"data:image/png;base64,{base64.b64encode(b'not an image').decode()}", "cannot decode"),
-        ("http://example.com/cat.png", "data: URL"),
+        (f"http://127.0.0.1:{closed_port()}/cat.png", "cannot reach"),
     ],
-    ids=["corrupt-base64", "not-an-image", "http-url"],
+    ids=["corrupt-base64", "not-an-image", "unreachable-url"],
 )
 def test_bad_images_are_400s(vlm_server: LiveServer, url: str, match: str) -> None:
     check_refused(vlm_server, two_images(URL_A, url), match)
