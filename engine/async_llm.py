@@ -40,6 +40,11 @@ class AsyncLLM:
     def is_demo(self) -> bool:
         return self.engine.is_demo
 
+    @property
+    def accepts_images(self) -> bool:
+        """Whether the model is a vision-language model."""
+        return self.engine.vision is not None
+
     def stats(self) -> EngineStats:
         """As of the end of the latest step (read without stopping the loop)."""
         return self._stats

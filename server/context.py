@@ -38,8 +38,7 @@ class ServerContext:
 
     @property
     def accepts_images(self) -> bool:
-        # NOTE: AsyncLLM has no public flag; the engine sets ``vision`` for VLMs only.
-        return self.holder.llm.engine.vision is not None
+        return self.holder.llm.accepts_images
 
     def check_model(self, requested: str | None) -> str:
         """The served model's name; a 404 if the request names another one."""
