@@ -35,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_load_memory.py
 
 serve: $(STAMP)
 	$(VENV)/bin/edgechat serve --host 127.0.0.1 --port 8000
