@@ -24,6 +24,16 @@ TEXT_MODELS: dict[str, type[LlamaForCausalLM]] = {
     "qwen2": Qwen2ForCausalLM,
 }
 
+
+def language_model(text_config, family: str) -> LlamaForCausalLM:
+    """The language half of a ``family`` VLM, refused when we do not implement it."""
+    if text_config.model_type not in TEXT_MODELS:
+        raise UnsupportedModelError(
+            f"{family} with a {text_config.model_type!r} language model is not supported"
+        )
+    return TEXT_MODELS[text_config.model_type](text_config)
+
+
 # Checkpoint prefix -> ours. transformers >= 4.52 nests everything under ``model.``;
 # older checkpoints (and llava-hf on the Hub) keep CLIPVisionModel's ``vision_model.``.
 PREFIXES = [
@@ -67,11 +77,6 @@ class LlavaForConditionalGeneration(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        text_config = config.text_config
-        if text_config.model_type not in TEXT_MODELS:
-            raise UnsupportedModelError(
-                f"LLaVA with a {text_config.model_type!r} language model is not supported"
-            )
         layers = config.vision_feature_layer
         layers = [layers] if isinstance(layers, int) else list(layers)
         self.select_strategy = config.vision_feature_select_strategy
@@ -83,11 +88,11 @@ class LlavaForConditionalGeneration(nn.Module):
         self.vision_tower = VisionTower(config.vision_config, layers)
         self.multi_modal_projector = LlavaProjector(
             config.vision_config.hidden_size * len(layers),
-            text_config.hidden_size,
+            config.text_config.hidden_size,
             config.projector_hidden_act,
             getattr(config, "multimodal_projector_bias", True),
         )
-        self.language_model = TEXT_MODELS[text_config.model_type](text_config)
+        self.language_model = language_model(config.text_config, "LLaVA")
 
     @property
     def num_image_tokens(self) -> int:

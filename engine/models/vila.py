@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from engine.errors import ModelLoadError, UnsupportedModelError
-from engine.models.llava import TEXT_MODELS, LlavaForConditionalGeneration, tower_name
+from engine.models.llava import LlavaForConditionalGeneration, language_model, tower_name
 from engine.models.vision import VisionTower
 
 # VILA1.5-3B's conversation template ("vicuna_v1"), for checkpoints whose llm/ tokenizer
@@ -138,11 +138,6 @@ class VilaForCausalLM(nn.Module):
     def __init__(self, config: VilaConfig):
         super().__init__()
         self.config = config
-        text_config = config.text_config
-        if text_config.model_type not in TEXT_MODELS:
-            raise UnsupportedModelError(
-                f"VILA with a {text_config.model_type!r} language model is not supported"
-            )
         feature = config.mm_vision_select_feature
         if feature not in ("patch", "cls_patch"):
             raise UnsupportedModelError(f"mm_vision_select_feature {feature!r} is not supported")
@@ -150,9 +145,11 @@ class VilaForCausalLM(nn.Module):
         # SigLIP has no class token: there "patch" and "cls_patch" both keep every token.
         self.drops_class_token = feature == "patch" and self.vision_tower.has_class_token
         self.mm_projector = VilaProjector(
-            config.mm_projector_type, config.vision_config.hidden_size, text_config.hidden_size
+            config.mm_projector_type,
+            config.vision_config.hidden_size,
+            config.text_config.hidden_size,
         )
-        self.language_model = TEXT_MODELS[text_config.model_type](text_config)
+        self.language_model = language_model(config.text_config, "VILA")
         self.num_image_tokens = self.mm_projector.num_tokens(
             self.vision_tower.num_patches
             + int(self.vision_tower.has_class_token)

@@ -247,3 +247,13 @@ def test_preemption_with_images_changes_nothing(llava_dir, llm):
     assert engine.scheduler.num_preemptions > 0
     assert [finished[f"r{i}"] for i in range(len(conversations))] == want
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_an_unsupported_language_model_is_named():
+    from types import SimpleNamespace
+
+    from engine import UnsupportedModelError
+    from engine.models.llava import language_model
+
+    with pytest.raises(UnsupportedModelError, match="VILA with a 'gpt2' language model"):
+        language_model(SimpleNamespace(model_type="gpt2"), "VILA")
