@@ -4,7 +4,10 @@ Pure Python (no torch): the pool's tensors live in kv_cache.py; this file only d
 which block ids a sequence's tokens go to.
 
 Prefix caching: once a block is full and its KV computed, it gets a hash chained from
-the previous block's hash and its own token ids, so equal hashes mean equal prefixes.
+the previous block's hash, its own token ids and the content hashes of the images it
+shows part of, so equal hashes mean equal prefixes. Keying each block on its own images
+(not the whole prompt's) keeps a conversation's earlier blocks shared when a later turn
+adds an image.
 A finished sequence's blocks go back to the free queue *with* their hashes; a later
 request with the same prefix takes them back instead of recomputing, until the block is
 handed out for something else (least recently freed first).
@@ -28,8 +31,15 @@ class Block:
         self.hash: bytes | None = None
 
 
-def chain_hash(parent: bytes, token_ids: list[int]) -> bytes:
-    return hashlib.blake2b(parent + array("q", token_ids).tobytes(), digest_size=16).digest()
+def chain_hash(parent: bytes, token_ids: list[int], image_key: bytes = b"") -> bytes:
+    # A hashed block is always full, so the token bytes have a fixed length and the
+    # image key that follows them cannot be confused with tokens.
+    data = parent + array("q", token_ids).tobytes() + image_key
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def block_hash(parent: bytes, seq: Sequence, block_index: int) -> bytes:
+    return chain_hash(parent, seq.block_tokens(block_index), seq.block_image_key(block_index))
 
 
 class BlockManager:
@@ -67,9 +77,9 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return []
         hits: list[int] = []
-        parent = seq.extra_hash
+        parent = b""
         for index in range((len(seq) - 1) // self.block_size):
-            parent = chain_hash(parent, seq.block_tokens(index))
+            parent = block_hash(parent, seq, index)
             block_id = self.hash_to_block.get(parent)
             if block_id is None:
                 break
@@ -126,10 +136,10 @@ class BlockManager:
         first_unhashed = num_full
         while first_unhashed > 0 and self._block_of(seq, first_unhashed - 1).hash is None:
             first_unhashed -= 1
-        parent = self._block_of(seq, first_unhashed - 1).hash if first_unhashed else seq.extra_hash
+        parent = self._block_of(seq, first_unhashed - 1).hash if first_unhashed else b""
         for index in range(first_unhashed, num_full):
             block = self._block_of(seq, index)
-            parent = block.hash = chain_hash(parent, seq.block_tokens(index))
+            parent = block.hash = block_hash(parent, seq, index)
             # NOTE: an equal block computed twice (same prompt in one step) keeps the first.
             self.hash_to_block.setdefault(parent, block.block_id)
 

@@ -174,9 +174,14 @@ class LLMEngine:
             )
         if self.vision is None:
             return Sequence(request_id, token_ids, params, self.config.block_size)
-        extra_hash, positions = self.vision.spans(token_ids, images)
         return Sequence(
-            request_id, token_ids, params, self.config.block_size, extra_hash, images, positions
+            request_id,
+            token_ids,
+            params,
+            self.config.block_size,
+            images,
+            self.vision.positions(token_ids, images),
+            [image.content_hash for image in images],
         )
 
     def add_sequence(self, seq: Sequence) -> None:

@@ -110,7 +110,7 @@ class ModelRunner:
         missing: list[tuple[Sequence, int]] = []
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             start = seq.num_computed_tokens
-            for i in _images_in(seq, start, start + num_new):
+            for i in seq.images_in(start, start + num_new):
                 if i in seq.image_embeds:
                     continue
                 features = self.image_cache.get(seq.images[i].content_hash)
@@ -138,18 +138,8 @@ class ModelRunner:
         lo, hi = bisect.bisect_left(positions, start), bisect.bisect_left(positions, end)
         image_rows += (first_row + p - start for p in positions[lo:hi])
         pieces = []
-        for i in _images_in(seq, start, end):
+        for i in seq.images_in(start, end):
             first = max(lo, i * per_image)
             last = min(hi, (i + 1) * per_image)
             pieces.append(seq.image_embeds[i][first - i * per_image : last - i * per_image])
         return pieces
-
-
-def _images_in(seq: Sequence, start: int, end: int) -> range:
-    """Indices of the images with positions in ``[start, end)``."""
-    if not seq.images:
-        return range(0)
-    positions = seq.image_positions
-    lo, hi = bisect.bisect_left(positions, start), bisect.bisect_left(positions, end)
-    per_image = len(positions) // len(seq.images)
-    return range(lo // per_image, (hi - 1) // per_image + 1) if hi > lo else range(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
 import itertools
 
@@ -32,20 +33,22 @@ class Sequence:
         prompt_token_ids: list[int],
         params: SamplingParams,
         block_size: int,
-        extra_hash: bytes = b"",
         images: list | None = None,
         image_positions: list[int] | None = None,
+        image_keys: list[bytes] | None = None,
     ):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
         self.params = params
         self.block_size = block_size
-        # NOTE: extra_hash folds non-token inputs (e.g. image hashes) into the prefix keys.
-        self.extra_hash = extra_hash
         # Opaque here (engine/multimodal's ImageInput): image i fills the prompt positions
         # image_positions[i * n : (i + 1) * n], n = len(image_positions) // len(images).
         self.images = images or []
         self.image_positions = image_positions or []
+        # One content hash per image: the same placeholder tokens stand for any image, so
+        # the prefix cache keys each block on the images it shows as well as its tokens.
+        self.image_keys = image_keys or []
+        assert len(self.image_keys) == len(self.images)
         # Features of the images encoded so far, by index, kept while the request lives
         # because chunked prefill may reach an image's positions over several steps.
         self.image_embeds: dict[int, object] = {}
@@ -86,6 +89,20 @@ class Sequence:
     def block_tokens(self, block_index: int) -> list[int]:
         start = block_index * self.block_size
         return self.token_ids[start : start + self.block_size]
+
+    def images_in(self, start: int, end: int) -> range:
+        """Indices of the images with positions in ``[start, end)``."""
+        if not self.images:
+            return range(0)
+        positions = self.image_positions
+        lo, hi = bisect.bisect_left(positions, start), bisect.bisect_left(positions, end)
+        per_image = len(positions) // len(self.images)
+        return range(lo // per_image, (hi - 1) // per_image + 1) if hi > lo else range(0)
+
+    def block_image_key(self, block_index: int) -> bytes:
+        """The keys of the images block ``block_index`` shows part of, in order."""
+        start = block_index * self.block_size
+        return b"".join(self.image_keys[i] for i in self.images_in(start, start + self.block_size))
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)

@@ -4,7 +4,6 @@ that a prompt's image tokens and its images agree."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from engine.errors import InvalidRequestError, UnsupportedModelError
@@ -68,15 +67,7 @@ class ImageRequests:
                     "(from chat_request or ImageProcessor.load)"
                 )
 
-    def spans(self, token_ids: list[int], images: list[ImageInput]) -> tuple[bytes, list[int]]:
-        """The Sequence's ``extra_hash`` and ``image_positions`` for a prompt whose image
-        tokens are expanded; raises when they do not match ``images``."""
-        positions = image_positions(
-            token_ids, self.image_token_id, len(images), self.num_image_tokens
-        )
-        if not images:
-            return b"", positions
-        # NOTE: the same placeholder tokens stand for any image: the prefix cache must
-        # key on the pixels too.
-        hashes = b"".join(image.content_hash for image in images)
-        return hashlib.blake2b(hashes, digest_size=16).digest(), positions
+    def positions(self, token_ids: list[int], images: list[ImageInput]) -> list[int]:
+        """The Sequence's ``image_positions`` for a prompt whose image tokens are
+        expanded; raises when they do not match ``images``."""
+        return image_positions(token_ids, self.image_token_id, len(images), self.num_image_tokens)

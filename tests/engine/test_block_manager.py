@@ -11,8 +11,11 @@ from engine.sequence import Sequence
 BS = 4
 
 
-def make_seq(tokens: list[int], extra_hash: bytes = b"") -> Sequence:
-    return Sequence("r", tokens, SamplingParams(), BS, extra_hash)
+def make_seq(tokens: list[int], images: dict[bytes, int] | None = None) -> Sequence:
+    """``images``: each image's key -> its first position; an image takes two positions."""
+    images = images or {}
+    positions = [p for first in images.values() for p in (first, first + 1)]
+    return Sequence("r", tokens, SamplingParams(), BS, list(images), positions, list(images))
 
 
 def compute_all(bm: BlockManager, seq: Sequence) -> None:
@@ -80,11 +83,25 @@ def test_freed_blocks_stay_cached_until_reused():
     assert bm.match_prefix(make_seq(list(range(9)))) == []
 
 
-def test_extra_hash_separates_equal_tokens():
+def test_image_keys_separate_equal_tokens_from_the_block_they_appear_in():
     bm = BlockManager(8, BS)
-    compute_all(bm, make_seq(list(range(9)), extra_hash=b"image-a"))
-    assert bm.match_prefix(make_seq(list(range(9)), extra_hash=b"image-b")) == []
-    assert len(bm.match_prefix(make_seq(list(range(9)), extra_hash=b"image-a"))) == 2
+    tokens = list(range(13))
+    compute_all(bm, make_seq(tokens, {b"image-a": 5}))
+    assert len(bm.match_prefix(make_seq(tokens, {b"image-b": 5}))) == 1  # block 0 holds no image
+    assert len(bm.match_prefix(make_seq(tokens, {b"image-a": 5}))) == 3
+    # An image that straddles blocks 0 and 1 keys both.
+    compute_all(bm, make_seq(tokens, {b"image-c": 3}))
+    assert bm.match_prefix(make_seq(tokens, {b"image-d": 3})) == []
+
+
+def test_an_image_added_later_keeps_the_earlier_blocks_shared():
+    bm = BlockManager(8, BS)
+    tokens = list(range(13))
+    compute_all(bm, make_seq(tokens, {b"image-a": 1}))
+    later = make_seq(tokens, {b"image-a": 1, b"image-b": 9})
+    assert len(bm.match_prefix(later)) == 2  # blocks 0 and 1; block 2 shows image-b
+    swapped = make_seq(tokens, {b"image-b": 1, b"image-a": 9})
+    assert bm.match_prefix(swapped) == []
 
 
 def test_decoded_tokens_extend_the_cache():

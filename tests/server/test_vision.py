@@ -12,13 +12,13 @@ import pytest
 
 from engine import LLM, SamplingParams
 from tests.engine.image_server import closed_port, image_server
-from tests.engine.vlm_fixtures import data_url, image_part, random_image, text_part
+from tests.engine.vlm_fixtures import IMAGE_SIZE, data_url, image_part, random_image, text_part
 from tests.server.conftest import LiveServer
 
 pytestmark = pytest.mark.timeout(120)
 
 MAX_TOKENS = 8
-URL_A, URL_B = (data_url(random_image(seed)) for seed in (1, 2))
+URL_A, URL_B, URL_C = (data_url(random_image(seed)) for seed in (1, 2, 3))
 
 
 def two_images(a: str = URL_A, b: str = URL_B) -> list[dict]:
@@ -88,6 +88,28 @@ def test_second_turn_hits_the_prefix_cache(vlm_server: LiveServer) -> None:
     assert counter(vlm_server, PREFIX_HITS) > before[PREFIX_HITS]
     # NOTE: the cached prefix holds both images' positions, so neither is encoded again.
     assert counter(vlm_server, MISSES) == before[MISSES]
+
+
+def test_a_turn_that_brings_an_image_back_and_a_new_one_hits_both_caches(
+    vlm_server: LiveServer,
+) -> None:
+    first = greedy(vlm_server, two_images())
+    before = {name: counter(vlm_server, name) for name in (HITS, MISSES, PREFIX_HITS)}
+    second_turn = [
+        *two_images(),
+        {"role": "assistant", "content": first},
+        {
+            "role": "user",
+            "content": [image_part(URL_C), text_part("or the first"), image_part(URL_A)],
+        },
+    ]
+    assert greedy(vlm_server, second_turn)
+    # The first turn's blocks, both images included, are shared although this prompt
+    # holds other images too; image A is shown again and comes from the image cache.
+    num_image_tokens = (IMAGE_SIZE // 14) ** 2
+    assert counter(vlm_server, PREFIX_HITS) >= before[PREFIX_HITS] + 2 * num_image_tokens
+    assert counter(vlm_server, HITS) == before[HITS] + 1
+    assert counter(vlm_server, MISSES) == before[MISSES] + 1  # image C
 
 
 def test_swapped_images_hit_the_image_cache_and_change_the_answer(
