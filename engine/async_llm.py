@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator
 
 from engine.config import EngineConfig
+from engine.errors import PromptTooLongError
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.multimodal.images import ImageInput
 from engine.outputs import RequestOutput
@@ -64,8 +65,14 @@ class AsyncLLM:
         images: list[ImageInput] | None = None,
     ) -> list[int]:
         """Tokenize and validate a request as ``generate`` would, without queuing it, and
-        return the prompt's token ids: a server answers bad input before it streams."""
-        return self.engine.make_sequence("check", prompt, params, images).prompt_token_ids
+        return the prompt's token ids: a server answers bad input before it streams.
+
+        Stricter than ``generate``, as OpenAI's API is: the prompt and ``max_tokens``
+        together must fit the context, where the engine would stop at its end."""
+        token_ids = self.engine.make_sequence("check", prompt, params, images).prompt_token_ids
+        if len(token_ids) + params.max_tokens > self.max_model_len:
+            raise PromptTooLongError(len(token_ids), self.max_model_len, params.max_tokens)
+        return token_ids
 
     async def generate(
         self,

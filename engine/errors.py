@@ -11,15 +11,24 @@ class InvalidRequestError(EngineError):
 
 
 class PromptTooLongError(InvalidRequestError):
-    """The prompt (plus at least one generated token) does not fit the model's context."""
+    """The prompt, plus at least one generated token (or the ``max_tokens`` asked for,
+    when given), does not fit the model's context."""
 
-    def __init__(self, num_prompt_tokens: int, max_model_len: int):
+    def __init__(self, num_prompt_tokens: int, max_model_len: int, max_tokens: int | None = None):
         self.num_prompt_tokens = num_prompt_tokens
         self.max_model_len = max_model_len
-        super().__init__(
-            f"the prompt has {num_prompt_tokens} tokens but the model's context holds "
-            f"{max_model_len} (and at least one token must be left to generate)"
-        )
+        if max_tokens is None:
+            message = (
+                f"the prompt has {num_prompt_tokens} tokens but the model's context holds "
+                f"{max_model_len} (and at least one token must be left to generate)"
+            )
+        else:
+            message = (
+                f"the model's context holds {max_model_len} tokens, but this request asks "
+                f"for {num_prompt_tokens + max_tokens}: {num_prompt_tokens} in the prompt and "
+                f"max_tokens {max_tokens}; shorten the prompt or lower max_tokens"
+            )
+        super().__init__(message)
 
 
 class ModelLoadError(EngineError):

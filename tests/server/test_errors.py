@@ -171,6 +171,22 @@ def test_prompt_longer_than_the_context(server: LiveServer, http: httpx.Client) 
     )
 
 
+def test_max_tokens_beyond_the_context(server: LiveServer, http: httpx.Client) -> None:
+    max_model_len = server.llm.max_model_len
+    completion = {"prompt": "hello there", "max_tokens": max_model_len}
+    error = assert_error(
+        http.post("/v1/completions", json=completion), 400, "prompt", "context_length_exceeded"
+    )
+    assert f"max_tokens {max_model_len}" in error["message"]
+    chat = {"messages": USER, "max_completion_tokens": max_model_len, "stream": True}
+    assert_error(
+        http.post("/v1/chat/completions", json=chat), 400, "messages", "context_length_exceeded"
+    )
+    # Without max_tokens a chat answer may fill what the prompt leaves.
+    del chat["max_completion_tokens"]
+    assert http.post("/v1/chat/completions", json={**chat, "stream": False}).status_code == 200
+
+
 def test_unknown_model_and_route_get_404(http: httpx.Client) -> None:
     response = http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": USER})
     assert_error(response, 404, "model", "model_not_found", "gpt-4o")
