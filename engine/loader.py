@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, UnsupportedModelError
 from engine.layers.awq_linear import convert_to_awq
 from engine.models.registry import model_class_for
 from engine.models.vila import VilaConfig
@@ -67,13 +67,28 @@ def load_model(
 ) -> nn.Module:
     """Build the model for ``config`` and fill it from the checkpoint's safetensors
     (dense, or AutoAWQ GEMM int4 as found on disk)."""
-    quant_config = read_quant_config(model_dir)
+    # VILA keeps its language model, the only part AutoAWQ quantizes, in llm/.
+    text_dir = model_dir / "llm" if is_split_checkpoint(model_dir) else model_dir
+    quant_config = read_quant_config(text_dir)
     entries = checkpoint_entries(model_dir)
     model = build_model(config, quant_config, dtype, device)
     if hasattr(model, "checkpoint_name"):
         entries = _renamed(entries, model.checkpoint_name)
+    _check_quantized_scope(entries, model.quantized_scope)
     _fill_parameters(model, entries)
     return model.eval()
+
+
+def _check_quantized_scope(entries: list[TensorEntry], scope: str) -> None:
+    """Refuse int4 tensors outside the language model's decoder layers (a VLM's vision
+    tower or projector, an LM head): we build those dense, so they would not load."""
+    for entry in entries:
+        if entry.name.endswith(".qweight") and not entry.name.startswith(f"{scope}."):
+            raise UnsupportedModelError(
+                f"{entry.name.removesuffix('.qweight')} is AWQ int4, but only the linear "
+                f"layers under {scope} may be; keep the vision tower, projector and LM "
+                "head in 16 bits"
+            )
 
 
 def build_model(

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from engine.errors import QuantizationError
 from engine.loader import load_config, resolve_model_dir
 from engine.model_info import pick_device, pick_dtype
+from engine.models.vila import VilaConfig
 from engine.quant.awq import awq_layer
 from engine.quant.calib import calibration_ids, pile_texts, read_texts
 from engine.quant.config import SUPPORTED_GROUP_SIZES
@@ -75,6 +76,7 @@ def quantize(
     config = config or QuantizeConfig()
     model_dir = resolve_model_dir(str(model))
     hf_config = load_config(model_dir)
+    _check_language_model(model_dir, hf_config)
     _check_not_quantized(model_dir, hf_config)
     layout = layout_for(hf_config)
     device = pick_device(config.device)
@@ -93,6 +95,23 @@ def quantize(
         _copy_unquantized(source, writer)
         _quantize_layers(source, writer, config, ids)
         return writer.commit(_quantized_config(model_dir, config, layout), model_dir)
+
+
+def _check_language_model(model_dir: Path, hf_config) -> None:
+    """We quantize a plain causal LM. A VLM's language model is quantized on its own, so
+    that its vision tower and projector stay in 16 bits."""
+    if isinstance(hf_config, VilaConfig):
+        raise QuantizationError(
+            f"{model_dir} is a VILA checkpoint; quantize its language model alone "
+            f"(--model {model_dir / 'llm'} --out LLM_INT4), then copy {model_dir} and "
+            "replace the copy's llm/ folder with LLM_INT4"
+        )
+    if getattr(hf_config, "vision_config", None) is not None:
+        raise QuantizationError(
+            f"{model_dir} is a vision-language model, and edgechat quantizes plain language "
+            "models only; AutoAWQ quantizes a LLaVA's language model (its checkpoint loads "
+            "here, with the vision tower and projector in 16 bits)"
+        )
 
 
 def _check_not_quantized(model_dir: Path, hf_config) -> None:

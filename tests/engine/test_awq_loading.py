@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,7 @@ from engine.errors import UnsupportedModelError
 from engine.layers.awq_linear import AWQLinear, MergedAWQLinear
 from engine.llm_engine import LLMEngine
 from engine.quant.config import parse_awq_config
-from engine.quant.pack import dequantize, quantize_rtn
-from tests.conftest import load_reference
+from tests.engine.awq_fixtures import dequantized_reference, write_awq_checkpoint
 from tests.engine.test_model_parity import PROMPT, engine_logits_per_step
 
 # K (128 in, 256 for down_proj) is a multiple of every group size tested.
@@ -30,66 +28,6 @@ DEVICES = [
         "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
     ),
 ]
-
-
-def write_awq_checkpoint(
-    source: Path, out_dir: Path, group_size: int, legacy: bool, not_converted: tuple[str, ...]
-) -> Path:
-    """RTN-quantize every decoder linear of ``source`` as AutoAWQ's GEMM format saves it:
-    ``<layer>.qweight`` int32 [K, N/8], ``.qzeros`` int32 [K/G, N/8], ``.scales`` fp16
-    [K/G, N]; every other tensor (biases, norms, embeddings, unconverted layers) in fp16."""
-    tensors = {}
-    for name, tensor in load_file(source / "model.safetensors").items():
-        layer = name.removesuffix(".weight")
-        is_linear = ".layers." in name and name.endswith(".weight") and tensor.dim() == 2
-        if is_linear and not any(skip in layer for skip in not_converted):
-            quantized = quantize_rtn(tensor, group_size)
-            tensors[f"{layer}.qweight"] = quantized.qweight
-            tensors[f"{layer}.qzeros"] = quantized.qzeros
-            tensors[f"{layer}.scales"] = quantized.scales
-        else:
-            tensors[name] = tensor.to(torch.float16)
-    out_dir.mkdir()
-    save_file(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
-    for path in source.iterdir():
-        if path.name not in ("model.safetensors", "config.json"):
-            shutil.copy(path, out_dir / path.name)
-    config = json.loads((source / "config.json").read_text())
-    config["torch_dtype"] = "float16"
-    if legacy:  # older repositories: AutoAWQ's own keys, in quant_config.json
-        quant = {"zero_point": True, "q_group_size": group_size, "w_bit": 4, "version": "GEMM"}
-        (out_dir / "quant_config.json").write_text(json.dumps(quant))
-    else:
-        config["quantization_config"] = {
-            "quant_method": "awq",
-            "bits": 4,
-            "group_size": group_size,
-            "zero_point": True,
-            "version": "gemm",
-            "modules_to_not_convert": list(not_converted) or None,
-        }
-    (out_dir / "config.json").write_text(json.dumps(config))
-    return out_dir
-
-
-def dequantized_reference(source: Path, awq_dir: Path, group_size: int):
-    """transformers' fp32 model holding exactly the checkpoint's values."""
-    model = load_reference(source)
-    stored = load_file(awq_dir / "model.safetensors")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in stored:
-                param.copy_(stored[name].float())
-                continue
-            layer = name.removesuffix(".weight")
-            weight = dequantize(
-                stored[f"{layer}.qweight"],
-                stored[f"{layer}.qzeros"],
-                stored[f"{layer}.scales"].float(),
-                group_size,
-            )
-            param.copy_(weight.t())
-    return model
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +63,7 @@ def test_awq_checkpoint_matches_dequantized_transformers(
     awq_factory, device, arch, group_size, legacy, not_converted
 ):
     source, awq_dir = awq_factory(arch, group_size, legacy, not_converted)
-    reference = dequantized_reference(source, awq_dir, group_size)
+    reference = dequantized_reference(awq_dir, group_size)
     # fp32 also on a GPU: the kernels then run with IEEE fp32 dots, so logits stay close.
     engine = LLMEngine(
         EngineConfig(model=str(awq_dir), device=device, dtype="float32", kv_cache_memory=0.01)
