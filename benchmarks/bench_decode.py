@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from random_checkpoints import write_llama_checkpoint
 from torch import nn
 
 LLAMA3_8B = dict(
@@ -39,89 +39,7 @@ LLAMA3_8B = dict(
     rope_theta=500000.0,
     hidden_act="silu",
     tie_word_embeddings=False,
-    torch_dtype="float16",
 )
-
-
-def write_checkpoint(out_dir: Path, group_size: int | None) -> None:
-    """A random Llama-3-8B-shaped checkpoint, one shard per decoder layer; with a group
-    size, every decoder linear in AutoAWQ GEMM tensors (any int32 is a valid packing)."""
-    from safetensors.torch import save_file
-
-    from engine.demo import write_tokenizer
-
-    config = dict(LLAMA3_8B)
-    if group_size:
-        config["quantization_config"] = {
-            "quant_method": "awq",
-            "bits": 4,
-            "group_size": group_size,
-            "zero_point": True,
-            "version": "gemm",
-        }
-    out_dir.mkdir()
-    (out_dir / "config.json").write_text(json.dumps(config))
-    write_tokenizer(out_dir)  # ids past its vocabulary decode to "": fine for timing
-    hidden, vocab = LLAMA3_8B["hidden_size"], LLAMA3_8B["vocab_size"]
-    shards = {
-        "model-head.safetensors": {
-            "model.embed_tokens.weight": _dense(vocab, hidden),
-            "lm_head.weight": _dense(vocab, hidden),
-            "model.norm.weight": torch.ones(hidden, dtype=torch.float16),
-        }
-    }
-    for i in range(LLAMA3_8B["num_hidden_layers"]):
-        prefix = f"model.layers.{i}."
-        tensors = {
-            prefix + "input_layernorm.weight": torch.ones(hidden, dtype=torch.float16),
-            prefix + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.float16),
-        }
-        for name, (out_features, in_features) in _linear_shapes().items():
-            if group_size:
-                tensors.update(_awq(prefix + name, in_features, out_features, group_size))
-            else:
-                tensors[prefix + name + ".weight"] = _dense(out_features, in_features)
-        shards[f"model-{i:05d}.safetensors"] = tensors
-    weight_map = {}
-    for file_name, tensors in shards.items():
-        save_file(tensors, out_dir / file_name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, file_name))
-    index = {"metadata": {}, "weight_map": weight_map}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index))
-
-
-def _linear_shapes() -> dict[str, tuple[int, int]]:  # name -> (out, in) features
-    hidden, inter = LLAMA3_8B["hidden_size"], LLAMA3_8B["intermediate_size"]
-    head_dim = hidden // LLAMA3_8B["num_attention_heads"]
-    kv = LLAMA3_8B["num_key_value_heads"] * head_dim
-    return {
-        "self_attn.q_proj": (hidden, hidden),
-        "self_attn.k_proj": (kv, hidden),
-        "self_attn.v_proj": (kv, hidden),
-        "self_attn.o_proj": (hidden, hidden),
-        "mlp.gate_proj": (inter, hidden),
-        "mlp.up_proj": (inter, hidden),
-        "mlp.down_proj": (hidden, inter),
-    }
-
-
-def _dense(*shape: int) -> torch.Tensor:
-    return (torch.randn(shape, device="cuda") * 0.02).half().cpu()
-
-
-def _awq(name: str, in_features: int, out_features: int, group_size: int) -> dict:
-    num_groups, packed = in_features // group_size, out_features // 8
-    return {
-        f"{name}.qweight": _random_int32(in_features, packed),
-        f"{name}.qzeros": _random_int32(num_groups, packed),
-        f"{name}.scales": (torch.rand(num_groups, out_features, device="cuda") * 0.004)
-        .half()
-        .cpu(),
-    }
-
-
-def _random_int32(*shape: int) -> torch.Tensor:
-    return torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device="cuda").cpu()
 
 
 def bytes_read_per_token(model: nn.Module) -> int:
@@ -187,7 +105,7 @@ def main() -> None:
     for name, group_size in (("fp16", None), (f"int4 g{args.group_size}", args.group_size)):
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "model"
-            write_checkpoint(model_dir, group_size)
+            write_llama_checkpoint(model_dir, LLAMA3_8B, group_size)
             tokens_per_s, weight_bytes = decode_tokens_per_s(model_dir, args.new_tokens)
         ceiling = bandwidth / weight_bytes
         print(
