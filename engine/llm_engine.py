@@ -70,10 +70,11 @@ class LLMEngine:
         # VILA keeps its tokenizer with the language model, in a subfolder.
         tokenizer_dir = getattr(hf_config, "tokenizer_dir", self.model_dir)
         self.tokenizer = load_tokenizer(tokenizer_dir)
+        model_template = getattr(hf_config, "conversation_template", None)
         self.chat_template = ChatTemplate(
             self.tokenizer,
             config.chat_template,
-            getattr(hf_config, "default_chat_template", None),
+            model_template(self.tokenizer) if model_template else None,
         )
         self.eos_token_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
         self.vocab_size = text_config.vocab_size

@@ -19,17 +19,18 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
 
 class ChatTemplate:
     """Renders OpenAI-style messages with the template in ``template_file`` when given,
-    else the tokenizer's Jinja chat template, else ``default`` (the conversation format a
-    model family documents, for checkpoints whose tokenizer has none)."""
+    else ``model_template`` (the conversation format a model family was trained with,
+    when the family's own code builds prompts without the tokenizer's template), else
+    the tokenizer's Jinja chat template."""
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
         template_file: str | None = None,
-        default: str | None = None,
+        model_template: str | None = None,
     ):
         self.tokenizer = tokenizer
-        self.template = None if tokenizer.chat_template is not None else default
+        self.template = model_template
         if template_file is not None:
             try:
                 self.template = Path(template_file).read_text()

@@ -22,25 +22,8 @@ from transformers import AutoConfig
 
 from engine.errors import ModelLoadError, UnsupportedModelError
 from engine.models.llava import LlavaForConditionalGeneration, language_model, tower_name
+from engine.models.vila_templates import vila_conversation_template
 from engine.models.vision import VisionTower
-
-# VILA1.5-3B's conversation template ("vicuna_v1"), for checkpoints whose llm/ tokenizer
-# has no chat template of its own (Llama-3-VILA1.5-8B's has, and it is used instead).
-VICUNA_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{{- messages[0]['content'] -}}{%- set messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{{- 'A chat between a curious user and an artificial intelligence assistant. The "
-    "assistant gives helpful, detailed, and polite answers to the user\\'s questions.' -}}"
-    "{%- endif -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- ' USER: ' + message['content'] -}}"
-    "{%- else -%}{{- ' ASSISTANT: ' + message['content'] + eos_token -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}"
-)
 
 # Subfolder-prefixed checkpoint names -> ours (the projector's are ours already).
 PREFIXES = [
@@ -71,10 +54,12 @@ class VilaConfig:
         self.dtype = self.text_config.dtype
         self.tokenizer_dir = model_dir / "llm"
         self.processor_dir = model_dir / "vision_tower"
-        self.default_chat_template = VICUNA_TEMPLATE
 
     def get_text_config(self):
         return self.text_config
+
+    # VILA builds prompts in its own formats, never with the tokenizer's template.
+    conversation_template = staticmethod(vila_conversation_template)
 
 
 def _read_json(path: Path) -> dict:

@@ -27,13 +27,18 @@ URLS = [data_url(random_image(seed, size=(60 + 7 * seed, 50))) for seed in range
 VICUNA_SYSTEM = "A chat between a curious user and an artificial intelligence assistant."
 
 
-def build_tiny_vila(out_dir: Path, projector: str, chat_template: bool = False) -> Path:
+def build_tiny_vila(
+    out_dir: Path, projector: str, chat_template: bool = False, llama3: bool = False
+) -> Path:
     """A random VILA1.5 checkpoint: llm/, vision_tower/ and mm_projector/ beside a
-    ``llava_llama`` config.json. The llm's tokenizer (the demo's plus ``<image>``) has no
-    chat template unless ``chat_template``."""
+    ``llava_llama`` config.json. The llm's tokenizer (the demo's plus ``<image>``, and
+    Llama 3's header tokens if ``llama3``) has no chat template unless ``chat_template``."""
     torch.manual_seed(0)
     tokenizer = write_tokenizer(out_dir / "llm")
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    if llama3:
+        headers = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        tokenizer.add_tokens(headers, special_tokens=True)
     if not chat_template:
         tokenizer.chat_template = None
     tokenizer.save_pretrained(out_dir / "llm", save_jinja_files=False)
@@ -212,21 +217,54 @@ def test_swapping_images_changes_the_output(vila):
     assert llm.chat(two_images(URLS[1], URLS[0]), GREEDY).token_ids != first
 
 
-def test_vicuna_template_without_a_tokenizer_template(vila):
+# Conversations rendered as VILA's llava/conversation.py (NVlabs/VILA) builds them.
+TWO_TURNS = [
+    {"role": "user", "content": "q1"},
+    {"role": "assistant", "content": "a1"},
+    {"role": "user", "content": "q2"},
+]
+
+
+def test_vicuna_v1_format(vila):
     llm, _ = vila
     engine = llm.engine
+    eos = engine.tokenizer.eos_token
+    assert engine.chat_template.render(TWO_TURNS) == (
+        f"<|begin_of_text|>{VICUNA_SYSTEM} The assistant gives helpful, detailed, and polite "
+        f"answers to the user's questions. USER: q1 ASSISTANT: a1{eos}USER: q2 ASSISTANT:"
+    )
+    with_system = [{"role": "system", "content": "Be brief."}, *TWO_TURNS[:1]]
+    assert engine.chat_template.render(with_system) == (
+        "<|begin_of_text|>Be brief. USER: q1 ASSISTANT:"
+    )
     token_ids, _ = engine.chat_request(one_image())
-    text = engine.tokenizer.decode(token_ids)
-    assert text.startswith("<|begin_of_text|>" + VICUNA_SYSTEM)
-    assert f" USER: {IMAGE_TOKEN}" in text
-    assert text.endswith("What is this? ASSISTANT:")
+    assert f" USER: {IMAGE_TOKEN}" in engine.tokenizer.decode(token_ids)
 
 
-def test_tokenizer_template_wins_and_chat_template_overrides(tmp_path):
-    model_dir = build_tiny_vila(tmp_path / "vila", "mlp2x_gelu", chat_template=True)
+def test_llama3_format_wins_over_the_tokenizer_template(tmp_path):
+    """A Llama-3 language model (its tokenizer knows the header tokens) gets VILA's
+    llama_3 format with VILA's system prompt, not the llm tokenizer's own template."""
+    model_dir = build_tiny_vila(tmp_path / "vila", "mlp2x_gelu", chat_template=True, llama3=True)
     engine = LLM(str(model_dir), kv_cache_memory=0.01).engine
-    token_ids, _ = engine.chat_request(one_image())
-    assert engine.tokenizer.decode(token_ids).startswith("<|begin_of_text|><|im_start|>")
+    header = "<|start_header_id|>{}<|end_header_id|>\n\n"
+    assert engine.chat_template.render(TWO_TURNS) == (
+        "<|begin_of_text|>"
+        + header.format("system")
+        + "You are a helpful language and vision assistant. You are able to understand the "
+        "visual content that the user provides, and assist the user with a variety of tasks "
+        "using natural language.<|eot_id|>"
+        + header.format("user")
+        + "q1<|eot_id|>"
+        + header.format("assistant")
+        + "a1<|eot_id|>"
+        + header.format("user")
+        + "q2<|eot_id|>"
+        + header.format("assistant")
+    )
+
+
+def test_chat_template_overrides(tmp_path):
+    model_dir = build_tiny_vila(tmp_path / "vila", "mlp2x_gelu", chat_template=True)
     template = tmp_path / "plain.jinja"
     template.write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
     engine = LLM(str(model_dir), kv_cache_memory=0.01, chat_template=str(template)).engine
