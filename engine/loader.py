@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -18,11 +18,20 @@ from engine.layers.awq_linear import convert_to_awq
 from engine.models.registry import model_class_for
 from engine.models.vila import VilaConfig
 from engine.quant.config import AWQConfig, read_quant_config
+from engine.quant.tinychat import FILE_PATTERN, find_tinychat_checkpoint, open_tinychat_checkpoint
 from engine.weights import TensorEntry, checkpoint_entries, is_split_checkpoint, load_into
 
 logger = logging.getLogger(__name__)
 
-HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
+HUB_FILE_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.jinja",
+    "tokenizer*",
+    "*.txt",
+    "*.model",
+    FILE_PATTERN,  # TinyChat int4 weights (in llm/ of VILA's AWQ repositories)
+]
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -65,27 +74,44 @@ def load_config(model_dir: Path) -> PretrainedConfig | VilaConfig:
 def load_model(
     model_dir: Path, config: PretrainedConfig, dtype: torch.dtype, device: torch.device
 ) -> nn.Module:
-    """Build the model for ``config`` and fill it from the checkpoint's safetensors
-    (dense, or AutoAWQ GEMM int4 as found on disk)."""
-    # VILA keeps its language model, the only part AutoAWQ quantizes, in llm/.
-    text_dir = model_dir / "llm" if is_split_checkpoint(model_dir) else model_dir
-    quant_config = read_quant_config(text_dir)
-    entries = checkpoint_entries(model_dir)
+    """Build the model for ``config`` and fill it from the checkpoint: safetensors (dense,
+    or AutoAWQ GEMM int4 as found on disk), or for the language model a TinyChat ``.pt``
+    (int4, converted to AutoAWQ GEMM while it is copied in)."""
+    split = is_split_checkpoint(model_dir)
+    tinychat_path = find_tinychat_checkpoint(model_dir)
+    converted: Iterable[tuple[str | None, torch.Tensor]] = ()
+    converted_qweights: list[str | None] = []
+    if tinychat_path is None:
+        # VILA keeps its language model, the only part AutoAWQ quantizes, in llm/.
+        quant_config = read_quant_config(model_dir / "llm" if split else model_dir)
+        entries = checkpoint_entries(model_dir)
+    else:
+        logger.info("loading the language model's int4 weights from %s", tinychat_path)
+        tinychat = open_tinychat_checkpoint(tinychat_path)
+        quant_config = AWQConfig(group_size=tinychat.group_size)
+        entries = checkpoint_entries(model_dir, with_language_model=False)
+        part = "llm." if split else ""
+        converted = ((part + name, t) for name, t in tinychat.tensors(device))
+        converted_qweights = [f"{part}{layer}.qweight" for layer in tinychat.quantized_layers]
     model = build_model(config, quant_config, dtype, device)
-    if hasattr(model, "checkpoint_name"):
-        entries = _renamed(entries, model.checkpoint_name)
-    _check_quantized_scope(entries, model.quantized_scope)
-    _fill_parameters(model, entries)
+    rename = getattr(model, "checkpoint_name", None)
+    if rename is not None:
+        entries = _renamed(entries, rename)
+        converted = ((rename(name), t) for name, t in converted)
+        converted_qweights = [rename(name) for name in converted_qweights]
+    qweights = [e.name for e in entries if e.name.endswith(".qweight")] + converted_qweights
+    _check_quantized_scope(qweights, model.quantized_scope)
+    _fill_parameters(model, entries, converted)
     return model.eval()
 
 
-def _check_quantized_scope(entries: list[TensorEntry], scope: str) -> None:
-    """Refuse int4 tensors outside the language model's decoder layers (a VLM's vision
+def _check_quantized_scope(qweights: list[str | None], scope: str) -> None:
+    """Refuse int4 layers outside the language model's decoder layers (a VLM's vision
     tower or projector, an LM head): we build those dense, so they would not load."""
-    for entry in entries:
-        if entry.name.endswith(".qweight") and not entry.name.startswith(f"{scope}."):
+    for name in qweights:
+        if name is not None and not name.startswith(f"{scope}."):
             raise UnsupportedModelError(
-                f"{entry.name.removesuffix('.qweight')} is AWQ int4, but only the linear "
+                f"{name.removesuffix('.qweight')} is AWQ int4, but only the linear "
                 f"layers under {scope} may be; keep the vision tower, projector and LM "
                 "head in 16 bits"
             )
@@ -109,30 +135,47 @@ def build_model(
     return model
 
 
-def _fill_parameters(model: nn.Module, entries: list[TensorEntry]) -> None:
+def _fill_parameters(
+    model: nn.Module,
+    entries: list[TensorEntry],
+    tensors: Iterable[tuple[str | None, torch.Tensor]] = (),
+) -> None:
+    """Copy the safetensors ``entries`` and the in-memory ``tensors`` (named as the
+    model's checkpoint names them; None: a tensor it does not use) into ``model``;
+    raise if any weight is left unfilled."""
     params = _checkpoint_tensors(model)
     modules = dict(model.named_modules())
     fused = getattr(model, "fused_layers", {})
     unfilled = _expected_checkpoint_names(params, fused)
 
-    def target_for(entry: TensorEntry) -> torch.Tensor | None:
-        module_name, _, param_name = entry.name.rpartition(".")
+    def target_for(name: str) -> torch.Tensor | None:
+        module_name, _, param_name = name.rpartition(".")
         parent_name, _, layer_name = module_name.rpartition(".")
         if layer_name in fused:
             fused_name, index = fused[layer_name]
             target_name = f"{parent_name}.{fused_name}"
             if f"{target_name}.{param_name}" in params:
-                unfilled.discard(entry.name)
+                unfilled.discard(name)
                 return modules[target_name].shard(param_name, index)
         # Not fused here (e.g. a vision tower's q_proj): loads by its own name.
-        if entry.name in params:
-            unfilled.discard(entry.name)
-            return params[entry.name].data
-        if not entry.name.endswith("rotary_emb.inv_freq"):
-            logger.warning("ignoring checkpoint tensor %s", entry.name)
+        if name in params:
+            unfilled.discard(name)
+            return params[name].data
+        if not name.endswith("rotary_emb.inv_freq"):
+            logger.warning("ignoring checkpoint tensor %s", name)
         return None
 
-    load_into(entries, target_for)
+    load_into(entries, lambda entry: target_for(entry.name))
+    for name, tensor in tensors:
+        target = target_for(name) if name is not None else None
+        if target is None:
+            continue
+        if target.shape != tensor.shape:
+            raise ModelLoadError(
+                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(target.shape)}"
+            )
+        target.copy_(tensor)
     missing = sorted(unfilled)
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import EngineError
+from engine.quant.tinychat import find_tinychat_checkpoint
 from engine.weights import checkpoint_entries
 
 GIB = 1 << 30
@@ -47,8 +48,11 @@ def usable_bytes(device: torch.device) -> int:
 
 def checkpoint_bytes(model_dir: Path, dtype: torch.dtype) -> int:
     """Bytes the weights take once loaded: floating tensors in ``dtype``, others as stored."""
-    total = 0
-    for entry in checkpoint_entries(model_dir):
+    tinychat = find_tinychat_checkpoint(model_dir)
+    # NOTE: a TinyChat .pt counts at its size on disk: int4 packs to the same bytes, and
+    # its few 16-bit tensors are a small share of it.
+    total = tinychat.stat().st_size if tinychat is not None else 0
+    for entry in checkpoint_entries(model_dir, with_language_model=tinychat is None):
         numel = entry.num_bytes // entry.dtype.itemsize
         total += numel * dtype.itemsize if entry.dtype.is_floating_point else entry.num_bytes
     return total

@@ -122,14 +122,18 @@ def is_split_checkpoint(model_dir: Path) -> bool:
     return (model_dir / "llm" / "config.json").exists()
 
 
-def checkpoint_entries(model_dir: Path) -> list[TensorEntry]:
-    """Every tensor of a checkpoint. Those of a checkpoint split into ``SPLIT_PARTS``
-    are named ``<part>.<name within the part>``."""
+def checkpoint_entries(model_dir: Path, with_language_model: bool = True) -> list[TensorEntry]:
+    """Every safetensors tensor of a checkpoint (without the language model's when its
+    weights come from elsewhere, e.g. a TinyChat ``.pt``). Those of a checkpoint split
+    into ``SPLIT_PARTS`` are named ``<part>.<name within the part>``."""
     if not is_split_checkpoint(model_dir):
+        if not with_language_model:
+            return []
         return [entry for path in checkpoint_files(model_dir) for entry in read_header(path)]
     return [
         dataclasses.replace(entry, name=f"{part}.{entry.name}")
         for part in SPLIT_PARTS
+        if with_language_model or part != "llm"
         for path in checkpoint_files(model_dir / part)
         for entry in read_header(path)
     ]
