@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from engine import LLM, AsyncLLM, SamplingParams
 from engine.block_manager import BlockManager
@@ -20,6 +19,7 @@ from tests.engine.vlm_fixtures import (
     image_part,
     load_llava_reference,
     random_image,
+    save_renamed,
     text_part,
 )
 
@@ -175,17 +175,10 @@ def test_loads_the_nested_transformers_layout(llava_dir, tmp_path, llm):
         ("vision_tower.", "model.vision_tower.vision_model."),
         ("multi_modal_projector.", "model.multi_modal_projector."),
     ]
-    tensors = {}
-    for name, tensor in load_file(llava_dir / "model.safetensors").items():
-        for old, new in renames:
-            if name.startswith(old):
-                name = new + name[len(old) :]
-                break
-        tensors[name] = tensor
     for path in llava_dir.iterdir():
         if path.suffix == ".json":
             (tmp_path / path.name).write_bytes(path.read_bytes())
-    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    save_renamed(llava_dir / "model.safetensors", tmp_path / "model.safetensors", renames)
     engine = LLMEngine(EngineConfig(model=str(tmp_path), kv_cache_memory=0.01))
     ours = dict(engine.runner.model.state_dict())
     for name, tensor in llm.engine.runner.model.state_dict().items():

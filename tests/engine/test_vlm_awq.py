@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine import LLM
@@ -28,6 +27,7 @@ from tests.engine.vlm_fixtures import (
     image_part,
     load_llava_reference,
     random_image,
+    save_renamed,
     text_part,
 )
 
@@ -64,14 +64,9 @@ def assert_only_language_model_is_int4(model: nn.Module) -> None:
 def legacy_named_copy(awq_dir: Path, out_dir: Path) -> Path:
     """``awq_dir`` with its tensors under the names AutoAWQ saved LLaVA with."""
     shutil.copytree(awq_dir, out_dir)
-    renamed = {}
-    for name, tensor in load_file(awq_dir / "model.safetensors").items():
-        for new, old in LEGACY_LLAVA_PREFIXES:
-            if name.startswith(new):
-                name = old + name[len(new) :]
-                break
-        renamed[name] = tensor
-    save_file(renamed, out_dir / "model.safetensors", metadata={"format": "pt"})
+    save_renamed(
+        awq_dir / "model.safetensors", out_dir / "model.safetensors", LEGACY_LLAVA_PREFIXES
+    )
     return out_dir
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import transformers
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from engine.demo import write_tokenizer
 from engine.multimodal.images import CLIP_MEAN, CLIP_STD
@@ -93,3 +94,16 @@ def image_part(url: str) -> dict:
 
 def text_part(text: str) -> dict:
     return {"type": "text", "text": text}
+
+
+def save_renamed(source: Path, out: Path, renames: list[tuple[str, str]]) -> None:
+    """The safetensors file ``source`` saved as ``out`` with each tensor name's first
+    matching ``(old prefix, new prefix)`` replaced."""
+    tensors = {}
+    for name, tensor in load_file(source).items():
+        for old, new in renames:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        tensors[name] = tensor
+    save_file(tensors, out, metadata={"format": "pt"})
