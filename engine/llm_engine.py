@@ -4,7 +4,6 @@ and detokenizes once; ``LLM`` and ``AsyncLLM`` drive it."""
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +12,13 @@ from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
 from engine.detokenizer import IncrementalDetokenizer
-from engine.errors import EngineError, InvalidRequestError, PromptTooLongError
+from engine.errors import EngineError, InvalidRequestError
+from engine.inputs import InputProcessor
 from engine.kv_cache import KVCache, num_blocks_for_budget
 from engine.loader import load_config, load_model, resolve_model_dir
 from engine.memory import check_weights_fit, checkpoint_bytes, kv_budget_bytes
 from engine.model_info import eos_token_ids, max_context_len, pick_device, pick_dtype
 from engine.multimodal.images import ImageInput
-from engine.multimodal.prompt import flatten_messages, render_chat
 from engine.multimodal.requests import ImageRequests
 from engine.outputs import RequestOutput
 from engine.request import Request
@@ -53,7 +52,8 @@ class EngineStats:
 
 class LLMEngine:
     """Not thread-safe: one thread calls ``add_request``/``abort``/``step`` (AsyncLLM's loop
-    thread does). ``make_sequence`` (validation and tokenization) may run on any thread."""
+    thread does). ``make_sequence`` and ``chat_request`` (``self.inputs``: validation,
+    tokenization, images) may run on any thread."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -71,13 +71,12 @@ class LLMEngine:
         tokenizer_dir = getattr(hf_config, "tokenizer_dir", self.model_dir)
         self.tokenizer = load_tokenizer(tokenizer_dir)
         model_template = getattr(hf_config, "conversation_template", None)
-        self.chat_template = ChatTemplate(
+        chat_template = ChatTemplate(
             self.tokenizer,
             config.chat_template,
             model_template(self.tokenizer) if model_template else None,
         )
         self.eos_token_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
-        self.vocab_size = text_config.vocab_size
         check_weights_fit(checkpoint_bytes(self.model_dir, self.dtype), self.device)
         model = load_model(self.model_dir, hf_config, self.dtype, self.device)
         self.max_model_len, num_blocks = self._size_kv_cache(model, text_config)
@@ -88,6 +87,16 @@ class LLMEngine:
             self.vision = ImageRequests(
                 processor_dir, hf_config, model, self.tokenizer, config.image_limits
             )
+        self.inputs = InputProcessor(
+            self.model_name,
+            self.tokenizer,
+            chat_template,
+            self.vision,
+            text_config.vocab_size,
+            self.max_model_len,
+            config.block_size,
+        )
+        self.tokenizer_lock = self.inputs.tokenizer_lock
         self.kv_cache = KVCache(
             model.attention_layers(), num_blocks, config.block_size, self.dtype, self.device
         )
@@ -102,8 +111,6 @@ class LLMEngine:
             self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device)
         self.requests: dict[str, Request] = {}
-        # Fast tokenizers are not safe to call from several threads at once.
-        self.tokenizer_lock = threading.Lock()
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
 
@@ -139,51 +146,8 @@ class LLMEngine:
         params: SamplingParams,
         images: list[ImageInput] | None = None,
     ) -> Sequence:
-        """Validate and tokenize a request. Raises InvalidRequestError (a ValueError).
-
-        With ``images`` (from ``chat_request``), token-id prompts carry each image's
-        tokens already expanded; in a string prompt each image token is expanded here."""
-        images = list(images or [])
-        if images and self.vision is None:
-            raise InvalidRequestError(f"model {self.model_name!r} does not accept images")
-        if self.vision is not None:
-            self.vision.check(images)
-        if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidRequestError("the prompt is empty")
-            with self.tokenizer_lock:
-                token_ids = self.tokenizer(prompt).input_ids
-            if images:
-                token_ids = self.vision.expand(token_ids)
-        else:
-            token_ids = list(prompt)
-            if not token_ids:
-                raise InvalidRequestError("the prompt is empty")
-            bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
-            if bad:
-                raise InvalidRequestError(
-                    f"prompt token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
-                )
-        if len(token_ids) >= self.max_model_len:
-            raise PromptTooLongError(len(token_ids), self.max_model_len)
-        if not isinstance(params, SamplingParams):
-            raise InvalidRequestError("params must be a SamplingParams")
-        bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"logit_bias token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
-            )
-        if self.vision is None:
-            return Sequence(request_id, token_ids, params, self.config.block_size)
-        return Sequence(
-            request_id,
-            token_ids,
-            params,
-            self.config.block_size,
-            images,
-            self.vision.positions(token_ids, images),
-            [image.content_hash for image in images],
-        )
+        """See ``InputProcessor.make_sequence``; safe to call from any thread."""
+        return self.inputs.make_sequence(request_id, prompt, params, images)
 
     def add_sequence(self, seq: Sequence) -> None:
         if seq.request_id in self.requests:
@@ -304,29 +268,12 @@ class LLMEngine:
     # -- chat and stats ---------------------------------------------------------------
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Token ids of text-only ``messages`` rendered by the chat template, ready to
-        generate. Messages with images need ``chat_request``."""
-        token_ids, images = self.chat_request(messages)
-        if images:
-            raise InvalidRequestError("messages with images need chat_request, not chat_prompt")
-        return token_ids
+        """See ``InputProcessor.chat_prompt``; safe to call from any thread."""
+        return self.inputs.chat_prompt(messages)
 
     def chat_request(self, messages: list[dict]) -> tuple[list[int], list[ImageInput]]:
-        """OpenAI-style ``messages`` (content a string, or ``text`` and ``image_url``
-        parts in any order) -> the prompt's token ids, each image's tokens expanded, and
-        its images in order: pass both to ``make_sequence``/``add_request``. Fetches, decodes
-        and preprocesses the images (blocking: callers may run it off the event loop)."""
-        if self.vision is None:
-            flat, images = flatten_messages(messages, None, None, 0)
-        else:
-            flat, images = self.vision.flatten(messages)
-        with self.tokenizer_lock:
-            text = render_chat(self.chat_template, messages, flat)
-            # The template writes any BOS itself, so the tokenizer must not add another.
-            token_ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if images:
-            token_ids = self.vision.expand(token_ids)
-        return token_ids, images
+        """See ``InputProcessor.chat_request``; safe to call from any thread."""
+        return self.inputs.chat_request(messages)
 
     def stats(self) -> EngineStats:
         bm = self.block_manager

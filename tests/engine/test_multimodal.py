@@ -333,7 +333,7 @@ def test_templates_that_only_take_parts_still_get_every_image(llava_llm, tmp_pat
     # (transformers renders with trim_blocks: the newline after each message is dropped.)
     assert text == f"USER: first\n{IMAGE_TOKEN}\nthenUSER: {IMAGE_TOKEN}ASSISTANT:"
     # The demo (ChatML) template takes the strings as they are.
-    chatml = render_chat(engine.chat_template, messages, flat)
+    chatml = render_chat(engine.inputs.chat_template, messages, flat)
     assert f"<|im_start|>user\nfirst\n{IMAGE_TOKEN}\nthen<|im_end|>" in chatml
 
 

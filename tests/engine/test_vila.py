@@ -229,12 +229,12 @@ def test_vicuna_v1_format(vila):
     llm, _ = vila
     engine = llm.engine
     eos = engine.tokenizer.eos_token
-    assert engine.chat_template.render(TWO_TURNS) == (
+    assert engine.inputs.chat_template.render(TWO_TURNS) == (
         f"<|begin_of_text|>{VICUNA_SYSTEM} The assistant gives helpful, detailed, and polite "
         f"answers to the user's questions. USER: q1 ASSISTANT: a1{eos}USER: q2 ASSISTANT:"
     )
     with_system = [{"role": "system", "content": "Be brief."}, *TWO_TURNS[:1]]
-    assert engine.chat_template.render(with_system) == (
+    assert engine.inputs.chat_template.render(with_system) == (
         "<|begin_of_text|>Be brief. USER: q1 ASSISTANT:"
     )
     token_ids, _ = engine.chat_request(one_image())
@@ -247,7 +247,7 @@ def test_llama3_format_wins_over_the_tokenizer_template(tmp_path):
     model_dir = build_tiny_vila(tmp_path / "vila", "mlp2x_gelu", chat_template=True, llama3=True)
     engine = LLM(str(model_dir), kv_cache_memory=0.01).engine
     header = "<|start_header_id|>{}<|end_header_id|>\n\n"
-    assert engine.chat_template.render(TWO_TURNS) == (
+    assert engine.inputs.chat_template.render(TWO_TURNS) == (
         "<|begin_of_text|>"
         + header.format("system")
         + "You are a helpful language and vision assistant. You are able to understand the "
