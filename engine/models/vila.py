@@ -40,6 +40,12 @@ class VilaConfig:
 
     def __init__(self, model_dir: Path):
         raw = _read_json(model_dir / "config.json")
+        if raw.get("s2"):
+            # S2 runs the tower at several resolutions and concatenates the features.
+            raise UnsupportedModelError(
+                f"{model_dir} is a VILA S2 (multi-scale vision) checkpoint, which is not "
+                "supported; use the model without -s2"
+            )
         projector = model_dir / "mm_projector" / "config.json"
         projector_raw = _read_json(projector) if projector.exists() else {}
         self.architectures = raw.get("architectures") or ["LlavaLlamaModel"]

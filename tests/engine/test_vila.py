@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import LLM, SamplingParams
 from engine.demo import write_tokenizer
+from engine.errors import UnsupportedModelError
 from tests.conftest import TINY
 from tests.engine.test_llava import chunked_prefill_logits
 from tests.engine.vlm_fixtures import IMAGE_TOKEN, data_url, image_part, random_image, text_part
@@ -271,3 +272,12 @@ def test_chat_template_overrides(tmp_path):
     token_ids, images = engine.chat_request(one_image())
     assert engine.tokenizer.decode(token_ids).startswith(f"[{IMAGE_TOKEN}")
     assert len(images) == 1
+
+
+def test_s2_checkpoints_are_refused_by_name(tmp_path):
+    model_dir = build_tiny_vila(tmp_path / "vila", "mlp2x_gelu")
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(s2=True, s2_scales="384,768,1152")
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match="S2"):
+        LLM(str(model_dir), kv_cache_memory=0.01)
