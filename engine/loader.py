@@ -67,6 +67,8 @@ def load_config(model_dir: Path) -> PretrainedConfig | VilaConfig:
         if is_split_checkpoint(model_dir):
             return VilaConfig(model_dir)
         return AutoConfig.from_pretrained(model_dir)
+    except ModelLoadError:  # already says what is wrong (a ValueError too)
+        raise
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"cannot read the config of {model_dir}: {e}") from None
 
