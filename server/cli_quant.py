@@ -20,7 +20,8 @@ def add_quant_commands(subparsers: argparse._SubParsersAction) -> None:
         "quantize",
         help="write an AutoAWQ GEMM int4 checkpoint of a 16-bit model",
         description="Quantize a model to 4 bits, one decoder layer at a time, in the "
-        "AutoAWQ GEMM format (loads in edgechat and other AWQ-aware tools).",
+        "AutoAWQ GEMM format (loads in edgechat and other AWQ-aware tools). Of a LLaVA, "
+        "the language model is quantized; the vision tower and projector stay 16-bit.",
     )
     q.add_argument("--model", required=True, help="checkpoint directory or Hub ID")
     q.add_argument("--out", required=True, help="output directory (must not exist yet)")

@@ -1,11 +1,14 @@
 """Where the quantizer finds things in a model: the decoder layers, their linears, and
-which linears AWQ scales together. Names are the same in the transformers module tree and
-in the checkpoint, so one prefix locates a layer in both (a VLM's language model will be
-the same layout under another prefix)."""
+which linears AWQ scales together. Names are those of the language model's transformers
+module tree (a ``*ForCausalLM``); the checkpoint holds its ``model.`` under one of the
+layout's ``checkpoint_bodies``: ``model.`` itself for a language model, a longer prefix
+for the language model of a VLM (LLaVA), whose other parts stay in 16 bits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from engine.errors import UnsupportedModelError
 
@@ -39,6 +42,9 @@ class DecoderLayout:
     no_clip: tuple[str, ...]
     # Linear layers left in 16 bits, for quantization_config's modules_to_not_convert.
     not_converted: tuple[str, ...]
+    # The checkpoint's names for the module tree's "model." (embeddings, decoder layers,
+    # final norm), tried in order: the first the checkpoint uses applies.
+    checkpoint_bodies: tuple[str, ...] = ("model.",)
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -74,12 +80,37 @@ LAYOUTS: dict[str, DecoderLayout] = {
 }
 
 
+LLAVA = "LlavaForConditionalGeneration"
+
+
 def layout_for(config) -> DecoderLayout:
     architectures = getattr(config, "architectures", None) or []
     for name in architectures:
         if name in LAYOUTS:
             return LAYOUTS[name]
+        if name == LLAVA:
+            return _llava_layout(config.text_config)
     raise UnsupportedModelError(
         f"cannot quantize architecture {', '.join(architectures) or '(none given)'}; "
-        f"supported: {', '.join(sorted(LAYOUTS))}"
+        f"supported: {', '.join(sorted([*LAYOUTS, LLAVA]))}"
+    )
+
+
+def _llava_layout(text_config) -> DecoderLayout:
+    """A LLaVA's language model: the layout of its own ``*ForCausalLM`` (which the
+    quantizer builds from ``text_config``), nested in the checkpoint."""
+    architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text_config.model_type)
+    if architecture not in LAYOUTS:
+        raise UnsupportedModelError(
+            f"cannot quantize a LLaVA whose language model is {text_config.model_type!r}; "
+            f"supported: {', '.join(sorted(LAYOUTS))}"
+        )
+    text = LAYOUTS[architecture]
+    return replace(
+        text,
+        # transformers >= 4.52 names (model.language_model.layers.N...), then those of
+        # older checkpoints, which transformers 5 also saves (language_model.model...).
+        checkpoint_bodies=("model.language_model.", "language_model.model."),
+        # What AutoAWQ writes for llava-hf models, plus our language models' lm_head.
+        not_converted=("vision_tower", "multi_modal_projector", *text.not_converted),
     )

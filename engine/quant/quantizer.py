@@ -4,7 +4,8 @@ One decoder layer at a time: the layer is read from the checkpoint, its calibrat
 inputs recorded (AWQ), its weights scaled and clipped (AWQ), rounded and packed, written
 out, and dropped; the next layer's inputs are this layer's float outputs. Peak memory is
 one layer plus the calibration activations. Every check on the user's input runs before
-the first layer is read.
+the first layer is read. Of a LLaVA, only the language model is quantized (calibrated on
+text alone); its vision tower and projector are copied in 16 bits, as AutoAWQ does.
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ def quantize(
     _check_language_model(model_dir, hf_config)
     _check_not_quantized(model_dir, hf_config)
     layout = layout_for(hf_config)
+    text_config = hf_config.get_text_config(decoder=True)  # hf_config, unless a VLM's
     device = pick_device(config.device)
     dtype = pick_dtype("auto", hf_config, device)
-    source = LayerwiseModel(model_dir, hf_config, layout, dtype, device)
+    source = LayerwiseModel(model_dir, text_config, layout, dtype, device)
     if any(name.endswith(".qweight") for name in source.entries):
         raise QuantizationError(f"{model_dir} holds quantized weights already")
     _check_shapes(source, config.group_size)
@@ -91,26 +93,19 @@ def quantize(
         ids = None
         if config.method == "awq":
             ids = _calibration(model_dir, config, calib_data) if calib_ids is None else calib_ids
-            _check_calibration(ids, hf_config)
+            _check_calibration(ids, text_config)
         _copy_unquantized(source, writer)
         _quantize_layers(source, writer, config, ids)
         return writer.commit(_quantized_config(model_dir, config, layout), model_dir)
 
 
 def _check_language_model(model_dir: Path, hf_config) -> None:
-    """We quantize a plain causal LM. A VLM's language model is quantized on its own, so
-    that its vision tower and projector stay in 16 bits."""
+    """VILA keeps its language model in a folder of its own, which is quantized alone."""
     if isinstance(hf_config, VilaConfig):
         raise QuantizationError(
             f"{model_dir} is a VILA checkpoint; quantize its language model alone "
             f"(--model {model_dir / 'llm'} --out LLM_INT4), then copy {model_dir} and "
             "replace the copy's llm/ folder with LLM_INT4"
-        )
-    if getattr(hf_config, "vision_config", None) is not None:
-        raise QuantizationError(
-            f"{model_dir} is a vision-language model, and edgechat quantizes plain language "
-            "models only; AutoAWQ quantizes a LLaVA's language model (its checkpoint loads "
-            "here, with the vision tower and projector in 16 bits)"
         )
 
 
@@ -169,7 +164,8 @@ def _check_calibration(ids: torch.Tensor, hf_config) -> None:
 
 
 def _copy_unquantized(source: LayerwiseModel, writer: CheckpointWriter) -> None:
-    """Embeddings, final norm, LM head: as they were, in fp16 like everything else."""
+    """Embeddings, final norm, LM head (and a VLM's vision tower and projector): as they
+    were, under the same names, in fp16 like everything else."""
     for entry in source.entries_outside_layers():
         tensor = torch.empty(entry.shape, dtype=entry.dtype)
         load_into([entry], lambda _, tensor=tensor: tensor)
@@ -197,7 +193,8 @@ def _quantize_layers(
             inputs, x = record_inputs(layer, runner, x, names)
             awq_layer(layer, layout, runner, inputs, config.group_size, config.clip)
             del inputs
-        writer.add(_layer_tensors(layer, layout, name, config.group_size))
+        prefix = source.checkpoint_name(name)
+        writer.add(_layer_tensors(layer, layout, prefix, config.group_size))
         source.release(layer)
 
 

@@ -2,7 +2,9 @@
 
 The transformers model is built on the meta device (shapes, no memory); a decoder layer
 (or the embedding) is materialized on the working device only while it is worked on,
-its weights read tensor by tensor from the safetensors, then sent back to meta.
+its weights read tensor by tensor from the safetensors, then sent back to meta. For a VLM
+only its language model is built (from its text config), so module names are the
+language model's; ``checkpoint_name`` maps them to the checkpoint's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from engine.quant.layout import DecoderLayout
 from engine.weights import TensorEntry, checkpoint_files, load_into, read_header
 
 logger = logging.getLogger(__name__)
+
+# The language model's embeddings, decoder layers and final norm, in a *ForCausalLM.
+MODULE_BODY = "model."
 
 
 class LayerwiseModel:
@@ -41,6 +46,20 @@ class LayerwiseModel:
         self.entries = {
             entry.name: entry for path in checkpoint_files(model_dir) for entry in read_header(path)
         }
+        self.body = self._checkpoint_body()
+
+    def _checkpoint_body(self) -> str:
+        """The checkpoint's name for the module tree's ``model.``: the first of the
+        layout's candidates under which the first decoder layer is stored."""
+        first_layer = self.layout.layer_prefix(0).removeprefix(MODULE_BODY)
+        for body in self.layout.checkpoint_bodies:
+            if any(name.startswith(body + first_layer) for name in self.entries):
+                return body
+        return self.layout.checkpoint_bodies[0]  # materialize says what is missing
+
+    def checkpoint_name(self, name: str) -> str:
+        """The checkpoint's name for ``name``, a module or parameter under ``model.``."""
+        return self.body + name.removeprefix(MODULE_BODY)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -57,11 +76,12 @@ class LayerwiseModel:
         """The module at ``name`` on the working device, filled from the checkpoint."""
         module = self.skeleton.get_submodule(name)
         module.to(self.dtype).to_empty(device=self.device)
-        params = {f"{name}.{key}": p for key, p in module.named_parameters()}
+        prefix = self.checkpoint_name(name)
+        params = {f"{prefix}.{key}": p for key, p in module.named_parameters()}
         missing = sorted(set(params) - set(self.entries))
         if missing:
             raise ModelLoadError(f"the checkpoint lacks {', '.join(missing[:5])}")
-        unused = [key for key in self.entries if key.startswith(f"{name}.") and key not in params]
+        unused = [k for k in self.entries if k.startswith(f"{prefix}.") and k not in params]
         if unused:
             logger.warning("ignoring checkpoint tensors %s", ", ".join(unused))
         load_into([self.entries[key] for key in params], lambda entry: params[entry.name].data)
@@ -85,7 +105,7 @@ class LayerwiseModel:
 
     def entries_outside_layers(self) -> list[TensorEntry]:
         """Checkpoint tensors that are not in a decoder layer (embeddings, final norm,
-        LM head), in file order."""
-        prefix = self.layout.layers + "."
+        LM head; a VLM's vision tower and projector), in file order."""
+        prefix = self.checkpoint_name(self.layout.layers) + "."
         outside = [entry for name, entry in self.entries.items() if not name.startswith(prefix)]
         return sorted(outside, key=lambda entry: (entry.path, entry.offset))

@@ -1,7 +1,8 @@
 """A VLM whose language model is AutoAWQ int4 and whose vision tower and projector are
 16-bit: LLaVA in Hugging Face format and VILA1.5's split layout load and generate what
 the 16-bit references generate with each quantized linear replaced by its dequantized
-weight; `edgechat quantize` refuses a whole VLM and quantizes VILA's llm/ on its own."""
+weight; `edgechat quantize` refuses a whole VILA and quantizes its llm/ on its own
+(tests/quant/test_llava_quant.py quantizes LLaVA)."""
 
 from __future__ import annotations
 
@@ -180,12 +181,6 @@ def test_vila_greedy_tokens_match_dequantized_reference(vila_awq, messages):
     token_ids, images = llm.engine.chat_request(messages)
     expected = reference.greedy(token_ids, images, llm.engine.vision.image_token_id)
     assert llm.chat(messages, GREEDY).token_ids == expected
-
-
-def test_quantize_refuses_llava(llava_source, tmp_path):
-    with pytest.raises(QuantizationError, match="vision-language model.*AutoAWQ"):
-        quantize(llava_source, tmp_path / "out", RTN)
-    assert not (tmp_path / "out").exists()
 
 
 def test_quantize_refuses_whole_vila_and_names_its_llm_folder(vila_source, tmp_path):
