@@ -68,6 +68,14 @@ def reference_greedy(reference, token_ids, images, num_new: int = GREEDY.max_tok
     return out[0, len(token_ids) :].tolist()
 
 
+def reference_last_logits(reference, token_ids, images) -> torch.Tensor:
+    with torch.no_grad():
+        return reference(
+            input_ids=torch.tensor([token_ids]),
+            pixel_values=torch.stack([image.pixel_values for image in images]),
+        ).logits[0, -1]
+
+
 def chunked_prefill_logits(engine: LLMEngine, token_ids, images, chunk: int) -> torch.Tensor:
     """Our last-position logits, the prompt computed ``chunk`` tokens per step."""
     seq = engine.make_sequence("parity", token_ids, SamplingParams(), images)
@@ -92,11 +100,7 @@ def test_prefill_logits_match_transformers(llm, reference, messages, chunk):
         == len(images) * engine.vision.num_image_tokens
     )
     ours = chunked_prefill_logits(engine, token_ids, images, chunk)
-    with torch.no_grad():
-        theirs = reference(
-            input_ids=torch.tensor([token_ids]),
-            pixel_values=torch.stack([image.pixel_values for image in images]),
-        ).logits[0, -1]
+    theirs = reference_last_logits(reference, token_ids, images)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 

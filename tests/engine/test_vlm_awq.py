@@ -20,7 +20,11 @@ from engine.errors import QuantizationError, UnsupportedModelError
 from engine.layers.awq_linear import AWQLinear, MergedAWQLinear
 from engine.quant.quantizer import QuantizeConfig, quantize
 from tests.engine.awq_fixtures import dequantized_reference, write_awq_checkpoint
-from tests.engine.test_llava import chunked_prefill_logits, reference_greedy
+from tests.engine.test_llava import (
+    chunked_prefill_logits,
+    reference_greedy,
+    reference_last_logits,
+)
 from tests.engine.test_vila import GREEDY, Reference, build_tiny_vila
 from tests.engine.vlm_fixtures import (
     build_tiny_llava,
@@ -107,11 +111,7 @@ def test_llava_prefill_logits_match_dequantized_transformers(
     engine = llava_llm.engine
     token_ids, images = engine.chat_request(messages)
     ours = chunked_prefill_logits(engine, token_ids, images, chunk)
-    with torch.no_grad():
-        theirs = llava_reference(
-            input_ids=torch.tensor([token_ids]),
-            pixel_values=torch.stack([image.pixel_values for image in images]),
-        ).logits[0, -1]
+    theirs = reference_last_logits(llava_reference, token_ids, images)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 

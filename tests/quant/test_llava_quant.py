@@ -18,7 +18,11 @@ from engine import LLM
 from engine.errors import UnsupportedModelError
 from engine.quant.quantizer import QuantizeConfig, quantize
 from tests.engine.awq_fixtures import dequantized_reference
-from tests.engine.test_llava import chunked_prefill_logits, reference_greedy
+from tests.engine.test_llava import (
+    chunked_prefill_logits,
+    reference_greedy,
+    reference_last_logits,
+)
 from tests.engine.test_vila import GREEDY
 from tests.engine.test_vlm_awq import (
     LLAVA_NOT_CONVERTED,
@@ -180,11 +184,7 @@ def test_logits_and_greedy_tokens_match_dequantized_transformers(loaded, message
     llm, reference = loaded
     token_ids, images = llm.engine.chat_request(messages)
     ours = chunked_prefill_logits(llm.engine, token_ids, images, 1000)
-    with torch.no_grad():
-        theirs = reference(
-            input_ids=torch.tensor([token_ids]),
-            pixel_values=torch.stack([image.pixel_values for image in images]),
-        ).logits[0, -1]
+    theirs = reference_last_logits(reference, token_ids, images)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     output = llm.chat(messages, GREEDY)
     assert output.token_ids == reference_greedy(reference, token_ids, images, GREEDY.max_tokens)
