@@ -122,19 +122,23 @@ def test_image_order_matters_and_each_order_matches(llm, reference):
     assert outputs[0] != outputs[1]
 
 
-def test_batched_requests_with_images_match_alone(llm):
-    messages = [one_image(URLS[i]) for i in range(3)] + [three_images()]
-    alone = [llm.chat(m, GREEDY).token_ids for m in messages]
-    engine = llm.engine
-    for i, m in enumerate(messages):
-        token_ids, images = engine.chat_request(m)
-        engine.add_request(f"batched-{i}", token_ids, GREEDY, images)
+def run_together(engine: LLMEngine, conversations, params) -> list[list[int]]:
+    """Each conversation's generated tokens, all of them queued at once."""
+    for i, messages in enumerate(conversations):
+        token_ids, images = engine.chat_request(messages)
+        engine.add_request(f"together-{i}", token_ids, params, images)
     finished = {}
     while engine.has_unfinished:
         for output in engine.step():
             if output.finished:
                 finished[output.request_id] = output.token_ids
-    assert [finished[f"batched-{i}"] for i in range(len(messages))] == alone
+    return [finished[f"together-{i}"] for i in range(len(conversations))]
+
+
+def test_batched_requests_with_images_match_alone(llm):
+    messages = [one_image(URLS[i]) for i in range(3)] + [three_images()]
+    alone = [llm.chat(m, GREEDY).token_ids for m in messages]
+    assert run_together(llm.engine, messages, GREEDY) == alone
 
 
 def test_prefix_cache_keys_on_image_content(llava_dir):
@@ -233,16 +237,8 @@ def test_preemption_with_images_changes_nothing(llava_dir, llm):
     conversations = [one_image(URLS[i]) for i in range(4)] + [three_images()]
     want = [llm.chat(m, params).token_ids for m in conversations]
     engine = small.engine
-    for i, messages in enumerate(conversations):
-        token_ids, images = engine.chat_request(messages)
-        engine.add_request(f"r{i}", token_ids, params, images)
-    finished = {}
-    while engine.has_unfinished:
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output.token_ids
+    assert run_together(engine, conversations, params) == want
     assert engine.scheduler.num_preemptions > 0
-    assert [finished[f"r{i}"] for i in range(len(conversations))] == want
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
