@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-# Longer than any fetch timeout the tests use, so /slow always times out.
-SLOW_SECONDS = 3.0
+# Far longer than any fetch timeout the tests use, so /slow always times out, and a
+# fetch that stops at its timeout is told apart from one that waits for the end even on
+# a loaded machine.
+SLOW_SECONDS = 30.0
 HUGE_BYTES = 1 << 20
 
 

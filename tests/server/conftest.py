@@ -91,9 +91,11 @@ def running(app: FastAPI, wait_ready: bool = True) -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        _wait(lambda: server.started, "the server did not start")
+        wait_until(lambda: server.started, "the server did not start")
         if wait_ready:
-            _wait(lambda: httpx.get(f"{url}/health").status_code == 200, "the model did not load")
+            wait_until(
+                lambda: httpx.get(f"{url}/health").status_code == 200, "the model did not load"
+            )
         yield url
     finally:
         server.should_exit = True
@@ -101,7 +103,9 @@ def running(app: FastAPI, wait_ready: bool = True) -> Iterator[str]:
         sock.close()
 
 
-def _wait(condition: Callable[[], bool], message: str, timeout: float = 60.0) -> None:
+def wait_until(condition: Callable[[], bool], message: str, timeout: float = 60.0) -> None:
+    """Polls for a state the test has made certain (a load, an abort while the engine is
+    held), however slowly a loaded machine gets there."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

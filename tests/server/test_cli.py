@@ -12,12 +12,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import pytest
 
 from server.cli import build_parser, main
+from tests.server.gated_serve import GATE_FD_VARIABLE, ONE_STEP, OPEN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,32 +68,59 @@ def test_bad_settings_exit_2(capsys: pytest.CaptureFixture) -> None:
     assert "max_queued_requests" in capsys.readouterr().err
 
 
+@dataclass
+class ServeProcess:
+    """A running ``edgechat serve`` whose engine takes only the steps the test allows."""
+
+    process: subprocess.Popen
+    url: str
+    log: list[str]
+    gate: BinaryIO
+
+    def allow_steps(self, num_steps: int) -> None:
+        self.gate.write(ONE_STEP * num_steps)
+        self.gate.flush()
+
+    def open_gate(self) -> None:
+        self.gate.write(OPEN)
+        self.gate.flush()
+
+
 @contextmanager
-def serve_process(model: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
-    """``edgechat serve`` on a free port; yields the process, its URL and its log lines."""
-    env = {**os.environ, "EDGECHAT_MODEL": str(model), "EDGECHAT_KV_CACHE_MEMORY": "0.05"}
+def serve_process(model: Path, *flags: str) -> Iterator[ServeProcess]:
+    """``edgechat serve`` on a free port, its engine held at its first step."""
+    gate_read, gate_write = os.pipe()
+    env = {
+        **os.environ,
+        "EDGECHAT_MODEL": str(model),
+        "EDGECHAT_KV_CACHE_MEMORY": "0.05",
+        GATE_FD_VARIABLE: str(gate_read),
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", "0", *flags],
+        [sys.executable, "-m", "tests.server.gated_serve", "serve", "--port", "0", *flags],
         cwd=REPO,
         env=env,
         stderr=subprocess.PIPE,
         text=True,
+        pass_fds=(gate_read,),
     )
+    os.close(gate_read)
     log: list[str] = []
     reader = threading.Thread(target=lambda: log.extend(process.stderr), daemon=True)
     reader.start()
     try:
-        url = None
-        deadline = time.monotonic() + 90
-        while url is None and time.monotonic() < deadline and process.poll() is None:
-            for line in list(log):
-                if match := re.search(r"Uvicorn running on (http://\S+)", line):
-                    url = match.group(1)
-            time.sleep(0.05)
-        assert url is not None, "".join(log)
-        while httpx.get(f"{url}/health").status_code != 200:
-            time.sleep(0.05)
-        yield process, url, log
+        with os.fdopen(gate_write, "wb") as gate:
+            url = None
+            deadline = time.monotonic() + 90
+            while url is None and time.monotonic() < deadline and process.poll() is None:
+                for line in list(log):
+                    if match := re.search(r"Uvicorn running on (http://\S+)", line):
+                        url = match.group(1)
+                time.sleep(0.05)
+            assert url is not None, "".join(log)
+            while httpx.get(f"{url}/health").status_code != 200:
+                time.sleep(0.05)
+            yield ServeProcess(process, url, log, gate)
     finally:
         if process.poll() is None:
             process.kill()
@@ -122,22 +152,35 @@ def streaming_in_background(
     thread.join(timeout=60)
 
 
-LONG_STREAM = {"prompt": "Go on", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+def wait_until_refused(url: str, timeout: float = 30.0) -> None:
+    """Until the server stops accepting connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/health")
+        except httpx.ConnectError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the server still accepts connections {timeout} s after SIGTERM")
+
+
+STREAM = {"prompt": "Go on", "max_tokens": 600, "ignore_eos": True, "stream": True}
+# Steps let through before SIGTERM: enough for the first chunks, far from max_tokens.
+NUM_STEPS_BEFORE_SIGTERM = 5
 
 
 @pytest.mark.timeout(180)
 def test_sigterm_lets_running_streams_finish_and_exits_0(tiny_model_factory) -> None:
     model = tiny_model_factory("llama", max_position_embeddings=2048)
-    with serve_process(model, "--shutdown-timeout", "60") as (process, url, log):
-        body = {**LONG_STREAM, "max_tokens": 600}
-        with streaming_in_background(url, body) as (result, stream):
-            process.send_signal(signal.SIGTERM)
-            # New connections are refused at once, while the stream goes on.
-            time.sleep(0.5)
-            with pytest.raises(httpx.ConnectError):
-                httpx.get(f"{url}/health")
+    with serve_process(model, "--shutdown-timeout", "60") as server:
+        server.allow_steps(NUM_STEPS_BEFORE_SIGTERM)
+        with streaming_in_background(server.url, STREAM) as (result, stream):
+            server.process.send_signal(signal.SIGTERM)
+            # New connections are refused, while the stream (held at the gate) goes on.
+            wait_until_refused(server.url)
             assert stream.is_alive()
-        assert process.wait(timeout=60) == 0, "".join(log)
+            server.open_gate()
+        assert server.process.wait(timeout=60) == 0, "".join(server.log)
     [events] = result
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
@@ -149,10 +192,12 @@ def test_sigterm_lets_running_streams_finish_and_exits_0(tiny_model_factory) -> 
 @pytest.mark.timeout(180)
 def test_sigterm_aborts_streams_after_the_grace_period(tiny_model_factory) -> None:
     model = tiny_model_factory("llama", max_position_embeddings=2048)
-    with serve_process(model, "--shutdown-timeout", "0") as (process, url, log):
-        with streaming_in_background(url, LONG_STREAM) as (result, _):
-            process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, "".join(log)
+    with serve_process(model, "--shutdown-timeout", "0") as server:
+        server.allow_steps(NUM_STEPS_BEFORE_SIGTERM)
+        # The gate stays shut: the stream can only end by being aborted.
+        with streaming_in_background(server.url, STREAM) as (result, _):
+            server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0, "".join(server.log)
     [events] = result
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine import AsyncLLM, EngineConfig
 from server.app import create_app
 from server.settings import ServerSettings
-from tests.server.conftest import ENGINE_DEFAULTS, LiveServer, running
+from tests.server.conftest import ENGINE_DEFAULTS, LiveServer, running, wait_until
 from tests.server.test_errors import assert_error
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,9 +94,7 @@ def test_health_is_503_while_loading_and_after_a_failed_load(tiny_llama) -> None
             assert response.headers["retry-after"] == "1"
         assert "vllm:num_requests_running" not in httpx.get(f"{url}/metrics").text
         loaded.set()
-        for _ in range(500):
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
+        wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "the model did not load")
         assert httpx.get(f"{url}/v1/models").status_code == 200
 
     failures = []
@@ -106,10 +104,8 @@ def test_health_is_503_while_loading_and_after_a_failed_load(tiny_llama) -> None
         failures.append,
     )
     with running(app, wait_ready=False) as url:
-        for _ in range(500):
-            response = httpx.get(f"{url}/health")
-            if response.json()["status"] != "loading":
-                break
+        wait_until(lambda: len(failures) == 1, "the load did not fail")
+        response = httpx.get(f"{url}/health")
         assert response.status_code == 503 and response.json()["status"] == "failed"
         assert "missing" in response.json()["error"] and len(failures) == 1
         response = httpx.post(f"{url}/v1/completions", json={"prompt": "x"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -12,16 +11,16 @@ import httpx
 import pytest
 
 from engine import AsyncLLM
-from tests.server.conftest import LiveServer, live_server, sse_chunks
+from tests.server.conftest import LiveServer, live_server, sse_chunks, wait_until
 from tests.server.test_errors import assert_error
+from tests.step_gate import held_steps
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @contextmanager
 def patched_steps(llm: AsyncLLM, before_run: Callable[[list], None]) -> Iterator[None]:
-    """Calls ``before_run(batch.seqs)`` ahead of every model run (to slow the engine
-    down, or to make it fail)."""
+    """Calls ``before_run(batch.seqs)`` ahead of every model run (to make it fail)."""
     runner = llm.engine.runner
     run = runner.run
 
@@ -36,10 +35,6 @@ def patched_steps(llm: AsyncLLM, before_run: Callable[[list], None]) -> Iterator
         del runner.run
 
 
-def slow_steps(llm: AsyncLLM, seconds: float = 0.02):
-    return patched_steps(llm, lambda seqs: time.sleep(seconds))
-
-
 def first_data(lines: Iterator[str]) -> dict:
     for line in lines:
         if line.startswith("data: "):
@@ -47,38 +42,43 @@ def first_data(lines: Iterator[str]) -> dict:
     raise AssertionError("the stream ended without data")
 
 
-LONG = {"prompt": "Keep going", "max_tokens": 200, "ignore_eos": True}
+# Greedy, so the first steps' text is the same on every run.
+LONG = {"prompt": "Keep going", "max_tokens": 200, "ignore_eos": True, "temperature": 0}
+# Steps the engine may take before the test acts: some text, far from max_tokens.
+NUM_FIRST_STEPS = 20
 
 
 def test_disconnect_mid_stream_aborts_and_frees_blocks(server: LiveServer) -> None:
     block_manager = server.llm.engine.block_manager
     generated_before = server.llm.engine.num_generation_tokens
-    with slow_steps(server.llm), server.http() as http:
+    with held_steps(server.llm, NUM_FIRST_STEPS), server.http() as http:
         with http.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
             lines = response.iter_lines()
             assert first_data(lines)["choices"][0]["text"] is not None
             assert block_manager.num_free_blocks < block_manager.num_blocks
-        # Leaving the block closed the connection mid-stream.
-        assert server.all_blocks_free(timeout=2.0)
-    assert not server.llm.engine.requests
-    assert server.llm.engine.num_generation_tokens - generated_before < 100
+        # Leaving the block closed the connection mid-stream; held, the engine cannot
+        # have finished the request: only the abort frees its blocks.
+        assert server.all_blocks_free()
+        assert not server.llm.engine.requests
+    assert server.llm.engine.num_generation_tokens - generated_before <= NUM_FIRST_STEPS
 
 
 def test_disconnect_while_waiting_for_a_whole_response_aborts(server: LiveServer) -> None:
     generated_before = server.llm.engine.num_generation_tokens
-    with slow_steps(server.llm), server.http() as http:
+    with held_steps(server.llm, NUM_FIRST_STEPS), server.http() as http:
         with pytest.raises(httpx.ReadTimeout):
             http.post("/v1/completions", json=LONG, timeout=0.5)
-        assert server.all_blocks_free(timeout=2.0)
-    assert not server.llm.engine.requests
-    assert server.llm.engine.num_generation_tokens - generated_before < 100
+        assert server.all_blocks_free()
+        assert not server.llm.engine.requests
+    assert server.llm.engine.num_generation_tokens - generated_before <= NUM_FIRST_STEPS
 
 
 def test_full_queue_gets_503_and_waiting_streams_get_keepalives(tiny_llama) -> None:
     settings = {"max_queued_requests": 1, "keepalive_seconds": 0.1}
     with ExitStack() as stack:
         server = stack.enter_context(live_server(tiny_llama, settings=settings, max_num_seqs=1))
-        stack.enter_context(slow_steps(server.llm))
+        # One step: the first request's prefill, so that it runs and the second waits.
+        gate = stack.enter_context(held_steps(server.llm, 1))
         http = stack.enter_context(server.http())
         body = {
             "messages": [{"role": "user", "content": "hi"}],
@@ -90,6 +90,7 @@ def test_full_queue_gets_503_and_waiting_streams_get_keepalives(tiny_llama) -> N
         # NOTE: keep the line iterators: one that is dropped closes its connection.
         running_lines = running.iter_lines()
         first_data(running_lines)
+        wait_until(lambda: server.llm.stats().num_running == 1, "the first request running")
         queued = stack.enter_context(http.stream("POST", "/v1/chat/completions", json=body))
         queued_lines = queued.iter_lines()
         assert first_data(queued_lines)["choices"][0]["delta"]["role"] == "assistant"
@@ -108,10 +109,12 @@ def test_full_queue_gets_503_and_waiting_streams_get_keepalives(tiny_llama) -> N
                 num_comments += 1
             if num_comments == 3:
                 break
-        assert server.llm.stats().num_waiting == 1
+        wait_until(lambda: server.llm.stats().num_waiting == 1, "the second request queued")
+        assert server.llm.stats().num_running == 1
         running.close()
         queued.close()
-        assert server.all_blocks_free(timeout=2.0)
+        assert server.all_blocks_free()
+        gate.open()
         short = {**body, "stream": False, "max_tokens": 2}
         assert http.post("/v1/chat/completions", json=short).status_code == 200
 
@@ -133,7 +136,6 @@ def test_engine_failure_fails_only_that_request(
         ]
 
     def poison(seqs: list) -> None:
-        time.sleep(0.005)
         if any(POISON in seq.prompt_token_ids for seq in seqs):
             raise RuntimeError("injected failure")
 
@@ -148,14 +150,20 @@ def test_engine_failure_fails_only_that_request(
                     return (await response.aread()).decode()
 
             streams = [asyncio.create_task(stream(p)) for p in healthy]
-            await asyncio.sleep(0.05)
-            failed = await client.post("/v1/completions", json={**body, "prompt": [5, POISON, 6]})
+            failing = asyncio.create_task(
+                client.post("/v1/completions", json={**body, "prompt": [5, POISON, 6]})
+            )
+            # All four in the engine before its first step: they run in one batch.
+            while server.llm.stats().num_waiting < 4:
+                await asyncio.sleep(0.01)
+            gate.open()
+            failed = await failing
             failed_stream = await stream([7, POISON])
             raws = await asyncio.gather(*streams)
         texts = ["".join(c["choices"][0]["text"] for c in sse_chunks(raw)) for raw in raws]
         return texts, failed, failed_stream
 
-    with patched_steps(server.llm, poison):
+    with patched_steps(server.llm, poison), held_steps(server.llm) as gate:
         texts, failed, failed_stream = asyncio.run(scenario())
     assert texts == alone
     request_id = failed.headers["x-request-id"]

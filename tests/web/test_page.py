@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.server.conftest import API_KEY, LiveServer
+from tests.step_gate import held_steps
 from tests.web.conftest import ARTIFACTS
 
 pytest.importorskip("selenium")
@@ -19,6 +20,9 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 FINISHED = ("done", "stopped", "error")
+# Steps the engine may take before a test acts on a running reply (greedy, so the
+# same text every run): a few words, far from the reply's max_tokens.
+NUM_FIRST_STEPS = 20
 # Text lengths of the newest reply, recorded at each change of the conversation.
 OBSERVE_REPLY = """
 window.__lengths = [];
@@ -59,6 +63,12 @@ def last_message(browser):
     return browser.find_elements(By.CSS_SELECTOR, "#messages .msg")[-1]
 
 
+def reply_text_length(browser) -> int:
+    """As OBSERVE_REPLY counts it (the raw text, not Selenium's rendered ``.text``)."""
+    text = last_message(browser).find_element(By.CLASS_NAME, "text")
+    return browser.execute_script("return arguments[0].textContent.length", text)
+
+
 def wait_finished(browser, timeout: float = 30):
     WebDriverWait(browser, timeout).until(
         lambda b: last_message(b).get_attribute("data-state") in FINISHED
@@ -76,13 +86,19 @@ def test_reply_streams_token_by_token(browser, web_server: LiveServer) -> None:
     assert web_server.model in browser.find_element(By.ID, "model").text
     assert not browser.find_element(By.ID, "demo-badge").is_displayed()
     set_value(browser, "max-tokens", "300")
+    set_value(browser, "temperature", "0")
     browser.execute_script(OBSERVE_REPLY)
-    send(browser, "Hello there")
-    reply = wait_finished(browser)
+    with held_steps(web_server.llm, NUM_FIRST_STEPS) as gate:
+        send(browser, "Hello there")
+        # The page shows the first tokens while the rest cannot have come yet.
+        WebDriverWait(browser, 30).until(lambda b: reply_text_length(b) > 0)
+        gate.wait_until_held()
+        partial = reply_text_length(browser)
+        gate.open()
+        reply = wait_finished(browser)
     assert reply.get_attribute("data-state") == "done"
     lengths = browser.execute_script("return window.__lengths")
-    growing = sorted({n for n in lengths if n > 0})
-    assert len(growing) >= 2, f"the reply did not grow in steps: {lengths}"
+    assert partial in lengths and lengths[-1] > partial, f"no growth in steps: {lengths}"
     assert reply.find_element(By.CLASS_NAME, "text").text.strip()
     stats = reply.find_element(By.CLASS_NAME, "stats").text
     assert "first token" in stats and "tok/s" in stats
@@ -125,15 +141,18 @@ def test_image_is_sent_downscaled_and_the_error_shown(
 def test_stop_aborts_and_frees_the_kv_cache(browser, web_server: LiveServer) -> None:
     open_page(browser, web_server)
     set_value(browser, "max-tokens", "3500")
-    send(browser, "Tell me a long story")
-    WebDriverWait(browser, 20).until(
-        lambda b: len(last_message(b).find_element(By.CLASS_NAME, "text").text) > 20
-    )
-    browser.find_element(By.ID, "stop").click()
-    reply = wait_finished(browser)
-    assert reply.get_attribute("data-state") == "stopped"
-    assert "stopped" in reply.find_element(By.CLASS_NAME, "stats").text
-    assert web_server.all_blocks_free()
+    set_value(browser, "temperature", "0")
+    with held_steps(web_server.llm, NUM_FIRST_STEPS) as gate:
+        send(browser, "Tell me a long story")
+        WebDriverWait(browser, 30).until(lambda b: reply_text_length(b) > 0)
+        # Held at the gate, the reply cannot finish before the click lands.
+        gate.wait_until_held()
+        browser.find_element(By.ID, "stop").click()
+        reply = wait_finished(browser)
+        assert reply.get_attribute("data-state") == "stopped"
+        assert "stopped" in reply.find_element(By.CLASS_NAME, "stats").text
+        # The abort goes through while the engine is held.
+        assert web_server.all_blocks_free()
     assert browser.find_element(By.ID, "send").is_enabled()
 
 
