@@ -1,4 +1,5 @@
-"""Logits -> next tokens (+ logprobs), with one random generator per request."""
+"""Logits -> next tokens (+ logprobs): argmax for greedy rows, one random draw per row for
+the others (from the request's own generator when it is seeded)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Protocol
 
 import torch
 
+from engine.penalties import TokenPenalties
 from engine.sampling import SamplingParams
 
 
@@ -36,33 +38,44 @@ class Sampler:
 
     Order, all in fp32: logit_bias, repetition penalty (prompt + output tokens),
     presence/frequency penalties (output tokens); then greedy rows take the argmax and
-    the others go through temperature, top-k, top-p, min-p and one random draw from the
-    request's own generator. Logprobs are those of the model's RAW logits (log_softmax
-    before any bias, penalty, temperature or filter), as OpenAI reports them.
+    the others go through temperature, top-k, top-p, min-p and one random draw. Logprobs
+    are those of the model's RAW logits (log_softmax before any bias, penalty,
+    temperature or filter), as OpenAI reports them.
 
-    Every sampled token consumes exactly one draw from its request's generator, so a
-    seeded request gets the same tokens whatever shares its batch, and a preempted and
-    recomputed request picks its stream up where it left it.
+    Greedy rows draw nothing. A seeded request draws from its own generator, exactly one
+    draw per sampled token, so it gets the same tokens whatever shares its batch, and a
+    preempted and recomputed request picks its stream up where it left it. Unseeded rows
+    share one draw from the sampler's generator (seeded at random).
+
+    NOTE: the penalties' token counts are kept here, so every token ``sample`` returns
+    must be appended to its request (or the request removed).
     """
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self._generators: dict[int, torch.Generator] = {}
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(secrets.randbits(64))
+        # seq_id -> the request's own generator; None for an unseeded request.
+        self._requests: dict[int, torch.Generator | None] = {}
+        self.penalties = TokenPenalties(self.device)
 
     @property
     def num_requests(self) -> int:
-        return len(self._generators)
+        return len(self._requests)
 
-    def add_request(self, seq_id: int, seed: int | None) -> None:
-        """Create ``seq_id``'s generator, seeded by ``seed`` or, when None, at random."""
-        assert seq_id not in self._generators, f"sequence {seq_id} already has a generator"
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(secrets.randbits(64) if seed is None else seed)
-        self._generators[seq_id] = generator
+    def add_request(self, seq: SampleRequest) -> None:
+        """Register ``seq``; it gets a generator of its own when it has a seed."""
+        assert seq.seq_id not in self._requests, f"sequence {seq.seq_id} is already added"
+        generator = None
+        if seq.params.seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seq.params.seed)
+        self._requests[seq.seq_id] = generator
 
     def remove_request(self, seq_id: int) -> None:
-        """Drop ``seq_id``'s generator; a no-op for an unknown id (abort may race finish)."""
-        self._generators.pop(seq_id, None)
+        """Forget ``seq_id``; a no-op for an unknown id (abort may race finish)."""
+        self._requests.pop(seq_id, None)
+        self.penalties.remove(seq_id)
 
     def sample(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> list[SampleResult]:
         """``logits`` [num_requests, vocab_size]: row i belongs to ``requests[i]``. Every
@@ -76,7 +89,7 @@ class Sampler:
         wants_logprobs = any(r.params.logprobs is not None for r in requests)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
 
-        logits = apply_penalties(logits, requests)
+        logits = self.penalties.apply(logits, requests)
         sampled_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
         if len(sampled_rows) == len(requests):
             token_ids = self._sample_rows(logits, requests)
@@ -88,9 +101,13 @@ class Sampler:
                     logits[rows], [requests[i] for i in sampled_rows]
                 )
 
-        if raw_logprobs is None:
-            return [SampleResult(t, None, ()) for t in token_ids.tolist()]
-        return _with_logprobs(raw_logprobs, token_ids, requests)
+        results = (
+            _with_logprobs(raw_logprobs, token_ids, requests)
+            if raw_logprobs is not None
+            else [SampleResult(t, None, ()) for t in token_ids.tolist()]
+        )
+        self.penalties.count(requests, token_ids)
+        return results
 
     def _sample_rows(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
         """Temperature, top-k, top-p, min-p, then one draw per row; returns ids [rows]."""
@@ -125,99 +142,50 @@ class Sampler:
         probs = logits.softmax(dim=-1)
         if any(r.params.min_p > 0 for r in requests):
             probs.masked_fill_(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws token i with probability
-        # p_i (no renormalisation needed), and each row's E comes from its own generator.
-        noise = torch.empty_like(probs)
-        for row, request in enumerate(requests):
-            noise[row].exponential_(generator=self._generators[request.seq_id])
-        # A zero draw would turn a filtered token's 0 / 0 into NaN, which argmax picks.
-        noise.clamp_min_(torch.finfo(noise.dtype).tiny)
-        return probs.div_(noise).argmax(dim=-1)
+        # p_i (no renormalisation needed). E = -log U with U uniform in [0, 1), so E is
+        # in (0, inf]: a filtered token's 0 / E is 0, never NaN.
+        return probs.div_(self._uniform(probs.shape, requests).log_().neg_()).argmax(dim=-1)
 
-
-def apply_penalties(logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
-    """Add logit_bias, then the HF repetition penalty over prompt + output tokens (positive
-    logits divided by it, negative ones multiplied), then OpenAI presence/frequency
-    penalties over output tokens (``-= frequency * count + presence * (count > 0)``).
-
-    ``logits`` [num_requests, vocab_size] fp32 is not modified; it is returned as it is
-    when no request uses any of these."""
-    params = [r.params for r in requests]
-    if any(p.logit_bias for p in params):
-        rows = [row for row, p in enumerate(params) for _ in p.logit_bias]
-        token_ids = [token_id for p in params for token_id in p.logit_bias]
-        values = [value for p in params for value in p.logit_bias.values()]
-        logits = logits.index_put(
-            (
-                torch.tensor(rows, device=logits.device),
-                torch.tensor(token_ids, device=logits.device),
-            ),
-            torch.tensor(values, dtype=logits.dtype, device=logits.device),
-            accumulate=True,
-        )
-
-    use_repetition = any(p.repetition_penalty != 1 for p in params)
-    use_occurrence = any(p.presence_penalty != 0 or p.frequency_penalty != 0 for p in params)
-    if not (use_repetition or use_occurrence):
-        return logits
-
-    vocab_size = logits.shape[-1]
-    output_counts = _token_counts([r.output_token_ids for r in requests], vocab_size, logits)
-    if use_repetition:
-        prompt_counts = _token_counts([r.prompt_token_ids for r in requests], vocab_size, logits)
-        seen = (prompt_counts + output_counts) > 0
-        penalty = torch.tensor(
-            [p.repetition_penalty for p in params], dtype=logits.dtype, device=logits.device
-        ).unsqueeze(1)
-        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-        logits = torch.where(seen, penalised, logits)
-    if use_occurrence:
-        frequency, presence = torch.tensor(
-            [[p.frequency_penalty, p.presence_penalty] for p in params],
-            dtype=logits.dtype,
-            device=logits.device,
-        ).unbind(1)
-        logits = (
-            logits
-            - frequency.unsqueeze(1) * output_counts
-            - presence.unsqueeze(1) * (output_counts > 0)
-        )
-    return logits
-
-
-def _token_counts(
-    token_lists: list[list[int]], vocab_size: int, like: torch.Tensor
-) -> torch.Tensor:
-    """How often each token id occurs in each list: [len(token_lists), vocab_size]."""
-    width = max(map(len, token_lists), default=0)
-    # Pad with the id one past the vocabulary and drop that column afterwards.
-    padded = torch.tensor(
-        [ids + [vocab_size] * (width - len(ids)) for ids in token_lists],
-        dtype=torch.long,
-        device=like.device,
-    )
-    counts = torch.zeros(len(token_lists), vocab_size + 1, dtype=like.dtype, device=like.device)
-    counts.scatter_add_(1, padded, torch.ones_like(padded, dtype=like.dtype))
-    return counts[:, :vocab_size]
+    def _uniform(self, shape: torch.Size, requests: Sequence[SampleRequest]) -> torch.Tensor:
+        """[rows, vocab] uniform draws: seeded rows each from their own generator, all
+        the others in one draw from the sampler's."""
+        noise = torch.empty(shape, device=self.device)
+        generators = [self._requests[r.seq_id] for r in requests]
+        unseeded = [row for row, g in enumerate(generators) if g is None]
+        if len(unseeded) == len(requests):
+            return noise.uniform_(generator=self._generator)
+        for row, generator in enumerate(generators):
+            if generator is not None:
+                noise[row].uniform_(generator=generator)
+        if unseeded:
+            rows = torch.tensor(unseeded, device=self.device)
+            draws = torch.empty(len(unseeded), shape[1], device=self.device)
+            noise[rows] = draws.uniform_(generator=self._generator)
+        return noise
 
 
 def _with_logprobs(
     raw_logprobs: torch.Tensor, token_ids: torch.Tensor, requests: Sequence[SampleRequest]
 ) -> list[SampleResult]:
     """Pair each chosen token with its raw logprob and top-N alternatives where asked."""
-    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1).tolist()
+    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1))  # [rows, 1]
     num_top = min(max(r.params.logprobs or 0 for r in requests), raw_logprobs.shape[-1])
-    top: list[list[tuple[int, float]]] = [[] for _ in requests]
-    if num_top:
-        top_values, top_ids = raw_logprobs.topk(num_top, dim=-1)
-        top = [
-            list(zip(ids, values, strict=True))
-            for ids, values in zip(top_ids.tolist(), top_values.tolist(), strict=True)
-        ]
+    top_values, top_ids = raw_logprobs.topk(num_top, dim=-1)  # [rows, num_top]
+    # One device-to-host copy: fp64 holds the token ids and the fp32 logprobs exactly.
+    packed = torch.cat(
+        [token_ids.unsqueeze(1).double(), top_ids.double(), chosen.double(), top_values.double()],
+        dim=1,
+    ).tolist()
     results = []
-    for row, (request, token_id) in enumerate(zip(requests, token_ids.tolist(), strict=True)):
+    for request, row in zip(requests, packed, strict=True):
         num_logprobs = request.params.logprobs
-        logprob = None if num_logprobs is None else chosen[row]
-        results.append(SampleResult(token_id, logprob, tuple(top[row][: num_logprobs or 0])))
+        token_id, ids, logprob, values = (
+            int(row[0]),
+            row[1 : 1 + num_top],
+            row[1 + num_top],
+            row[2 + num_top :],
+        )
+        top = tuple((int(i), v) for i, v in zip(ids, values))[: num_logprobs or 0]
+        results.append(SampleResult(token_id, None if num_logprobs is None else logprob, top))
     return results

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from engine.sampler import Sampler, apply_penalties
+from engine.penalties import TokenPenalties
+from engine.sampler import Sampler
 from engine.sampling import SamplingParams
 
 
@@ -20,8 +21,9 @@ class FakeRequest:
 
 
 def add(sampler: Sampler, seq_id: int, seed: int | None = 0, **params) -> FakeRequest:
-    sampler.add_request(seq_id, seed)
-    return FakeRequest(seq_id, SamplingParams(seed=seed, **params))
+    request = FakeRequest(seq_id, SamplingParams(seed=seed, **params))
+    sampler.add_request(request)
+    return request
 
 
 def random_logits(rows: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
@@ -44,7 +46,7 @@ def test_greedy_is_argmax_without_logprobs():
 RAW = [2.0, 1.0, -1.0, 0.5]
 
 
-# prompt [2], output [0, 0, 3]; hand-computed from the formulas in apply_penalties.
+# prompt [2], output [0, 0, 3]; hand-computed from the formulas in TokenPenalties.apply.
 @pytest.mark.parametrize(
     "params, expected",
     [
@@ -71,7 +73,7 @@ def test_penalties_follow_their_formulas(params, expected):
         request.prompt_token_ids, request.output_token_ids = [2], [0, 0, 3]
     logits = torch.tensor([RAW, RAW])
 
-    out = apply_penalties(logits, [penalised, plain])
+    out = TokenPenalties().apply(logits, [penalised, plain])
     torch.testing.assert_close(out[0], torch.tensor(expected))
     torch.testing.assert_close(out[1], torch.tensor(RAW))
     assert torch.equal(logits, torch.tensor([RAW, RAW]))
@@ -81,7 +83,7 @@ def test_penalties_follow_their_formulas(params, expected):
 def test_no_penalties_is_a_no_op():
     logits = random_logits(2, 10)
     requests = [FakeRequest(i, SamplingParams(), [1, 2], [3]) for i in range(2)]
-    assert apply_penalties(logits, requests) is logits
+    assert TokenPenalties().apply(logits, requests) is logits
 
 
 @pytest.mark.parametrize("params", [{"top_k": 1}, {"top_p": 1e-6}])
@@ -238,5 +240,62 @@ def test_remove_request_frees_the_generator():
     assert sampler.num_requests == 0
     with pytest.raises(KeyError):
         sampler.sample(logits, [request])
-    sampler.add_request(3, 5)
+    sampler.add_request(request)
     assert tokens(sampler, logits, [request]) == first
+
+
+def test_greedy_rows_draw_nothing():
+    sampler = Sampler()
+    seeded_greedy = add(sampler, 0, seed=3, temperature=0.0)
+    unseeded_greedy = add(sampler, 1, seed=None, temperature=0.0, logprobs=1)
+    shared = sampler._generator.get_state()
+    own = sampler._requests[0].get_state()
+    for step in range(3):
+        tokens(sampler, random_logits(2, 30, seed=step), [seeded_greedy, unseeded_greedy])
+    assert torch.equal(sampler._generator.get_state(), shared)
+    assert torch.equal(sampler._requests[0].get_state(), own)
+
+
+def test_seeded_stream_is_the_same_amid_unseeded_and_greedy_rows():
+    vocab_size, num_steps = 40, 6
+    alone = Sampler()
+    target = add(alone, 0, seed=77, top_p=0.9)
+    expected = [tokens(alone, random_logits(1, vocab_size, seed=s), [target])[0] for s in range(6)]
+
+    crowd = Sampler()
+    target = add(crowd, 0, seed=77, top_p=0.9)
+    unseeded = [add(crowd, i, seed=None) for i in range(1, 9)]
+    greedy = [add(crowd, i, temperature=0.0) for i in range(9, 12)]
+    got = []
+    for step in range(num_steps):
+        neighbours = unseeded[: step + 2] + greedy[: step % 3]
+        logits = torch.cat(
+            [random_logits(1, vocab_size, seed=step), random_logits(len(neighbours), vocab_size)]
+        )
+        got.append(tokens(crowd, logits, [target, *neighbours])[0])
+    assert got == expected
+
+
+def test_incremental_penalty_counts_equal_recounted_ones():
+    vocab_size = 16
+    sampler = Sampler()
+    requests = [
+        add(sampler, 0, seed=1, repetition_penalty=1.5),
+        add(sampler, 1, seed=2, frequency_penalty=0.7, presence_penalty=0.3),
+        add(sampler, 2, seed=None),
+        add(sampler, 3, temperature=0.0, frequency_penalty=1.0, logit_bias={5: 2.0}),
+    ]
+    for request in requests:
+        request.prompt_token_ids = [request.seq_id, 7, 7]
+    for step in range(30):
+        if step == 10:  # a finished request's row goes to a newcomer, recounted afresh
+            sampler.remove_request(1)
+            requests[1] = FakeRequest(
+                4, SamplingParams(seed=4, frequency_penalty=0.7), [4, 4], [1, 2, 2]
+            )
+            sampler.add_request(requests[1])
+        logits = random_logits(len(requests), vocab_size, seed=step)
+        recounted = TokenPenalties().apply(logits, requests)
+        torch.testing.assert_close(sampler.penalties.apply(logits, requests), recounted)
+        for request, token_id in zip(requests, tokens(sampler, logits, requests), strict=True):
+            request.output_token_ids.append(token_id)
