@@ -2,6 +2,7 @@
 
 from engine.async_llm import AsyncLLM
 from engine.config import EngineConfig
+from engine.core import EngineCore, EngineStats, TokenDelta
 from engine.errors import (
     EngineError,
     InvalidRequestError,
@@ -9,8 +10,10 @@ from engine.errors import (
     PromptTooLongError,
     UnsupportedModelError,
 )
+from engine.inputs import PreparedPrompt
 from engine.llm import LLM
-from engine.llm_engine import EngineStats, LLMEngine
+from engine.llm_engine import LLMEngine
+from engine.multimodal.images import ImageInput
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampling import SamplingParams
 
@@ -18,10 +21,14 @@ __all__ = [
     "LLM",
     "AsyncLLM",
     "LLMEngine",
+    "EngineCore",
     "EngineConfig",
     "EngineStats",
     "SamplingParams",
+    "PreparedPrompt",
+    "ImageInput",
     "RequestOutput",
+    "TokenDelta",
     "TokenLogprob",
     "EngineError",
     "InvalidRequestError",

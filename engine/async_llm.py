@@ -1,5 +1,11 @@
-"""``AsyncLLM``: the engine for asyncio servers. One background thread runs the step
-loop; coroutines enqueue requests and read their own per-request queues."""
+"""``AsyncLLM``: the engine for asyncio servers.
+
+Threads: intake (tokenizing, chat templates, images) runs in worker threads through
+``prepare``/``prepare_chat``; one background thread runs the engine core's step loop and
+hands each request's token deltas to its stream; each stream turns its deltas into
+outputs (text, stop strings) on the asyncio side, so the loop thread does nothing but
+keep the model busy.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ import threading
 from collections.abc import AsyncIterator
 
 from engine.config import EngineConfig
-from engine.errors import PromptTooLongError
-from engine.llm_engine import EngineStats, LLMEngine
+from engine.core import EngineStats, TokenDelta
+from engine.inputs import PreparedPrompt
+from engine.llm_engine import LLMEngine
 from engine.multimodal.images import ImageInput
 from engine.outputs import RequestOutput
 from engine.sampling import SamplingParams
@@ -22,9 +29,10 @@ logger = logging.getLogger(__name__)
 class AsyncLLM:
     def __init__(self, config: EngineConfig):
         self.engine = LLMEngine(config)
+        self.core = self.engine.core
         self._commands: queue.Queue = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._stats = self.engine.stats()
+        self._stats = self.core.stats()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="edgechat-engine", daemon=True)
         self._thread.start()
@@ -36,6 +44,11 @@ class AsyncLLM:
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    @property
+    def max_num_seqs(self) -> int:
+        """How many requests generate at once; more wait in the engine's queue."""
+        return self.engine.config.max_num_seqs
 
     @property
     def is_demo(self) -> bool:
@@ -50,56 +63,61 @@ class AsyncLLM:
         """As of the end of the latest step (read without stopping the loop)."""
         return self._stats
 
+    # -- intake -------------------------------------------------------------------------
+
+    async def prepare(
+        self, prompt: str | list[int], images: list[ImageInput] | None = None
+    ) -> PreparedPrompt:
+        """Tokenize and validate a prompt, in a worker thread (see ``InputProcessor``)."""
+        return await asyncio.to_thread(self.engine.inputs.prepare, prompt, images)
+
+    async def prepare_chat(self, messages: list[dict]) -> PreparedPrompt:
+        """Render, tokenize and validate OpenAI-style messages, fetching and decoding
+        their images, in a worker thread."""
+        return await asyncio.to_thread(self.engine.inputs.prepare_chat, messages)
+
+    def check_params(self, prompt: PreparedPrompt, params: SamplingParams) -> None:
+        """Check ``params`` for ``prompt`` as strictly as OpenAI's API does: the prompt
+        and ``max_tokens`` together must fit the context. Cheap: call it anywhere."""
+        self.engine.inputs.check_params(prompt, params, fit_max_tokens=True)
+
     def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Token ids of text-only ``messages`` (blocking; see ``LLMEngine.chat_prompt``)."""
         return self.engine.chat_prompt(messages)
 
-    def chat_request(self, messages: list[dict]) -> tuple[list[int], list[ImageInput]]:
-        """Token ids and images of OpenAI-style messages (see ``LLMEngine.chat_request``);
-        pass both to ``generate``."""
-        return self.engine.chat_request(messages)
-
-    def check_prompt(
-        self,
-        prompt: str | list[int],
-        params: SamplingParams,
-        images: list[ImageInput] | None = None,
-    ) -> list[int]:
-        """Tokenize and validate a request as ``generate`` would, without queuing it, and
-        return the prompt's token ids: a server answers bad input before it streams.
-
-        Stricter than ``generate``, as OpenAI's API is: the prompt and ``max_tokens``
-        together must fit the context, where the engine would stop at its end."""
-        token_ids = self.engine.make_sequence("check", prompt, params, images).prompt_token_ids
-        if len(token_ids) + params.max_tokens > self.max_model_len:
-            raise PromptTooLongError(len(token_ids), self.max_model_len, params.max_tokens)
-        return token_ids
+    # -- generation ---------------------------------------------------------------------
 
     async def generate(
         self,
         request_id: str,
-        prompt: str | list[int],
+        prompt: str | list[int] | PreparedPrompt,
         params: SamplingParams,
         images: list[ImageInput] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream one request's outputs until it finishes. Bad input raises a ValueError
         before anything is queued. Leaving the iteration early aborts the request."""
-        seq = self.engine.make_sequence(request_id, prompt, params, images)
+        if not isinstance(prompt, PreparedPrompt):
+            prompt = await self.prepare(prompt, images)
+        seq = self.engine.inputs.make_sequence(request_id, prompt, params)
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use")
-        outputs: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = (asyncio.get_running_loop(), outputs)
+        state = self.engine.outputs.new_request(request_id, seq.prompt_token_ids, params)
+        deltas: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = (asyncio.get_running_loop(), deltas)
         self._commands.put(("add", seq))
-        finished = False
         try:
-            while not finished:
-                output = await outputs.get()
-                if isinstance(output, BaseException):
-                    raise output
-                finished = output.finished
+            while state.finish_reason is None:
+                delta = await deltas.get()
+                if isinstance(delta, BaseException):
+                    raise delta
+                output = state.apply(delta)
+                if output.finish_reason == "error":
+                    raise RuntimeError(f"the engine failed on request {request_id!r}")
                 yield output
         finally:
             self._streams.pop(request_id, None)
-            if not finished:
+            # NOTE: a stop string ends the output before the core knows of it.
+            if state.finish_reason is None or state.needs_abort:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
@@ -114,26 +132,22 @@ class AsyncLLM:
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
-            self._run_commands(block=not self.engine.has_unfinished)
-            if self.engine.has_unfinished:
+            self._run_commands(block=not self.core.has_unfinished)
+            if self.core.has_unfinished:
                 try:
-                    outputs = self.engine.step()
+                    deltas = self.core.step()
                 except Exception as e:  # a bug, not bad input: fail the live requests, go on
                     logger.exception("engine step failed")
                     self._fail_all(e)
                     continue
-                for output in outputs:
-                    if output.finish_reason == "error":
-                        failure = f"the engine failed on request {output.request_id!r}"
-                        self._deliver(output.request_id, RuntimeError(failure))
-                    else:
-                        self._deliver(output.request_id, output)
-            self._stats = self.engine.stats()
+                for delta in deltas:
+                    self._deliver(delta.request_id, delta)
+            self._stats = self.core.stats()
 
     def _fail_all(self, error: Exception) -> None:
         """A step failed outside any one request's work: fail every live request."""
-        for request_id in list(self.engine.requests):
-            self.engine.abort(request_id)
+        for request_id in list(self.core.requests):
+            self.core.abort(request_id)
             self._deliver(request_id, RuntimeError(f"the engine failed: {error}"))
 
     def _run_commands(self, block: bool) -> None:
@@ -148,14 +162,14 @@ class AsyncLLM:
     def _run_command(self, command: str, arg) -> None:
         if command == "add":
             try:
-                self.engine.add_sequence(arg)
+                self.core.add(arg)
             except ValueError as e:
                 self._deliver(arg.request_id, e)
         elif command == "abort":
-            self.engine.abort(arg)
+            self.core.abort(arg)
 
-    def _deliver(self, request_id: str, item) -> None:
+    def _deliver(self, request_id: str, item: TokenDelta | BaseException) -> None:
         stream = self._streams.get(request_id)
         if stream is not None:
-            loop, outputs = stream
-            loop.call_soon_threadsafe(outputs.put_nowait, item)
+            loop, deltas = stream
+            loop.call_soon_threadsafe(deltas.put_nowait, item)

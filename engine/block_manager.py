@@ -38,8 +38,15 @@ def chain_hash(parent: bytes, token_ids: list[int], image_key: bytes = b"") -> b
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def block_hash(parent: bytes, seq: Sequence, block_index: int) -> bytes:
-    return chain_hash(parent, seq.block_tokens(block_index), seq.block_image_key(block_index))
+def block_hashes(seq: Sequence, num_blocks: int) -> list[bytes]:
+    """The hashes of ``seq``'s first ``num_blocks`` (full) blocks, extending the ones the
+    sequence has already: each block is hashed once in a sequence's life."""
+    hashes = seq.block_hashes
+    for index in range(len(hashes), num_blocks):
+        parent = hashes[-1] if hashes else b""
+        tokens, image_key = seq.block_tokens(index), seq.block_image_key(index)
+        hashes.append(chain_hash(parent, tokens, image_key))
+    return hashes
 
 
 class BlockManager:
@@ -77,10 +84,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return []
         hits: list[int] = []
-        parent = b""
-        for index in range((len(seq) - 1) // self.block_size):
-            parent = block_hash(parent, seq, index)
-            block_id = self.hash_to_block.get(parent)
+        for key in block_hashes(seq, (len(seq) - 1) // self.block_size):
+            block_id = self.hash_to_block.get(key)
             if block_id is None:
                 break
             hits.append(block_id)
@@ -102,7 +107,9 @@ class BlockManager:
         """Give ``seq`` blocks for its first ``num_tokens`` positions, starting with the
         ``cached`` prefix blocks from ``match_prefix`` (only for a sequence with none yet)."""
         assert self.can_allocate(seq, num_tokens, cached)
-        if not seq.block_table and self.enable_prefix_caching:
+        # NOTE: a preempted sequence's readmission is not a new query of the cache.
+        counts = not seq.block_table and seq.num_preemptions == 0
+        if counts and self.enable_prefix_caching:
             self.num_prefix_query_tokens += len(seq)
         if cached:
             assert not seq.block_table
@@ -110,7 +117,8 @@ class BlockManager:
                 self._take(block_id)
             seq.block_table = list(cached)
             seq.num_cached_tokens = seq.num_computed_tokens = len(cached) * self.block_size
-            self.num_prefix_hit_tokens += seq.num_cached_tokens
+            if counts:
+                self.num_prefix_hit_tokens += seq.num_cached_tokens
         while len(seq.block_table) < seq.num_blocks_for(num_tokens):
             block_id = next(iter(self.free_queue))
             self._evict(block_id)
@@ -136,12 +144,12 @@ class BlockManager:
         first_unhashed = num_full
         while first_unhashed > 0 and self._block_of(seq, first_unhashed - 1).hash is None:
             first_unhashed -= 1
-        parent = self._block_of(seq, first_unhashed - 1).hash if first_unhashed else b""
+        hashes = block_hashes(seq, num_full)
         for index in range(first_unhashed, num_full):
             block = self._block_of(seq, index)
-            parent = block.hash = block_hash(parent, seq, index)
+            block.hash = hashes[index]
             # NOTE: an equal block computed twice (same prompt in one step) keeps the first.
-            self.hash_to_block.setdefault(parent, block.block_id)
+            self.hash_to_block.setdefault(block.hash, block.block_id)
 
     def _block_of(self, seq: Sequence, index: int) -> Block:
         return self.blocks[seq.block_table[index]]

@@ -21,7 +21,9 @@ class EngineConfig:
     ``kv_cache_fraction`` of free GPU memory, or a conservative default on CPU.
     ``max_model_len`` caps the context below the model's own limit. On a GPU, decode
     steps replay CUDA graphs unless ``enforce_eager`` (for debugging, or to save the
-    graphs' memory and capture time).
+    graphs' memory and capture time). A VLM keeps the features of recent images (a
+    follow-up turn resends them) in at most ``image_cache_bytes``, taken from the KV
+    pool's budget when that comes from free memory.
 
     A VLM takes at most ``limit_images_per_prompt`` images a prompt, each at most
     ``max_image_bytes`` encoded and ``max_image_pixels`` decoded; http(s) image URLs are
@@ -46,6 +48,7 @@ class EngineConfig:
     max_image_pixels: int = ImageLimits.max_pixels
     image_fetch_timeout: float = ImageLimits.fetch_timeout
     allowed_local_media_path: str | None = None
+    image_cache_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -68,6 +71,8 @@ class EngineConfig:
         for name in ("limit_images_per_prompt", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise EngineError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.image_cache_bytes < 0:
+            raise EngineError(f"image_cache_bytes must be >= 0, got {self.image_cache_bytes}")
         if not self.image_fetch_timeout > 0:
             raise EngineError(f"image_fetch_timeout must be > 0 s, got {self.image_fetch_timeout}")
         media = self.allowed_local_media_path

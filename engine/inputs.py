@@ -1,13 +1,17 @@
-"""Requests into Sequences: tokenizing, rendering chats, preprocessing images and
-checking everything a request brings against the model, before the engine sees it.
+"""Requests into what the engine core takes: tokenizing, rendering chats, preprocessing
+images and checking everything a request brings against the model, once per request.
 
-Runs on any thread (a server tokenizes and fetches images off its event loop); the
-tokenizer is shared with the engine's detokenizers, hence ``tokenizer_lock``.
+``prepare``/``prepare_chat`` do the expensive, blocking part (tokenize, render, fetch and
+decode images): callers run them off any event loop. ``check_params`` and
+``make_sequence`` are cheap, so a prepared prompt serves several choices (OpenAI's ``n``).
+The tokenizer here serves intake only; the output processor decodes with its own, so a
+long prompt being tokenized never holds up the tokens of running requests.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
@@ -18,6 +22,20 @@ from engine.multimodal.requests import ImageRequests
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from engine.tokenizer import ChatTemplate
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt checked against the model: its token ids (each image's tokens expanded)
+    and, for a VLM, its images with the positions they fill."""
+
+    token_ids: list[int]
+    images: list[ImageInput] = field(default_factory=list)
+    image_positions: list[int] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 class InputProcessor:
@@ -33,25 +51,22 @@ class InputProcessor:
     ):
         self.model_name = model_name
         self.tokenizer = tokenizer
-        # Fast tokenizers are not safe to call from several threads at once.
-        self.tokenizer_lock = threading.Lock()
+        # Fast tokenizers are not safe to call from several threads at once, and intake
+        # runs on as many threads as a server gives it.
+        self._tokenizer_lock = threading.Lock()
         self.chat_template = chat_template
         self.vision = vision  # set for VLMs only: their image token, preprocessing, checks
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.block_size = block_size
 
-    def make_sequence(
-        self,
-        request_id: str,
-        prompt: str | list[int],
-        params: SamplingParams,
-        images: list[ImageInput] | None = None,
-    ) -> Sequence:
-        """Validate and tokenize a request. Raises InvalidRequestError (a ValueError).
+    def prepare(
+        self, prompt: str | list[int], images: list[ImageInput] | None = None
+    ) -> PreparedPrompt:
+        """Validate and tokenize a prompt. Raises InvalidRequestError (a ValueError).
 
-        With ``images`` (from ``chat_request``), token-id prompts carry each image's
-        tokens already expanded; in a string prompt each image token is expanded here."""
+        With ``images`` (from ``prepare_chat``), token-id prompts carry each image's tokens
+        already expanded; in a string prompt each image token is expanded here."""
         images = list(images or [])
         if images and self.vision is None:
             raise InvalidRequestError(f"model {self.model_name!r} does not accept images")
@@ -60,7 +75,7 @@ class InputProcessor:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("the prompt is empty")
-            with self.tokenizer_lock:
+            with self._tokenizer_lock:
                 token_ids = self.tokenizer(prompt).input_ids
             if images:
                 token_ids = self.vision.expand(token_ids)
@@ -73,8 +88,39 @@ class InputProcessor:
                 raise InvalidRequestError(
                     f"prompt token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
                 )
+        return self._checked(token_ids, images)
+
+    def prepare_chat(self, messages: list[dict]) -> PreparedPrompt:
+        """OpenAI-style ``messages`` (content a string, or ``text`` and ``image_url``
+        parts in any order) rendered by the chat template and tokenized, each image
+        fetched, decoded and preprocessed (blocking)."""
+        if self.vision is None:
+            flat, images = flatten_messages(messages, None, None, 0)
+        else:
+            flat, images = self.vision.flatten(messages)
+            self.vision.check(images)
+        with self._tokenizer_lock:
+            text = render_chat(self.chat_template, messages, flat)
+            # The template writes any BOS itself, so the tokenizer must not add another.
+            token_ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if images:
+            token_ids = self.vision.expand(token_ids)
+        return self._checked(token_ids, images)
+
+    def _checked(self, token_ids: list[int], images: list[ImageInput]) -> PreparedPrompt:
         if len(token_ids) >= self.max_model_len:
             raise PromptTooLongError(len(token_ids), self.max_model_len)
+        if self.vision is None:
+            return PreparedPrompt(token_ids)
+        # NOTE: also without images: image tokens in a prompt must have images to match.
+        return PreparedPrompt(token_ids, images, self.vision.positions(token_ids, images))
+
+    def check_params(
+        self, prompt: PreparedPrompt, params: SamplingParams, fit_max_tokens: bool = False
+    ) -> None:
+        """Check ``params`` against the model. With ``fit_max_tokens`` the prompt and
+        ``max_tokens`` together must fit the context (OpenAI's API is that strict; the
+        engine alone would stop at the context's end)."""
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
@@ -82,39 +128,20 @@ class InputProcessor:
             raise InvalidRequestError(
                 f"logit_bias token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
             )
-        if self.vision is None:
-            return Sequence(request_id, token_ids, params, self.block_size)
+        if fit_max_tokens and prompt.num_tokens + params.max_tokens > self.max_model_len:
+            raise PromptTooLongError(prompt.num_tokens, self.max_model_len, params.max_tokens)
+
+    def make_sequence(
+        self, request_id: str, prompt: PreparedPrompt, params: SamplingParams
+    ) -> Sequence:
+        """The core's record of one generation from ``prompt`` (params checked here)."""
+        self.check_params(prompt, params)
         return Sequence(
             request_id,
-            token_ids,
+            prompt.token_ids,
             params,
             self.block_size,
-            images,
-            self.vision.positions(token_ids, images),
-            [image.content_hash for image in images],
+            prompt.images,
+            prompt.image_positions,
+            [image.content_hash for image in prompt.images],
         )
-
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Token ids of text-only ``messages`` rendered by the chat template, ready to
-        generate. Messages with images need ``chat_request``."""
-        token_ids, images = self.chat_request(messages)
-        if images:
-            raise InvalidRequestError("messages with images need chat_request, not chat_prompt")
-        return token_ids
-
-    def chat_request(self, messages: list[dict]) -> tuple[list[int], list[ImageInput]]:
-        """OpenAI-style ``messages`` (content a string, or ``text`` and ``image_url``
-        parts in any order) -> the prompt's token ids, each image's tokens expanded, and
-        its images in order: pass both to ``make_sequence``/``add_request``. Fetches, decodes
-        and preprocesses the images (blocking: callers may run it off the event loop)."""
-        if self.vision is None:
-            flat, images = flatten_messages(messages, None, None, 0)
-        else:
-            flat, images = self.vision.flatten(messages)
-        with self.tokenizer_lock:
-            text = render_chat(self.chat_template, messages, flat)
-            # The template writes any BOS itself, so the tokenizer must not add another.
-            token_ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if images:
-            token_ids = self.vision.expand(token_ids)
-        return token_ids, images

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -28,6 +28,11 @@ class LLM:
     def tokenizer(self):
         return self.engine.tokenizer
 
+    @property
+    def is_demo(self) -> bool:
+        """Whether this is the built-in demo model (random weights)."""
+        return self.engine.is_demo
+
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
@@ -50,12 +55,27 @@ class LLM:
             self.engine.add_sequence(seq)
         return self._run([seq.request_id for seq in seqs], use_tqdm)
 
+    def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None
+    ) -> Iterator[RequestOutput]:
+        """One prompt's outputs as they come (``new_text`` is what each step added)."""
+        request_id = f"llm-{next(self._ids)}"
+        self.engine.add_request(request_id, prompt, params or SamplingParams())
+        try:
+            while self.engine.has_unfinished:
+                for output in self.engine.step():
+                    yield output
+                    if output.finished:
+                        return
+        finally:
+            self.engine.abort(request_id)  # a no-op once it has finished
+
     def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
         """Answer one conversation (OpenAI-style messages, with ``image_url`` parts for
         VLMs) with the chat template."""
-        token_ids, images = self.engine.chat_request(messages)
+        prompt = self.engine.inputs.prepare_chat(messages)
         seq = self.engine.make_sequence(
-            f"llm-{next(self._ids)}", token_ids, params or SamplingParams(), images
+            f"llm-{next(self._ids)}", prompt, params or SamplingParams()
         )
         self.engine.add_sequence(seq)
         return self._run([seq.request_id], use_tqdm=False)[0]

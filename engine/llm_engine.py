@@ -1,59 +1,51 @@
-"""The engine: requests in, tokens out. ``step()`` schedules, runs the model, samples
-and detokenizes once; ``LLM`` and ``AsyncLLM`` drive it."""
+"""The loaded engine: a checkpoint's model, tokenizer and KV cache, wired into the three
+parts a request goes through:
+
+    InputProcessor  (any thread)     request -> PreparedPrompt -> Sequence
+    EngineCore      (one thread)     schedule -> run -> sample -> append: TokenDeltas
+    OutputProcessor (where outputs   TokenDeltas -> text, stop strings -> RequestOutputs
+                     are read)
+
+``step()`` runs the core and then the outputs inline, for the synchronous front
+(``LLM``); ``AsyncLLM`` drives ``core`` in its loop thread and processes outputs on the
+asyncio side.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import kernels
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
+from engine.core import EngineCore, EngineStats
 from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
-from engine.detokenizer import IncrementalDetokenizer
-from engine.errors import EngineError, InvalidRequestError
-from engine.inputs import InputProcessor
-from engine.kv_cache import KVCache, num_blocks_for_budget
+from engine.errors import InvalidRequestError
+from engine.inputs import InputProcessor, PreparedPrompt
+from engine.kv_cache import allocate_kv_cache, size_kv_cache
 from engine.loader import load_config, load_model, resolve_model_dir
-from engine.memory import check_weights_fit, checkpoint_bytes, kv_budget_bytes
-from engine.model_info import eos_token_ids, max_context_len, pick_device, pick_dtype
+from engine.memory import check_weights_fit, checkpoint_bytes
+from engine.model_info import eos_token_ids, pick_device, pick_dtype
+from engine.models.interface import VisionLanguageModel
+from engine.multimodal.embed_cache import ImageEmbeddingCache
 from engine.multimodal.images import ImageInput
 from engine.multimodal.requests import ImageRequests
+from engine.output_processor import OutputProcessor, RequestState
 from engine.outputs import RequestOutput
-from engine.request import Request
 from engine.runner import ModelRunner
-from engine.sampler import Sampler, SampleResult
+from engine.sampler import Sampler
 from engine.sampling import SamplingParams
-from engine.scheduler import ScheduledBatch, Scheduler
+from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.tokenizer import ChatTemplate, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    """A snapshot of the engine's load, for metrics."""
-
-    num_running: int
-    num_waiting: int
-    num_blocks: int
-    num_free_blocks: int
-    kv_cache_usage: float
-    num_prefix_query_tokens: int
-    num_prefix_hit_tokens: int
-    num_preemptions: int
-    num_prompt_tokens: int
-    num_generation_tokens: int
-    num_image_cache_hits: int = 0
-    num_image_cache_misses: int = 0
-
-
 class LLMEngine:
-    """Not thread-safe: one thread calls ``add_request``/``abort``/``step`` (AsyncLLM's loop
-    thread does). ``make_sequence`` and ``chat_request`` (``self.inputs``: validation,
-    tokenization, images) may run on any thread."""
+    """``step``, ``add_request`` and ``abort`` from one thread at a time; ``inputs``
+    (validation, tokenization, images) from any thread."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -76,13 +68,16 @@ class LLMEngine:
             config.chat_template,
             model_template(self.tokenizer) if model_template else None,
         )
-        self.eos_token_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
         check_weights_fit(checkpoint_bytes(self.model_dir, self.dtype), self.device)
         model = load_model(self.model_dir, hf_config, self.dtype, self.device)
-        self.max_model_len, num_blocks = self._size_kv_cache(model, text_config)
+        is_vlm = isinstance(model, VisionLanguageModel)
+        image_cache_bytes = config.image_cache_bytes if is_vlm else 0
+        self.max_model_len, num_blocks = size_kv_cache(
+            model, text_config, config, self.dtype, self.device, image_cache_bytes
+        )
         # Set for VLMs only: their image token, preprocessing and checks.
         self.vision: ImageRequests | None = None
-        if hasattr(model, "encode_images"):
+        if is_vlm:
             processor_dir = getattr(hf_config, "processor_dir", self.model_dir)
             self.vision = ImageRequests(
                 processor_dir, hf_config, model, self.tokenizer, config.image_limits
@@ -96,71 +91,64 @@ class LLMEngine:
             self.max_model_len,
             config.block_size,
         )
-        self.tokenizer_lock = self.inputs.tokenizer_lock
-        self.kv_cache = KVCache(
-            model.attention_layers(), num_blocks, config.block_size, self.dtype, self.device
-        )
-        self.block_manager = BlockManager(
-            num_blocks, config.block_size, config.enable_prefix_caching
-        )
-        self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
-        )
-        self.runner = ModelRunner(model, config.block_size, self.device)
-        if self.device.type == "cuda" and not config.enforce_eager and kernels.triton_available():
-            self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
-        self.sampler = Sampler(self.device)
-        self.requests: dict[str, Request] = {}
-        self.num_prompt_tokens = 0
-        self.num_generation_tokens = 0
+        # NOTE: a tokenizer of its own, so decoding never waits on intake's tokenizing.
+        self.outputs = OutputProcessor(load_tokenizer(tokenizer_dir))
+        eos_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
+        self.core = self._build_core(model, num_blocks, image_cache_bytes, eos_ids)
+        # The synchronous front's live requests (AsyncLLM keeps one per stream instead).
+        self._states: dict[str, RequestState] = {}
 
     @staticmethod
     def _model_dir(model: str | None) -> Path:
         return demo_model_dir() if model is None else resolve_model_dir(model)
 
-    def _size_kv_cache(self, model, hf_config) -> tuple[int, int]:
-        max_model_len = max_context_len(hf_config, self.config.max_model_len)
-        block_size = self.config.block_size
-        budget = kv_budget_bytes(
-            self.config.kv_cache_memory, self.config.kv_cache_fraction, self.device
+    def _build_core(
+        self, model, num_blocks: int, image_cache_bytes: int, eos_ids: frozenset[int]
+    ) -> EngineCore:
+        config = self.config
+        allocate_kv_cache(model, num_blocks, config.block_size, self.dtype, self.device)
+        block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        image_cache = ImageEmbeddingCache(image_cache_bytes) if image_cache_bytes else None
+        runner = ModelRunner(
+            model,
+            config.block_size,
+            self.device,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            image_cache=image_cache,
         )
-        max_useful = self.config.max_num_seqs * -(-max_model_len // block_size)
-        num_blocks = num_blocks_for_budget(model, budget, block_size, self.dtype, max_useful)
-        if num_blocks < 1:
-            raise EngineError(f"the KV cache budget ({budget} bytes) holds no block at all")
-        if num_blocks * block_size < max_model_len:
-            logger.warning(
-                "the KV cache holds %d tokens: max_model_len lowered from %d",
-                num_blocks * block_size,
-                max_model_len,
-            )
-            max_model_len = num_blocks * block_size
-        return max_model_len, num_blocks
+        # NOTE: after allocate_kv_cache: the graphs read the cache tensors as bound now.
+        if self.device.type == "cuda" and not config.enforce_eager and kernels.triton_available():
+            runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
+        return EngineCore(scheduler, runner, Sampler(self.device), eos_ids, self.max_model_len)
 
     # -- requests ---------------------------------------------------------------------
 
     def make_sequence(
         self,
         request_id: str,
-        prompt: str | list[int],
+        prompt: str | list[int] | PreparedPrompt,
         params: SamplingParams,
         images: list[ImageInput] | None = None,
     ) -> Sequence:
-        """See ``InputProcessor.make_sequence``; safe to call from any thread."""
-        return self.inputs.make_sequence(request_id, prompt, params, images)
+        """Validate a request (see ``InputProcessor``) into the core's Sequence; safe to
+        call from any thread."""
+        if not isinstance(prompt, PreparedPrompt):
+            prompt = self.inputs.prepare(prompt, images)
+        return self.inputs.make_sequence(request_id, prompt, params)
 
     def add_sequence(self, seq: Sequence) -> None:
-        if seq.request_id in self.requests:
-            raise InvalidRequestError(f"request id {seq.request_id!r} is already in use")
-        detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, seq.params.stop)
-        self.requests[seq.request_id] = Request(seq, detokenizer)
-        self.sampler.add_request(seq.seq_id, seq.params.seed)
-        self.scheduler.add(seq)
+        self.core.add(seq)
+        self._states[seq.request_id] = self.outputs.new_request(
+            seq.request_id, seq.prompt_token_ids, seq.params
+        )
 
     def add_request(
         self,
         request_id: str,
-        prompt: str | list[int],
+        prompt: str | list[int] | PreparedPrompt,
         params: SamplingParams,
         images: list[ImageInput] | None = None,
     ) -> None:
@@ -168,127 +156,44 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """End a request now and free its KV blocks; None if it is not running."""
-        request = self.requests.get(request_id)
-        if request is None:
+        delta = self.core.abort(request_id)
+        if delta is None:
             return None
-        self._finish(request, "abort")
-        return request.snapshot()
+        return self._states.pop(request_id).apply(delta)
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished
-
-    # -- the step ---------------------------------------------------------------------
+        return self.core.has_unfinished
 
     def step(self) -> list[RequestOutput]:
-        """One scheduling round. Returns an output for every request that produced a
-        token or finished in it (prefill-only steps of chunked prompts return none).
-
-        A request whose work raises is finished with reason ``"error"`` (and the exception
-        logged); the others go on. When the batch as a whole fails, its sequences are run
-        again one at a time to find the ones at fault.
-        """
-        batch = self.scheduler.schedule()
-        if not batch:
-            return []
-        outputs: list[RequestOutput] = []
-        try:
-            results = self._run(batch)
-        except Exception:
-            logger.exception("a batch of %d sequences failed; running them one by one", len(batch))
-            batch, results = self._run_one_by_one(batch, outputs)
-        self.scheduler.complete_step(batch)
-        for seq, result in zip(batch.sampling, results):
-            request = self.requests[seq.request_id]
-            try:
-                outputs.append(self._accept(request, result))
-            except Exception:
-                logger.exception("request %s failed", seq.request_id)
-                outputs.append(self._fail(request))
+        """One step of the core, its deltas made outputs: one for every request that got
+        a token or finished (see ``EngineCore.step``)."""
+        outputs = []
+        for delta in self.core.step():
+            state = self._states[delta.request_id]
+            output = state.apply(delta)
+            if state.needs_abort:  # a stop string: the core did not see it
+                self.core.abort(delta.request_id)
+            if output.finished:
+                del self._states[delta.request_id]
+            outputs.append(output)
         return outputs
-
-    def _run(self, batch: ScheduledBatch) -> list[SampleResult]:
-        # NOTE: writes nothing but the KV slots of the batch's uncomputed tokens (and the
-        # random draws of its sampled rows), so a batch that raises can be run again.
-        logits = self.runner.run(batch)
-        # A step of prompt chunks only (a long prompt alone) has nothing to sample.
-        return self.sampler.sample(logits, batch.sampling) if batch.sampling else []
-
-    def _run_one_by_one(
-        self, batch: ScheduledBatch, outputs: list[RequestOutput]
-    ) -> tuple[ScheduledBatch, list[SampleResult]]:
-        """Run each sequence of a failed batch alone; fail those that still raise (their
-        outputs go to ``outputs``). Returns the batch of the others and their results."""
-        survivors = ScheduledBatch()
-        results: list[SampleResult] = []
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
-            alone = ScheduledBatch()
-            alone.add(seq, num_new)
-            try:
-                results += self._run(alone)
-            except Exception:
-                logger.exception("request %s failed", seq.request_id)
-                outputs.append(self._fail(self.requests[seq.request_id]))
-                continue
-            survivors.add(seq, num_new)
-        return survivors, results
-
-    def _accept(self, request: Request, result: SampleResult) -> RequestOutput:
-        seq = request.seq
-        if seq.num_output_tokens == 0:
-            self.num_prompt_tokens += seq.num_prompt_tokens
-        seq.append_token(result.token_id)
-        self.num_generation_tokens += 1
-        with self.tokenizer_lock:
-            reason = request.accept(result, self.tokenizer, self.eos_token_ids)
-        if reason is None and len(seq) >= self.max_model_len:
-            reason = "length"
-        if reason is not None:
-            self._finish(request, reason)
-        return request.snapshot()
-
-    def _fail(self, request: Request) -> RequestOutput:
-        """Finish a request whose work raised. Unlike ``_finish`` it skips the
-        detokenizer's flush, which may be what raised."""
-        seq = request.seq
-        self.scheduler.finish(seq, "error")
-        self.sampler.remove_request(seq.seq_id)
-        request.finish_reason = "error"
-        self.requests.pop(seq.request_id, None)
-        return request.snapshot()
-
-    def _finish(self, request: Request, reason: str) -> None:
-        seq = request.seq
-        self.scheduler.finish(seq, reason)
-        self.sampler.remove_request(seq.seq_id)
-        with self.tokenizer_lock:
-            request.finish(reason)
-        del self.requests[seq.request_id]
 
     # -- chat and stats ---------------------------------------------------------------
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """See ``InputProcessor.chat_prompt``; safe to call from any thread."""
-        return self.inputs.chat_prompt(messages)
+        """Token ids of text-only ``messages`` rendered by the chat template."""
+        token_ids, images = self.chat_request(messages)
+        if images:
+            raise InvalidRequestError("messages with images need chat_request, not chat_prompt")
+        return token_ids
 
     def chat_request(self, messages: list[dict]) -> tuple[list[int], list[ImageInput]]:
-        """See ``InputProcessor.chat_request``; safe to call from any thread."""
-        return self.inputs.chat_request(messages)
+        """OpenAI-style ``messages`` -> the prompt's token ids (each image's tokens
+        expanded) and its images: pass both to ``add_request``. Blocking (images are
+        fetched and decoded); safe to call from any thread."""
+        prepared = self.inputs.prepare_chat(messages)
+        return prepared.token_ids, prepared.images
 
     def stats(self) -> EngineStats:
-        bm = self.block_manager
-        cache = self.runner.image_cache
-        return EngineStats(
-            num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting),
-            num_blocks=bm.num_blocks,
-            num_free_blocks=bm.num_free_blocks,
-            kv_cache_usage=bm.usage,
-            num_prefix_query_tokens=bm.num_prefix_query_tokens,
-            num_prefix_hit_tokens=bm.num_prefix_hit_tokens,
-            num_preemptions=self.scheduler.num_preemptions,
-            num_prompt_tokens=self.num_prompt_tokens,
-            num_generation_tokens=self.num_generation_tokens,
-            num_image_cache_hits=cache.num_hits if cache is not None else 0,
-            num_image_cache_misses=cache.num_misses if cache is not None else 0,
-        )
+        return self.core.stats()

@@ -96,11 +96,10 @@ def load_model(
         converted = ((part + name, t) for name, t in tinychat.tensors(device))
         converted_qweights = [f"{part}{layer}.qweight" for layer in tinychat.quantized_layers]
     model = build_model(config, quant_config, dtype, device)
-    rename = getattr(model, "checkpoint_name", None)
-    if rename is not None:
-        entries = _renamed(entries, rename)
-        converted = ((rename(name), t) for name, t in converted)
-        converted_qweights = [rename(name) for name in converted_qweights]
+    rename = model.checkpoint_name
+    entries = _renamed(entries, rename)
+    converted = ((rename(name), t) for name, t in converted)
+    converted_qweights = [rename(name) for name in converted_qweights]
     qweights = [e.name for e in entries if e.name.endswith(".qweight")] + converted_qweights
     _check_quantized_scope(qweights, model.quantized_scope)
     _fill_parameters(model, entries, converted)
@@ -147,7 +146,7 @@ def _fill_parameters(
     raise if any weight is left unfilled."""
     params = _checkpoint_tensors(model)
     modules = dict(model.named_modules())
-    fused = getattr(model, "fused_layers", {})
+    fused = model.fused_layers
     unfilled = _expected_checkpoint_names(params, fused)
 
     def target_for(name: str) -> torch.Tensor | None:

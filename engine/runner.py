@@ -21,12 +21,24 @@ from engine.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module, block_size: int, device: torch.device):
+    def __init__(
+        self,
+        model: nn.Module,
+        block_size: int,
+        device: torch.device,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        image_cache: ImageEmbeddingCache | None = None,
+    ):
         self.model = model
         self.block_size = block_size
         self.device = device
         self.graphs: DecodeGraphs | None = None
-        self.image_cache = ImageEmbeddingCache() if hasattr(model, "encode_images") else None
+        self.image_cache = image_cache
+
+    def remove_request(self, seq_id: int) -> None:
+        """Forget what the runner keeps for a finished sequence (nothing yet)."""
 
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         """Capture decode for batches up to ``max_num_seqs`` (CUDA only; the KV cache

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from engine.errors import InvalidRequestError
 
@@ -26,7 +28,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
@@ -40,7 +42,8 @@ class SamplingParams:
         object.__setattr__(
             self, "stop_token_ids", _as_tuple(self.stop_token_ids, int, "stop_token_ids")
         )
-        object.__setattr__(self, "logit_bias", dict(self.logit_bias))
+        # A read-only copy: the params are shared between threads and choices.
+        object.__setattr__(self, "logit_bias", MappingProxyType(dict(self.logit_bias)))
         self._validate()
 
     def _validate(self) -> None:

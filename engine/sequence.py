@@ -49,23 +49,27 @@ class Sequence:
         # the prefix cache keys each block on the images it shows as well as its tokens.
         self.image_keys = image_keys or []
         assert len(self.image_keys) == len(self.images)
-        # Features of the images encoded so far, by index, kept while the request lives
-        # because chunked prefill may reach an image's positions over several steps.
+        # Features of the images encoded so far, by index: chunked prefill may reach an
+        # image's positions over several steps. Dropped once they are in the KV cache.
         self.image_embeds: dict[int, object] = {}
+        self.prompt_token_ids = list(prompt_token_ids)
         self.token_ids = list(prompt_token_ids)
-        self.num_prompt_tokens = len(prompt_token_ids)
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
+        # Prefix-cache keys of the full blocks, block i's chained from block i - 1's:
+        # computed once (token ids never change, not even on preemption).
+        self.block_hashes: list[bytes] = []
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
+        self.num_preemptions = 0
         self.finish_reason: str | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
     @property
-    def prompt_token_ids(self) -> list[int]:
-        return self.token_ids[: self.num_prompt_tokens]
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -107,9 +111,20 @@ class Sequence:
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
 
+    def drop_computed_image_embeds(self) -> None:
+        """Free the features of images whose every position is in the KV cache (a
+        preempted sequence gets them back from the image cache or the vision tower)."""
+        if not self.image_embeds:
+            return
+        per_image = len(self.image_positions) // len(self.images)
+        for i in list(self.image_embeds):
+            if self.image_positions[(i + 1) * per_image - 1] < self.num_computed_tokens:
+                del self.image_embeds[i]
+
     def reset_for_recompute(self) -> None:
         """Preemption by recompute: the KV is dropped, the tokens are kept."""
         self.status = SequenceStatus.WAITING
         self.block_table = []
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
+        self.num_preemptions += 1

@@ -55,7 +55,3 @@ class ChatTemplate:
             )
         except jinja2.TemplateError as e:
             raise InvalidRequestError(f"the chat template rejected the messages: {e}") from None
-
-    def encode(self, messages: list[dict]) -> list[int]:
-        # The template writes any BOS itself, so the tokenizer must not add another.
-        return self.tokenizer(self.render(messages), add_special_tokens=False).input_ids

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import Request
 from fastapi.responses import Response
 
-from engine import EngineError, RequestOutput
+from engine import EngineError, PromptTooLongError, RequestOutput
 from server.context import ServerContext
 from server.errors import bad_request, engine_error, openai_endpoint
 from server.logprobs import chat_logprobs
@@ -70,22 +69,25 @@ async def create_chat_completion(request: Request) -> Response:
         raise bad_request("top_logprobs needs logprobs to be true", param="top_logprobs")
     messages = chat_messages(body.messages, ctx.accepts_images)
     try:
-        # Off the event loop: it decodes and preprocesses the images.
-        prompt, images = await asyncio.to_thread(llm.chat_request, messages)
+        prompt = await llm.prepare_chat(messages)
+    except PromptTooLongError as e:
+        raise engine_error(e, "messages") from None
     except EngineError as e:  # an image or the chat template refused
         raise bad_request(str(e), param="messages") from None
     # NOTE: by default a chat answer may fill the context (OpenAI's behaviour).
     max_tokens = (
-        body.max_completion_tokens or body.max_tokens or max(llm.max_model_len - len(prompt), 1)
+        body.max_completion_tokens
+        or body.max_tokens
+        or max(llm.max_model_len - prompt.num_tokens, 1)
     )
     params = sampling_params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
     try:
-        llm.check_prompt(prompt, params[0], images)
+        llm.check_params(prompt, params[0])
     except EngineError as e:
         raise engine_error(e, "messages") from None
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     fmt = ChatFormat(
         request.state.request_id, model, int(time.time()), ctx.fingerprint, include_usage
     )
-    generation = ctx.start(request, [prompt], params, [images])
+    generation = ctx.start(request, [prompt], params)
     return await respond(request, generation, fmt, body.stream, ctx.settings)

@@ -91,16 +91,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine import LLM, SamplingParams
 
     llm = LLM(args.model, **engine_kwargs(args))
-    if llm.engine.is_demo:
+    if llm.is_demo:
         print("[demo model: random weights, the output is meaningless]", file=sys.stderr)
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
     )
-    engine = llm.engine
-    engine.add_request("cli", args.prompt, params)
-    while engine.has_unfinished:
-        for output in engine.step():
-            print(output.new_text, end="", flush=True)
+    for output in llm.stream(args.prompt, params):
+        print(output.new_text, end="", flush=True)
     print()
     return 0
 

@@ -61,9 +61,11 @@ async def create_completion(request: Request) -> Response:
     prompts = []
     for prompt in completion_prompts(body.prompt):
         try:
-            prompts.append(llm.check_prompt(prompt, params[0]))
+            prepared = await llm.prepare(prompt)
+            llm.check_params(prepared, params[0])
         except EngineError as e:
             raise engine_error(e, "prompt") from None
+        prompts.append(prepared)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     fmt = CompletionFormat(
         request.state.request_id, model, int(time.time()), ctx.fingerprint, include_usage

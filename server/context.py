@@ -8,8 +8,7 @@ from importlib.metadata import version
 
 from fastapi import Request
 
-from engine import SamplingParams
-from engine.multimodal.images import ImageInput
+from engine import PreparedPrompt, SamplingParams
 from server.errors import APIError
 from server.generation import Generation
 from server.metrics import Metrics
@@ -53,14 +52,9 @@ class ServerContext:
         return name
 
     def start(
-        self,
-        request: Request,
-        prompts: list[list[int]],
-        params: list[SamplingParams],
-        images: list[list[ImageInput]] | None = None,
+        self, request: Request, prompts: list[PreparedPrompt], params: list[SamplingParams]
     ) -> Generation:
-        """Admit the request's generations (a 503 when the queue is full). ``images[i]``
-        are prompt i's images, if any prompt has some."""
+        """Admit the request's generations (a 503 when the queue is full)."""
         ticket = self.holder.admit(len(prompts) * len(params))
         return Generation(
             self.holder.llm,
@@ -70,5 +64,4 @@ class ServerContext:
             ticket,
             self.metrics,
             request.state.arrival,
-            images,
         )

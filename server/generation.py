@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 import anyio
 from starlette.requests import Request
 
-from engine import AsyncLLM, RequestOutput, SamplingParams
-from engine.multimodal.images import ImageInput
+from engine import AsyncLLM, PreparedPrompt, RequestOutput, SamplingParams
 from server.metrics import Metrics
 from server.state import Ticket
 
@@ -25,8 +24,7 @@ class ShuttingDown(Exception):
 
 class Generation:
     """Choice ``i`` generates from ``prompts[i // n]`` with ``params[i % n]``, where
-    ``n = len(params)``: n choices per prompt, as OpenAI numbers them. ``images[i]``
-    (when given) are the images of ``prompts[i]``.
+    ``n = len(params)``: n choices per prompt, as OpenAI numbers them.
 
     ``outputs`` starts the engine requests and yields their outputs as they come, timed
     for the metrics. ``close`` aborts whatever still runs and gives the admission ticket
@@ -38,12 +36,11 @@ class Generation:
         self,
         llm: AsyncLLM,
         request_id: str,
-        prompts: list[list[int]],
+        prompts: list[PreparedPrompt],
         params: list[SamplingParams],
         ticket: Ticket,
         metrics: Metrics,
         arrival: float,
-        images: list[list[ImageInput]] | None = None,
     ):
         self.llm = llm
         self.request_id = request_id
@@ -52,7 +49,6 @@ class Generation:
         self.ticket = ticket
         self.metrics = metrics
         self.arrival = arrival
-        self.images = images
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
 
@@ -101,10 +97,9 @@ class Generation:
     async def _run_choice(self, index: int) -> None:
         prompt = self.prompts[index // self.n]
         params = self.params[index % self.n]
-        images = None if self.images is None else self.images[index // self.n]
         request_id = f"{self.request_id}-{index}"
         try:
-            async for output in self.llm.generate(request_id, prompt, params, images):
+            async for output in self.llm.generate(request_id, prompt, params):
                 self._queue.put_nowait((index, output))
         except Exception as e:
             self._queue.put_nowait((index, e))
@@ -140,8 +135,8 @@ class Generation:
     def usage(self, outputs: list[RequestOutput | None]) -> dict:
         """OpenAI's usage object from each choice's latest output. A prompt counts once,
         however many choices it has."""
-        num_prompt = sum(len(prompt) for prompt in self.prompts)
-        num_generated = sum(len(o.token_ids) for o in outputs if o is not None)
+        num_prompt = sum(prompt.num_tokens for prompt in self.prompts)
+        num_generated = sum(o.num_output_tokens for o in outputs if o is not None)
         num_cached = sum(o.num_cached_tokens for o in outputs[:: self.n] if o is not None)
         return {
             "prompt_tokens": num_prompt,

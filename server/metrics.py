@@ -132,7 +132,7 @@ class Metrics:
         name = self.model_name()
         self.e2e.labels(name).observe(seconds)
         self.prompt_tokens.labels(name).observe(len(output.prompt_token_ids))
-        self.generation_tokens.labels(name).observe(len(output.token_ids))
+        self.generation_tokens.labels(name).observe(output.num_output_tokens)
         self.success.labels(name, output.finish_reason).inc()
 
     def render(self) -> bytes:

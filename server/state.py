@@ -84,7 +84,7 @@ class EngineHolder:
 
     @property
     def max_admitted(self) -> int:
-        return self.llm.engine.config.max_num_seqs + self.max_queued_requests
+        return self.llm.max_num_seqs + self.max_queued_requests
 
     def admit(self, num_requests: int) -> Ticket:
         limit = self.max_admitted

@@ -70,10 +70,10 @@ def held_steps(llm: AsyncLLM, num_steps: int = 0) -> Iterator[StepGate]:
     first; on leaving, the gate is removed and the engine runs freely again."""
     gate = StepGate()
     gate.allow(num_steps)
-    engine = llm.engine
-    engine.step = gate.guard(engine.step)
+    core = llm.core
+    core.step = gate.guard(core.step)
     try:
         yield gate
     finally:
         gate.open()
-        del engine.step
+        del core.step

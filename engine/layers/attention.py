@@ -28,7 +28,7 @@ class PagedAttention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = head_dim**-0.5
-        # NOTE: bound by KVCache after the pool is allocated; not part of the checkpoint.
+        # NOTE: bound by allocate_kv_cache once the pool is sized; not part of the checkpoint.
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 

@@ -142,6 +142,9 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def checkpoint_name(self, name: str) -> str | None:
+        return name  # Hugging Face's names are ours
+
     def init_buffers(self, device: torch.device) -> None:
         """Called after ``to_empty()``: builds the rotary tables (not in checkpoints) and
         re-ties the LM head to the embedding (to_empty gives each module its own tensor)."""

@@ -70,10 +70,43 @@ class LlavaProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
-class LlavaForConditionalGeneration(nn.Module):
+class VisionLanguageModelBase(nn.Module):
+    """What LLaVA and VILA share: a Llama-family ``language_model`` whose embeddings
+    image features overwrite. Subclasses build the vision side and ``encode_images``."""
+
     fused_layers = LlamaForCausalLM.fused_layers
     quantized_scope = "language_model.model.layers"
+    image_token_id: int | None = None
+    language_model: LlamaForCausalLM
 
+    def init_buffers(self, device: torch.device) -> None:
+        self.language_model.init_buffers(device)
+
+    def attention_layers(self) -> list[PagedAttention]:
+        return self.language_model.attention_layers()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        image_embeds: torch.Tensor | None = None,
+        image_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``image_embeds[i]`` (``[n, hidden]``) replaces the embedding of token
+        ``image_rows[i]`` of the flat batch."""
+        if image_embeds is None:
+            return self.language_model(input_ids, positions, meta)
+        text = self.language_model.model
+        embeds = text.embed_tokens(input_ids)
+        embeds[image_rows] = image_embeds.to(embeds.dtype)
+        return text(input_ids, positions, meta, input_embeds=embeds)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.language_model.compute_logits(hidden)
+
+
+class LlavaForConditionalGeneration(VisionLanguageModelBase):
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -110,12 +143,6 @@ class LlavaForConditionalGeneration(nn.Module):
                 break
         return tower_name(name, self.vision_tower)
 
-    def init_buffers(self, device: torch.device) -> None:
-        self.language_model.init_buffers(device)
-
-    def attention_layers(self) -> list[PagedAttention]:
-        return self.language_model.attention_layers()
-
     @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[num_images, 3, H, W]`` -> ``[num_images, num_image_tokens, hidden]``."""
@@ -123,23 +150,3 @@ class LlavaForConditionalGeneration(nn.Module):
         if self.select_strategy == "default":
             features = features[:, 1:]
         return self.multi_modal_projector(features)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        meta: AttentionMetadata,
-        image_embeds: torch.Tensor | None = None,
-        image_rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``image_embeds[i]`` (``[n, hidden]``) replaces the embedding of token
-        ``image_rows[i]`` of the flat batch."""
-        if image_embeds is None:
-            return self.language_model(input_ids, positions, meta)
-        text = self.language_model.model
-        embeds = text.embed_tokens(input_ids)
-        embeds[image_rows] = image_embeds.to(embeds.dtype)
-        return text(input_ids, positions, meta, input_embeds=embeds)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.compute_logits(hidden)

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from engine.errors import ModelLoadError, UnsupportedModelError
-from engine.models.llava import LlavaForConditionalGeneration, language_model, tower_name
+from engine.models.llava import VisionLanguageModelBase, language_model, tower_name
 from engine.models.vila_templates import vila_conversation_template
 from engine.models.vision import VisionTower
 
@@ -122,10 +122,7 @@ class VilaProjector(nn.Module):
         return self.layers(x)
 
 
-class VilaForCausalLM(nn.Module):
-    fused_layers = LlavaForConditionalGeneration.fused_layers
-    quantized_scope = LlavaForConditionalGeneration.quantized_scope
-
+class VilaForCausalLM(VisionLanguageModelBase):
     def __init__(self, config: VilaConfig):
         super().__init__()
         self.config = config
@@ -162,8 +159,3 @@ class VilaForCausalLM(nn.Module):
         if self.drops_class_token:
             features = features[:, 1:]
         return self.mm_projector(features)
-
-    init_buffers = LlavaForConditionalGeneration.init_buffers
-    attention_layers = LlavaForConditionalGeneration.attention_layers
-    forward = LlavaForConditionalGeneration.forward
-    compute_logits = LlavaForConditionalGeneration.compute_logits

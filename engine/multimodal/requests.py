@@ -5,10 +5,14 @@ that a prompt's image tokens and its images agree."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.multimodal.images import ImageInput, ImageLimits, ImageProcessor
 from engine.multimodal.prompt import expand_image_tokens, flatten_messages, image_positions
+
+if TYPE_CHECKING:
+    from engine.models.interface import VisionLanguageModel
 
 # Tokens that stand for an image in models (VILA) whose config names none: VILA marks
 # images with -200, outside the vocabulary, which our prompts (and validation) cannot
@@ -31,9 +35,14 @@ def borrowed_image_token(tokenizer) -> int:
 
 class ImageRequests:
     def __init__(
-        self, model_dir: Path, hf_config, model, tokenizer, limits: ImageLimits | None = None
+        self,
+        model_dir: Path,
+        hf_config,
+        model: VisionLanguageModel,
+        tokenizer,
+        limits: ImageLimits | None = None,
     ):
-        image_token_id = getattr(model, "image_token_id", None)
+        image_token_id = model.image_token_id
         if image_token_id is None:
             image_token_id = borrowed_image_token(tokenizer)
         self.image_token_id: int = image_token_id

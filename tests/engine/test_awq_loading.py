@@ -68,7 +68,7 @@ def test_awq_checkpoint_matches_dequantized_transformers(
     engine = LLMEngine(
         EngineConfig(model=str(awq_dir), device=device, dtype="float32", kv_cache_memory=0.01)
     )
-    layers = engine.runner.model.model.layers
+    layers = engine.core.runner.model.model.layers
     assert isinstance(layers[0].self_attn.qkv_proj, MergedAWQLinear)
     assert isinstance(layers[0].mlp.down_proj, AWQLinear) != bool(not_converted)
     for step, (ours, theirs) in enumerate(engine_logits_per_step(engine, PROMPT, 6, reference)):

@@ -75,7 +75,7 @@ def test_engine_keeps_serving_after_bad_requests(llm):
         with pytest.raises(InvalidRequestError):
             llm.generate([good] + bad, GREEDY)
     assert llm.generate([good], GREEDY)[0].token_ids == before
-    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+    assert llm.engine.core.block_manager.num_free_blocks == llm.engine.core.block_manager.num_blocks
 
 
 def test_generation_stops_at_the_context_limit(tiny_llama):

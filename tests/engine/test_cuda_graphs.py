@@ -20,7 +20,7 @@ def test_capture_sizes_are_powers_of_two_up_to_the_limit():
 
 
 def test_cpu_runs_eagerly(tiny_llama):
-    assert LLM(str(tiny_llama), kv_cache_memory=0.01).engine.runner.graphs is None
+    assert LLM(str(tiny_llama), kv_cache_memory=0.01).engine.core.runner.graphs is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -28,9 +28,9 @@ def test_cpu_runs_eagerly(tiny_llama):
 def test_graphs_give_the_eager_tokens(tiny_llama, num_prompts):
     config = dict(device="cuda", dtype="float32", kv_cache_memory=0.01, max_num_seqs=8)
     graphed = LLM(str(tiny_llama), **config)
-    assert graphed.engine.runner.graphs is not None
+    assert graphed.engine.core.runner.graphs is not None
     eager = LLM(str(tiny_llama), enforce_eager=True, **config)
-    assert eager.engine.runner.graphs is None
+    assert eager.engine.core.runner.graphs is None
     prompts = PROMPTS[:num_prompts]
     ours = [out.token_ids for out in graphed.generate(prompts, GREEDY)]
     assert ours == [out.token_ids for out in eager.generate(prompts, GREEDY)]

@@ -16,8 +16,8 @@ def alone(llm: LLM, prompt: list[int], params: SamplingParams = GREEDY) -> list[
 
 
 def assert_all_blocks_free(engine: LLMEngine) -> None:
-    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
-    assert not engine.requests and not engine.has_unfinished
+    assert engine.core.block_manager.num_free_blocks == engine.core.block_manager.num_blocks
+    assert not engine.core.requests and not engine.has_unfinished
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,12 @@ def test_preemption_under_a_small_pool_changes_nothing(tiny_llama, expected):
     # 8 blocks of 16 tokens cannot hold 8 sequences of up to 48 tokens at once.
     block_bytes = 2 * 2 * 2 * 16 * 16 * 4  # K+V, 2 layers, 2 kv heads, head_dim 16, fp32
     small = LLM(str(tiny_llama), kv_cache_memory=8 * block_bytes / 2**30)
-    assert small.engine.block_manager.num_blocks == 8
+    assert small.engine.core.block_manager.num_blocks == 8
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
     reference = LLM(str(tiny_llama), kv_cache_memory=0.01)
     want = [o.token_ids for o in reference.generate(PROMPTS, params)]
     got = [o.token_ids for o in small.generate(PROMPTS, params)]
-    assert small.engine.scheduler.num_preemptions > 0
+    assert small.engine.core.scheduler.num_preemptions > 0
     assert got == want
     assert_all_blocks_free(small.engine)
 
@@ -84,10 +84,10 @@ def test_prefix_cache_hit_on_a_shared_three_block_prefix(llm):
     engine = llm.engine
     shared = [1] + [(7 * j) % 1900 + 4 for j in range(3 * 16)]
     first = llm.generate([shared + [5, 6, 7]], GREEDY)[0]
-    hits_before = engine.block_manager.num_prefix_hit_tokens
+    hits_before = engine.core.block_manager.num_prefix_hit_tokens
     second = llm.generate([shared + [5, 6, 7]], GREEDY)[0]
     assert second.num_cached_tokens == 3 * 16
-    assert engine.block_manager.num_prefix_hit_tokens - hits_before == 3 * 16
+    assert engine.core.block_manager.num_prefix_hit_tokens - hits_before == 3 * 16
     assert second.token_ids == first.token_ids
     uncached = LLM(str(engine.model_dir), kv_cache_memory=0.01, enable_prefix_caching=False)
     assert alone(uncached, shared + [5, 6, 7]) == first.token_ids

@@ -79,13 +79,13 @@ def reference_last_logits(reference, token_ids, images) -> torch.Tensor:
 def chunked_prefill_logits(engine: LLMEngine, token_ids, images, chunk: int) -> torch.Tensor:
     """Our last-position logits, the prompt computed ``chunk`` tokens per step."""
     seq = engine.make_sequence("parity", token_ids, SamplingParams(), images)
-    bm = BlockManager(engine.block_manager.num_blocks, engine.config.block_size)
+    bm = BlockManager(engine.core.block_manager.num_blocks, engine.config.block_size)
     while seq.num_computed_tokens < len(seq):
         num_new = min(chunk, seq.num_uncomputed_tokens)
         bm.allocate(seq, seq.num_computed_tokens + num_new)
         batch = ScheduledBatch()
         batch.add(seq, num_new)
-        logits = engine.runner.run(batch)
+        logits = engine.core.runner.run(batch)
         seq.num_computed_tokens += num_new
     return logits[0]
 
@@ -188,8 +188,8 @@ def test_loads_the_nested_transformers_layout(llava_dir, tmp_path, llm):
             (tmp_path / path.name).write_bytes(path.read_bytes())
     save_renamed(llava_dir / "model.safetensors", tmp_path / "model.safetensors", renames)
     engine = LLMEngine(EngineConfig(model=str(tmp_path), kv_cache_memory=0.01))
-    ours = dict(engine.runner.model.state_dict())
-    for name, tensor in llm.engine.runner.model.state_dict().items():
+    ours = dict(engine.core.runner.model.state_dict())
+    for name, tensor in llm.engine.core.runner.model.state_dict().items():
         torch.testing.assert_close(ours[name], tensor, rtol=0, atol=0, msg=name)
 
 
@@ -213,9 +213,10 @@ def test_async_llm_streams_a_request_with_images(llava_dir, llm):
     async def run() -> list[int]:
         engine = AsyncLLM(EngineConfig(model=str(llava_dir), kv_cache_memory=0.01))
         try:
-            token_ids, images = engine.chat_request(messages)
-            assert engine.check_prompt(token_ids, GREEDY, images) == token_ids
-            outputs = [out async for out in engine.generate("a", token_ids, GREEDY, images)]
+            prompt = await engine.prepare_chat(messages)
+            engine.check_params(prompt, GREEDY)
+            assert prompt.token_ids == llm.engine.chat_request(messages)[0]
+            outputs = [out async for out in engine.generate("a", prompt, GREEDY)]
             return outputs[-1].token_ids
         finally:
             engine.shutdown()
@@ -238,8 +239,8 @@ def test_preemption_with_images_changes_nothing(llava_dir, llm):
     want = [llm.chat(m, params).token_ids for m in conversations]
     engine = small.engine
     assert run_together(engine, conversations, params) == want
-    assert engine.scheduler.num_preemptions > 0
-    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    assert engine.core.scheduler.num_preemptions > 0
+    assert engine.core.block_manager.num_free_blocks == engine.core.block_manager.num_blocks
 
 
 def test_an_unsupported_language_model_is_named():

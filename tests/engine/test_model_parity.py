@@ -19,14 +19,14 @@ PROMPT = [1, 17, 300, 42, 999, 5, 77, 1500, 23, 8, 640, 12, 3, 250, 901, 66, 31,
 def engine_logits_per_step(engine: LLMEngine, prompt: list[int], num_steps: int, reference):
     """Prefill ``prompt`` and decode ``num_steps`` tokens through our runner, feeding the
     reference's greedy tokens; yield (our logits, reference logits) for each step."""
-    bm = BlockManager(engine.block_manager.num_blocks, engine.config.block_size)
+    bm = BlockManager(engine.core.block_manager.num_blocks, engine.config.block_size)
     seq = Sequence("parity", prompt, SamplingParams(), engine.config.block_size)
     tokens = list(prompt)
     for _ in range(num_steps + 1):
         bm.allocate(seq, len(seq))
         batch = ScheduledBatch()
         batch.add(seq, seq.num_uncomputed_tokens)
-        ours = engine.runner.run(batch)[0]
+        ours = engine.core.runner.run(batch)[0]
         seq.num_computed_tokens = len(seq)
         with torch.no_grad():
             theirs = reference(torch.tensor([tokens])).logits[0, -1]

@@ -281,8 +281,8 @@ def test_chat_request_expands_each_image(llava_llm):
 
 
 def test_embedding_cache_is_lru_and_counts():
-    cache = ImageEmbeddingCache(max_entries=2)
     a, b, c = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
+    cache = ImageEmbeddingCache(max_bytes=2 * a.numel() * a.element_size())  # two entries
     assert cache.get(b"a") is None
     cache.put(b"a", a)
     cache.put(b"b", b)
@@ -290,6 +290,13 @@ def test_embedding_cache_is_lru_and_counts():
     cache.put(b"c", c)
     assert cache.get(b"b") is None and cache.get(b"c") is c and cache.get(b"a") is a
     assert (cache.num_hits, cache.num_misses) == (3, 2)
+    assert cache.num_bytes == 2 * a.element_size()
+
+
+def test_embedding_cache_keeps_nothing_larger_than_its_budget():
+    cache = ImageEmbeddingCache(max_bytes=8)
+    cache.put(b"big", torch.zeros(3))  # 12 bytes
+    assert cache.get(b"big") is None and cache.num_bytes == 0
 
 
 def test_second_turn_about_an_image_does_not_reencode_it(tmp_path_factory):

@@ -80,7 +80,7 @@ def test_vila_tinychat_weights_equal_autoawq_and_match_the_reference(vila_dirs):
     assert not list((tinychat_dir / "llm").glob("*.safetensors"))
     llm = LLM(str(tinychat_dir), dtype="float32", kv_cache_memory=0.01)
     autoawq = LLM(str(awq_dir), dtype="float32", kv_cache_memory=0.01)
-    assert_same_weights(llm.engine.runner.model, autoawq.engine.runner.model)
+    assert_same_weights(llm.engine.core.runner.model, autoawq.engine.core.runner.model)
     reference = Reference(source)
     reference.llm = dequantized_reference(awq_dir / "llm", GROUP_SIZE)
     token_ids, images = llm.engine.chat_request(ONE_IMAGE)
@@ -95,7 +95,7 @@ def test_plain_llama_tinychat_checkpoint_loads(tiny_llama, tmp_path):
     )
     llm = LLM(str(tinychat_dir), dtype="float32", kv_cache_memory=0.01)
     autoawq = LLM(str(awq_dir), dtype="float32", kv_cache_memory=0.01)
-    assert_same_weights(llm.engine.runner.model, autoawq.engine.runner.model)
+    assert_same_weights(llm.engine.core.runner.model, autoawq.engine.core.runner.model)
 
 
 def test_int4_vision_tower_in_a_tinychat_file_is_refused(vila_dirs, tmp_path):

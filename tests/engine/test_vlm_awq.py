@@ -100,7 +100,7 @@ def llava_llm(request, llava_awq) -> LLM:
 
 
 def test_llava_language_model_is_int4_and_vision_is_dense(llava_llm):
-    assert_only_language_model_is_int4(llava_llm.engine.runner.model)
+    assert_only_language_model_is_int4(llava_llm.engine.core.runner.model)
 
 
 @MESSAGES
@@ -161,7 +161,7 @@ def vila_awq(vila_source):
 
 def test_vila_language_model_is_int4_and_vision_is_dense(vila_awq):
     llm, _ = vila_awq
-    assert_only_language_model_is_int4(llm.engine.runner.model)
+    assert_only_language_model_is_int4(llm.engine.core.runner.model)
 
 
 @MESSAGES
@@ -194,7 +194,7 @@ def test_quantized_vila_llm_folder_loads_under_vila(vila_source, tmp_path):
     assert config["quantization_config"]["version"] == "gemm"
     model_dir = vila_with_llm(vila_source, llm_dir, tmp_path / "vila-int4")
     llm = LLM(str(model_dir), dtype="float32", kv_cache_memory=0.01)
-    assert_only_language_model_is_int4(llm.engine.runner.model)
+    assert_only_language_model_is_int4(llm.engine.core.runner.model)
     reference = Reference(vila_source)
     reference.llm = dequantized_reference(llm_dir, GROUP_SIZE)
     token_ids, images = llm.engine.chat_request(ONE_IMAGE)

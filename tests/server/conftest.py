@@ -62,7 +62,7 @@ class LiveServer:
 
     def all_blocks_free(self, timeout: float = 15.0) -> bool:
         """Polls until every KV block is free again (or ``timeout`` passes)."""
-        block_manager = self.llm.engine.block_manager
+        block_manager = self.llm.core.block_manager
         deadline = time.monotonic() + timeout
         while block_manager.num_free_blocks != block_manager.num_blocks:
             if time.monotonic() > deadline:

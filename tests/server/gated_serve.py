@@ -35,7 +35,7 @@ def gate_every_engine(gate: StepGate) -> None:
         build(llm, *args, **kwargs)
         # NOTE: the loop thread is already running, but it steps only once a request
         # comes, and none can before the server is up.
-        llm.engine.step = gate.guard(llm.engine.step)
+        llm.core.step = gate.guard(llm.core.step)
 
     AsyncLLM.__init__ = build_gated
 

@@ -150,7 +150,7 @@ def test_metrics_count_what_was_served(server: LiveServer) -> None:
         "edgechat:kv_cache_blocks_used",
     ):
         assert gauge in after
-    assert after["edgechat:kv_cache_blocks_total"] == server.llm.engine.block_manager.num_blocks
+    assert after["edgechat:kv_cache_blocks_total"] == server.llm.core.block_manager.num_blocks
     assert 'model_name="' + server.model + '"' in response.text
 
 

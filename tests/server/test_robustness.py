@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 @contextmanager
 def patched_steps(llm: AsyncLLM, before_run: Callable[[list], None]) -> Iterator[None]:
     """Calls ``before_run(batch.seqs)`` ahead of every model run (to make it fail)."""
-    runner = llm.engine.runner
+    runner = llm.core.runner
     run = runner.run
 
     def patched(batch):
@@ -49,8 +49,8 @@ NUM_FIRST_STEPS = 20
 
 
 def test_disconnect_mid_stream_aborts_and_frees_blocks(server: LiveServer) -> None:
-    block_manager = server.llm.engine.block_manager
-    generated_before = server.llm.engine.num_generation_tokens
+    block_manager = server.llm.core.block_manager
+    generated_before = server.llm.core.num_generation_tokens
     with held_steps(server.llm, NUM_FIRST_STEPS), server.http() as http:
         with http.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
             lines = response.iter_lines()
@@ -59,18 +59,18 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(server: LiveServer) -> No
         # Leaving the block closed the connection mid-stream; held, the engine cannot
         # have finished the request: only the abort frees its blocks.
         assert server.all_blocks_free()
-        assert not server.llm.engine.requests
-    assert server.llm.engine.num_generation_tokens - generated_before <= NUM_FIRST_STEPS
+        assert not server.llm.core.requests
+    assert server.llm.core.num_generation_tokens - generated_before <= NUM_FIRST_STEPS
 
 
 def test_disconnect_while_waiting_for_a_whole_response_aborts(server: LiveServer) -> None:
-    generated_before = server.llm.engine.num_generation_tokens
+    generated_before = server.llm.core.num_generation_tokens
     with held_steps(server.llm, NUM_FIRST_STEPS), server.http() as http:
         with pytest.raises(httpx.ReadTimeout):
             http.post("/v1/completions", json=LONG, timeout=0.5)
         assert server.all_blocks_free()
-        assert not server.llm.engine.requests
-    assert server.llm.engine.num_generation_tokens - generated_before <= NUM_FIRST_STEPS
+        assert not server.llm.core.requests
+    assert server.llm.core.num_generation_tokens - generated_before <= NUM_FIRST_STEPS
 
 
 def test_full_queue_gets_503_and_waiting_streams_get_keepalives(tiny_llama) -> None:
