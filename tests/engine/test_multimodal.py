@@ -317,6 +317,22 @@ def test_second_turn_about_an_image_does_not_reencode_it(tmp_path_factory):
     assert (stats.num_image_cache_hits, stats.num_image_cache_misses) == (1, 1)
 
 
+def test_image_features_are_freed_once_their_tokens_are_cached(llava_llm):
+    engine = llava_llm.engine
+    content = [image_part(data_url(random_image(3))), text_part("what is it?")]
+    messages = [{"role": "user", "content": content}]
+    token_ids, images = engine.chat_request(messages)
+    engine.add_request("freed", token_ids, SamplingParams(max_tokens=3, temperature=0), images)
+    seq = engine.core.requests["freed"]
+    outputs = engine.step()  # the whole prompt, image included, and the first token
+    assert [o.request_id for o in outputs] == ["freed"] and seq.num_computed_tokens == len(
+        token_ids
+    )
+    assert seq.image_embeds == {}
+    while engine.has_unfinished:
+        engine.step()
+
+
 # Like llava-hf's: iterates over content parts, so string content renders as nothing.
 PARTS_ONLY_TEMPLATE = (
     "{%- for m in messages -%}{{ m['role'].upper() }}: "
