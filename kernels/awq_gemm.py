@@ -1,138 +1,48 @@
-"""W4A16 linear over the AutoAWQ GEMM layout as stored on disk (no repack at load).
+"""W4A16 linear over the AutoAWQ GEMM layout as stored on disk (no repack at load):
+``out = x @ dequantize(qweight, qzeros, scales) + bias``, fp32 accumulation.
 
-``out = x @ dequantize(qweight, qzeros, scales) + bias`` with the weight dequantized tile by
-tile in registers and an fp32 accumulator. Two launch shapes of one kernel, picked by M:
-
-- M <= 16 (decode): split-K GEMV. A 16-row tile is the smallest ``tl.dot`` takes, so N
-  alone gives too few programs to saturate memory bandwidth; K is split too, each split
-  writes fp32 partial sums, and a small kernel adds them (deterministic, unlike atomics).
-- M > 16 (prefill): a plain tiled GEMM that writes the output directly.
-
-Layout (see engine/quant/pack.py): ``qweight`` int32 [K, N/8], ``qzeros`` int32 [K/G, N/8],
-``scales`` [K/G, N]. Nibble i of a packed column c holds column ``8c + [0,2,4,6,1,3,5,7][i]``.
+kernels/awq_configs.py picks the variant and launch per GPU and number of rows; this
+module sizes the grid (splitting K when the output tiles alone cannot fill the GPU) and
+launches it.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
-import triton.language as tl
 
+from kernels.awq_configs import GEMV_MAX_M, AWQLaunch, awq_launch_for
+from kernels.awq_dequant import dequantize
+from kernels.awq_dot import awq_dot_kernel
+from kernels.awq_gemv import awq_gemv_kernel
 from kernels.triton_utils import dot_operands, num_sms
 
-GEMV_MAX_M = 16
 MAX_SPLIT_K = 32
+PROGRAMS_PER_SM = 4  # enough programs in flight per SM to keep its memory pipes busy
 
 
-@triton.jit
-def _unpack_int4(packed, shifts):
-    """[R, C/8] or [C/8] packed int32 -> [R, C] or [C] values in [0, 15]."""
-    packed = tl.interleave(packed, packed)
-    packed = tl.interleave(packed, packed)
-    packed = tl.interleave(packed, packed)  # each packed word now repeated for its 8 columns
-    return (packed >> shifts) & 0xF
+@functools.cache
+def compute_capability(device: torch.device) -> int | None:
+    """major * 10 + minor of a CUDA device; None for the interpreter's CPU tensors."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
 
 
-@triton.jit
-def _awq_gemm_kernel(
-    x_ptr,  # [M, K], row stride stride_xm
-    qweight_ptr,
-    qzeros_ptr,
-    scales_ptr,
-    bias_ptr,
-    out_ptr,  # [M, N] in x's dtype, or [SPLIT_K, M, N] fp32 partial sums
-    M,
-    N,
-    K,
-    stride_xm,
-    tiles_per_split,
-    GROUP_SIZE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_p = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed columns
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    mask_p = offs_p < N // 8
-    # Column j of each group of eight sits in nibble [0, 4, 1, 5, 2, 6, 3, 7][j].
-    col = tl.arange(0, BLOCK_N) % 8
-    shifts = ((col // 2) + (col % 2) * 4) * 4
-
-    # NOTE: BLOCK_K divides GROUP_SIZE, which divides K: a tile never straddles a group
-    # and needs no K mask.
-    num_k_tiles = K // BLOCK_K
-    first_tile = pid_k * tiles_per_split
-    last_tile = tl.minimum(first_tile + tiles_per_split, num_k_tiles)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tile in range(first_tile, last_tile):
-        k = tile * BLOCK_K + offs_k
-        a = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=mask_m[:, None], other=0.0
-        )
-        packed = tl.load(
-            qweight_ptr + k[:, None] * (N // 8) + offs_p[None, :], mask=mask_p[None, :], other=0
-        )
-        group = (tile * BLOCK_K) // GROUP_SIZE
-        packed_zeros = tl.load(qzeros_ptr + group * (N // 8) + offs_p, mask=mask_p, other=0)
-        scale = tl.load(scales_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        q = _unpack_int4(packed, shifts[None, :])
-        zero = _unpack_int4(packed_zeros, shifts)
-        w = ((q - zero[None, :]).to(tl.float32) * scale[None, :]).to(DOT_DTYPE)
-        acc = tl.dot(a.to(DOT_DTYPE), w, acc, input_precision=PRECISION)
-
-    mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        out = acc.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], out, mask=mask)
-    else:
-        partial_ptr = out_ptr + pid_k * M * N
-        tl.store(partial_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=mask)
+# NOTE: both stay all-zero between launches (the last program of each tile re-zeroes its
+# part), so CUDA graphs replay them without a memset. They are allocated at the first
+# launch of a size, which the eager warm-up step before each graph capture makes.
+@functools.cache
+def _workspace(device: torch.device, num_floats: int) -> torch.Tensor:
+    return torch.zeros(num_floats, dtype=torch.float32, device=device)
 
 
-@triton.jit
-def _split_k_reduce_kernel(
-    partial_ptr,  # [SPLIT_K, M * N] fp32
-    bias_ptr,
-    out_ptr,  # [M * N]
-    MN,
-    N,
-    SPLIT_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for split in tl.static_range(SPLIT_K):
-        acc += tl.load(partial_ptr + split * MN + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _launch_config(num_rows: int, group_size: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Chosen so that no configuration
-    spills registers on sm_80/sm_87 (ptxas -v); untuned on a GPU so far."""
-    if num_rows <= GEMV_MAX_M:
-        return 16, 128, min(group_size, 64), 4, 3
-    if num_rows <= 32:
-        return 32, 128, min(group_size, 64), 4, 3
-    if num_rows <= 64:
-        return 64, 128, min(group_size, 64), 8, 3
-    return 128, 128, min(group_size, 32), 8, 4
+@functools.cache
+def _counters(device: torch.device, num_tiles: int) -> torch.Tensor:
+    return torch.zeros(num_tiles, dtype=torch.int32, device=device)
 
 
 def awq_linear(
@@ -143,63 +53,100 @@ def awq_linear(
     group_size: int,
     bias: torch.Tensor | None = None,  # [N]
 ) -> torch.Tensor:  # [..., N] in x's dtype
+    num_rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    launch = awq_launch_for(compute_capability(x.device), num_rows, group_size)
+    return awq_linear_with(x, qweight, qzeros, scales, group_size, bias, launch, num_sms(x.device))
+
+
+def split_k_for(num_tiles: int, num_k_steps: int, num_sms: int) -> int:
+    """K splits that bring ``num_tiles`` output tiles up to a few programs per SM, with
+    no split left empty."""
+    wanted = triton.cdiv(PROGRAMS_PER_SM * num_sms, num_tiles)
+    split_k = max(1, min(wanted, num_k_steps, MAX_SPLIT_K))
+    return triton.cdiv(num_k_steps, triton.cdiv(num_k_steps, split_k))
+
+
+def awq_linear_with(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    qzeros: torch.Tensor,
+    scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+    launch: AWQLaunch,
+    num_sms: int,
+) -> torch.Tensor:
+    """``awq_linear`` with the variant and launch given (benchmarks, the static report)."""
     in_features, out_features = qweight.shape[0], scales.shape[1]
     assert x.shape[-1] == in_features and in_features % group_size == 0
-    assert qweight.is_contiguous() and qzeros.is_contiguous() and scales.is_contiguous()
+    assert qweight.stride(1) == 1 and qzeros.stride(1) == 1 and scales.stride(1) == 1
     x2 = x.reshape(-1, in_features)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     num_rows = x2.shape[0]
+    if launch.variant == "dequant_matmul":
+        weight = dequantize(qweight, qzeros, scales, group_size).to(x.dtype)
+        out = x2 @ weight if bias is None else torch.addmm(bias.to(x.dtype), x2, weight)
+        return out.view(*x.shape[:-1], out_features)
     out = torch.empty(num_rows, out_features, dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out.view(*x.shape[:-1], out_features)
-    dot_dtype, precision = dot_operands(x.dtype)
-    block_m, block_n, block_k, num_warps, num_stages = _launch_config(num_rows, group_size)
+    is_gemv = launch.variant == "gemv"
+    assert not is_gemv or num_rows <= GEMV_MAX_M
+    block_m = triton.next_power_of_2(num_rows) if is_gemv else launch.block_m
     num_m_tiles = triton.cdiv(num_rows, block_m)
-    num_n_tiles = triton.cdiv(out_features, block_n)
-    num_k_tiles = in_features // block_k
+    num_n_tiles = triton.cdiv(out_features, launch.block_n)
+    # The GEMV splits K by whole groups, the tiled GEMM by K tiles.
+    num_k_steps = in_features // (group_size if is_gemv else launch.block_k)
     split_k = 1
-    if num_rows <= GEMV_MAX_M:
-        wanted = triton.cdiv(4 * num_sms(x.device), num_m_tiles * num_n_tiles)
-        split_k = max(1, min(wanted, num_k_tiles, MAX_SPLIT_K))
-    tiles_per_split = triton.cdiv(num_k_tiles, split_k)
-    split_k = triton.cdiv(num_k_tiles, tiles_per_split)  # no split left without a tile
-    target = out
+    if num_rows <= 16:  # decode-sized: the output tiles alone leave SMs idle
+        split_k = split_k_for(num_m_tiles * num_n_tiles, num_k_steps, num_sms)
+    num_tiles = num_m_tiles * num_n_tiles
+    workspace = counters = out
     if split_k > 1:
-        target = torch.empty(split_k, num_rows, out_features, dtype=torch.float32, device=x.device)
-    _awq_gemm_kernel[(num_m_tiles, num_n_tiles, split_k)](
+        workspace = _workspace(x.device, triton.next_power_of_2(num_rows * out_features))
+        counters = _counters(x.device, triton.next_power_of_2(num_tiles))
+    common = (
         x2,
         qweight,
         qzeros,
         scales,
         bias if bias is not None else scales,
-        target,
+        out,
+        workspace,
+        counters,
         num_rows,
         out_features,
-        in_features,
         x2.stride(0),
-        tiles_per_split,
+        qweight.stride(0),
+        qzeros.stride(0),
+        scales.stride(0),
+        qweight.shape[1],
+        split_k,
+        triton.cdiv(num_k_steps, split_k),
+        num_k_steps,
+    )
+    flags = dict(
         GROUP_SIZE=group_size,
         HAS_BIAS=bias is not None,
-        SPLIT_K=split_k,
+        IS_SPLIT=split_k > 1,
         BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        DOT_DTYPE=dot_dtype,
-        PRECISION=precision,
-        num_warps=num_warps,
-        num_stages=num_stages,
+        BLOCK_N=launch.block_n,
+        BLOCK_K=launch.block_k,
+        num_warps=launch.num_warps,
+        num_stages=launch.num_stages,
     )
-    if split_k > 1:
-        num_elements = num_rows * out_features
-        _split_k_reduce_kernel[(triton.cdiv(num_elements, 1024),)](
-            target,
-            bias if bias is not None else scales,
-            out,
-            num_elements,
-            out_features,
-            SPLIT_K=split_k,
-            HAS_BIAS=bias is not None,
-            BLOCK=1024,
+    if is_gemv:
+        awq_gemv_kernel[(num_n_tiles, split_k)](*common, **flags)
+    else:
+        dot_dtype, precision = dot_operands(x.dtype)
+        awq_dot_kernel[(num_tiles, split_k)](
+            *common,
+            num_m_tiles,
+            num_n_tiles,
+            **flags,
+            GROUP_M=launch.group_m,
+            DOT_DTYPE=dot_dtype,
+            PRECISION=precision,
         )
     return out.view(*x.shape[:-1], out_features)

@@ -134,10 +134,10 @@ def _merge_splits_kernel(
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=dim_mask)
 
 
-def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, device) -> int:
+def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, num_sms: int) -> int:
     """Enough programs to fill the GPU, but no split shorter than MIN_TOKENS_PER_SPLIT
     of the longest context the block tables can hold (a shape, never a value)."""
-    wanted = triton.cdiv(4 * num_sms(device), num_seqs * num_kv_heads)
+    wanted = triton.cdiv(4 * num_sms, num_seqs * num_kv_heads)
     useful = triton.cdiv(max_context, MIN_TOKENS_PER_SPLIT)
     return max(1, min(wanted, useful, MAX_SPLITS))
 
@@ -157,7 +157,7 @@ def decode_attention(
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and block_tables.stride(1) == 1
     if num_splits is None:
         max_context = block_tables.shape[1] * block_size
-        num_splits = default_num_splits(num_seqs, num_kv_heads, max_context, query.device)
+        num_splits = default_num_splits(num_seqs, num_kv_heads, max_context, num_sms(query.device))
     group = num_heads // num_kv_heads
     head_dim_p = triton.next_power_of_2(head_dim)
     dot_dtype, precision = dot_operands(query.dtype)

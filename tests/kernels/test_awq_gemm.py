@@ -1,5 +1,6 @@
-"""The W4A16 AWQ kernel (GEMV and GEMM paths) against its torch twin, and the twin
-against engine/quant/pack.py, which owns the AutoAWQ format."""
+"""The W4A16 AWQ kernel variants (GEMV, tl.dot GEMM, dequantize + matmul) against their
+torch twin, the twin against engine/quant/pack.py (which owns the AutoAWQ format), and
+the launch table that picks a variant."""
 
 from __future__ import annotations
 
@@ -8,18 +9,31 @@ import torch
 
 from engine.quant.pack import dequantize, quantize_rtn
 from kernels import reference
-from kernels.awq_gemm import awq_linear
+from kernels.awq_configs import DEFAULT, GEMV_MAX_M, TABLE, AWQLaunch, awq_launch_for
+from kernels.awq_gemm import awq_linear, awq_linear_with
 from tests.kernels.conftest import assert_close
 
-# (M, K, N, group size, dtype, bias). M <= 16 takes the split-K GEMV: with K = 160 and
-# G = 32 the five K tiles split 2 + 2 + 1. N = 136 and 200 leave a ragged last N tile.
+GEMV = AWQLaunch("gemv", block_n=256, block_k=16, num_warps=4, num_stages=1)
+DOT = AWQLaunch("dot", block_m=16, block_n=64, block_k=32, num_warps=4, num_stages=2, group_m=2)
+DEQUANT = AWQLaunch("dequant_matmul", block_n=256, block_k=32, num_warps=4, num_stages=1)
+
+# (launch, M, K, N, group size, dtype, bias, SMs). Few SMs leave the output tiles alone
+# and split K (the atomic workspace path); many SMs split it as far as it goes. N = 264,
+# 136 and 200 leave a ragged last N tile; M = 3 and 5 pad the GEMV's rows; the dot cases
+# with M > 16 walk several tile rows in GROUP_M order.
 CASES = [
-    (1, 128, 64, 32, torch.float16, False),
-    (3, 160, 136, 32, torch.float32, True),
-    (16, 256, 72, 64, torch.bfloat16, True),
-    (17, 128, 200, 64, torch.float16, True),
-    (33, 256, 64, 128, torch.bfloat16, False),
-    (70, 384, 96, 128, torch.float32, False),
+    (GEMV, 1, 128, 264, 32, torch.float16, False, 1),
+    (GEMV, 1, 256, 256, 128, torch.bfloat16, True, 64),
+    (GEMV, 3, 192, 264, 64, torch.float16, True, 8),
+    (GEMV, 5, 128, 136, 128, torch.bfloat16, False, 16),
+    (GEMV, 8, 128, 256, 32, torch.float32, False, 4),
+    (DOT, 1, 128, 64, 32, torch.float16, False, 8),
+    (DOT, 3, 160, 136, 32, torch.float32, True, 1),
+    (DOT, 16, 256, 72, 64, torch.bfloat16, True, 4),
+    (DOT, 40, 128, 200, 64, torch.float16, True, 1),
+    (DOT, 70, 128, 96, 128, torch.bfloat16, False, 1),
+    (DEQUANT, 33, 256, 64, 128, torch.bfloat16, True, 1),
+    (DEQUANT, 17, 128, 264, 32, torch.float16, False, 1),
 ]
 
 
@@ -29,14 +43,21 @@ def quantized_layer(in_features: int, out_features: int, group_size: int, dtype,
     return q.qweight.to(device), q.qzeros.to(device), q.scales.to(device, dtype)
 
 
-@pytest.mark.parametrize("num_rows, in_features, out_features, group_size, dtype, bias", CASES)
-def test_matches_reference(device, num_rows, in_features, out_features, group_size, dtype, bias):
+@pytest.mark.parametrize(
+    "launch, num_rows, in_features, out_features, group_size, dtype, bias, sms", CASES
+)
+def test_variant_matches_reference(
+    device, launch, num_rows, in_features, out_features, group_size, dtype, bias, sms
+):
     torch.manual_seed(num_rows)
     qweight, qzeros, scales = quantized_layer(in_features, out_features, group_size, dtype, device)
     x = torch.randn(num_rows, in_features, device=device).to(dtype)
     b = torch.randn(out_features, device=device).to(dtype) if bias else None
-    ours = awq_linear(x, qweight, qzeros, scales, group_size, b)
-    assert_close(ours, reference.awq_linear(x, qweight, qzeros, scales, group_size, b))
+    expected = reference.awq_linear(x, qweight, qzeros, scales, group_size, b)
+    launch = AWQLaunch(**{**launch.__dict__, "block_k": min(launch.block_k, group_size)})
+    for _ in range(2):  # the second call finds the split-K workspace zeroed again
+        ours = awq_linear_with(x, qweight, qzeros, scales, group_size, b, launch, sms)
+        assert_close(ours, expected)
 
 
 def test_leading_dims_and_strided_rows(device):
@@ -47,6 +68,20 @@ def test_leading_dims_and_strided_rows(device):
     ours = awq_linear(x, qweight, qzeros, scales, 32)
     assert ours.shape == (2, 3, 32)
     assert_close(ours, reference.awq_linear(x, qweight, qzeros, scales, 32))
+
+
+def test_table_takes_the_gemv_up_to_its_limit_then_the_tiled_gemm():
+    for arch in (None, 87, 90, 75):  # 75: a GPU the table does not know takes the defaults
+        assert awq_launch_for(arch, 1, 128).variant == "gemv"
+        assert awq_launch_for(arch, GEMV_MAX_M, 128).variant == "gemv"
+        assert awq_launch_for(arch, GEMV_MAX_M + 1, 128).variant == "dot"
+        assert awq_launch_for(arch, 100_000, 128) == awq_launch_for(arch, 1 << 30, 128)
+    assert awq_launch_for(90, 1, 32).block_k <= 32  # a K tile never straddles a group
+    for buckets in (DEFAULT, *TABLE.values()):
+        bounds = [max_rows for max_rows, _ in buckets]
+        assert bounds == sorted(bounds)
+        large = [launch for max_rows, launch in buckets if max_rows > GEMV_MAX_M]
+        assert all(launch.variant != "gemv" for launch in large)
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])

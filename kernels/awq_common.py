@@ -1,0 +1,96 @@
+"""What the W4A16 kernels share: int4 unpacking in registers, and the epilogue that either
+stores an output tile or, when K is split across programs, adds it into an fp32 workspace
+whose last arriving program writes the output (no separate reduce kernel).
+
+Layout (see engine/quant/pack.py): ``qweight`` int32 [K, N/8], ``qzeros`` int32 [K/G, N/8],
+``scales`` [K/G, N]. Column j of each group of eight sits in nibble [0,4,1,5,2,6,3,7][j].
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def nibble_shifts(BLOCK_N: tl.constexpr):
+    """[BLOCK_N] bit shifts that bring column j's nibble down, in natural column order."""
+    col = tl.arange(0, BLOCK_N) % 8
+    return ((col // 2) + (col % 2) * 4) * 4
+
+
+@triton.jit
+def unpack_int4(packed, shifts):
+    """[R, C/8] or [C/8] packed int32 -> [R, C] or [C] int32 values in [0, 15]."""
+    # Each word repeated for its eight columns, inside one thread (interleave keeps the
+    # copies in registers: no shuffle, no shared memory).
+    packed = tl.interleave(packed, packed)
+    packed = tl.interleave(packed, packed)
+    packed = tl.interleave(packed, packed)
+    return (packed >> shifts) & 0xF
+
+
+@triton.jit
+def small_int_to_float(q):
+    """int32 in [0, 2^23) -> fp32, exactly, with an OR and a subtract: the integer becomes
+    the mantissa of 2^23 (int-to-float conversion runs at a quarter of the FMA rate)."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def nibble_place(BLOCK_N: tl.constexpr):
+    """[BLOCK_N] 16^p: where ``unpack_int4_in_place`` leaves each column's value."""
+    col = tl.arange(0, BLOCK_N) % 8
+    nibble = (col // 2) + (col % 2) * 4
+    return tl.exp2(((nibble % 4) * 4).to(tl.float32))
+
+
+@triton.jit
+def unpack_int4_in_place(packed, BLOCK_N: tl.constexpr):
+    """[R, C/8] packed int32 -> [R, C] fp32 ``q * nibble_place(C)``: each value is masked
+    where it lies (nibbles 4-7 from the word shifted down once by 16), so a weight costs
+    one AND-OR and one subtract; the power of 16 is folded into the scale, exactly."""
+    col = tl.arange(0, BLOCK_N) % 8
+    nibble = (col // 2) + (col % 2) * 4
+    word = packed.to(tl.uint32, bitcast=True)
+    word = tl.interleave(word, word)
+    word = tl.interleave(word, word)
+    word = tl.interleave(word, word)
+    # NOTE: per register these are constants (a thread holds whole groups of eight), so
+    # the select and the masks fold away and the shift is shared by a word's 8 copies.
+    half = tl.where((nibble >= 4)[None, :], word >> 16, word)
+    bits = half & (0xF << ((nibble % 4) * 4)).to(tl.uint32)[None, :]
+    return (bits | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def store_or_accumulate(
+    acc,  # fp32, any shape: this program's sums over its share of K
+    offsets,  # acc's flat positions in the [M, N] output (row * N + column)
+    columns,  # acc's output columns (for the bias)
+    mask,
+    out_ptr,  # [M, N] contiguous, in the activations' dtype
+    bias_ptr,
+    workspace_ptr,  # [M * N] fp32, all zero between launches
+    counters_ptr,  # [num output tiles] int32, all zero between launches
+    tile,  # this output tile's index into counters_ptr
+    split_k,  # programs that share the tile
+    HAS_BIAS: tl.constexpr,
+    IS_SPLIT: tl.constexpr,  # split_k > 1 (a constexpr: one compile for any split count)
+):
+    if IS_SPLIT:
+        tl.atomic_add(workspace_ptr + offsets, acc, mask=mask, sem="relaxed")
+        # NOTE: every thread's adds are done before one thread announces the arrival; the
+        # acq_rel counter orders them before the last program's reads.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(counters_ptr + tile, 1, sem="acq_rel")
+        is_last = arrived == split_k - 1
+        mask = mask & is_last
+        # Read the total from L2 (".cg": L1 is not coherent) and leave zeros for the next
+        # launch (a CUDA graph replays it): nothing else touches this tile until then.
+        acc = tl.load(workspace_ptr + offsets, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(workspace_ptr + offsets, tl.zeros_like(acc), mask=mask)
+        tl.store(counters_ptr + tile, 0, mask=is_last)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + columns, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)

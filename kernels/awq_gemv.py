@@ -1,0 +1,158 @@
+"""The decode W4A16 GEMV (M <= 8): no ``tl.dot``, so no 16-row padding and no shared
+memory in the loop. Each program owns BLOCK_N output columns and a share of K's groups.
+Per weight it issues a shift, a mask-or, a subtract (an exact int-to-float), one
+multiply-add for scale and zero (``q * s + (-z * s)``, the second term once per group)
+and one multiply-add per row of x, all in fp32; the sum over K happens once, after the
+loop.
+
+Rows of x are not a third tensor dimension (Triton would give the 3-D product a layout
+of its own and move every dequantized tile through shared memory to match it): the
+weight tile is repeated BLOCK_M times along its columns and x's rows interleaved to
+match, both in registers, so every product stays in the weight's own layout.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels.awq_common import (
+    nibble_place,
+    nibble_shifts,
+    small_int_to_float,
+    store_or_accumulate,
+    unpack_int4,
+    unpack_int4_in_place,
+)
+
+
+@triton.jit
+def _row(x_ptr, stride_xm, m, M, k, BLOCK_N: tl.constexpr):
+    """x[m, k] broadcast to [BLOCK_K, BLOCK_N]; zeros for a padding row (m >= M)."""
+    a = tl.load(x_ptr + m * stride_xm + k, mask=(k >= 0) & (m < M), other=0.0)
+    return tl.broadcast_to(a.to(tl.float32)[:, None], (k.shape[0], BLOCK_N))
+
+
+@triton.jit
+def _pair(x_ptr, stride_xm, first, step, M, k, BLOCK_N: tl.constexpr):
+    return tl.interleave(
+        _row(x_ptr, stride_xm, first, M, k, BLOCK_N),
+        _row(x_ptr, stride_xm, first + step, M, k, BLOCK_N),
+    )
+
+
+@triton.jit
+def _interleaved_rows(x_ptr, stride_xm, M, k, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """[BLOCK_K, BLOCK_M * BLOCK_N] whose column j holds x[j % BLOCK_M, k]."""
+    if BLOCK_M == 1:
+        rows = _row(x_ptr, stride_xm, 0, M, k, BLOCK_N)
+    elif BLOCK_M == 2:
+        rows = _pair(x_ptr, stride_xm, 0, 1, M, k, BLOCK_N)
+    elif BLOCK_M == 4:
+        rows = tl.interleave(
+            _pair(x_ptr, stride_xm, 0, 2, M, k, BLOCK_N),
+            _pair(x_ptr, stride_xm, 1, 2, M, k, BLOCK_N),
+        )
+    else:
+        tl.static_assert(BLOCK_M == 8)
+        rows = tl.interleave(
+            tl.interleave(
+                _pair(x_ptr, stride_xm, 0, 4, M, k, BLOCK_N),
+                _pair(x_ptr, stride_xm, 2, 4, M, k, BLOCK_N),
+            ),
+            tl.interleave(
+                _pair(x_ptr, stride_xm, 1, 4, M, k, BLOCK_N),
+                _pair(x_ptr, stride_xm, 3, 4, M, k, BLOCK_N),
+            ),
+        )
+    return rows
+
+
+@triton.jit
+def _repeat_columns(w, BLOCK_M: tl.constexpr):
+    """[R, C] -> [R, BLOCK_M * C]: column j holds w[:, j // BLOCK_M]."""
+    if BLOCK_M >= 2:
+        w = tl.interleave(w, w)
+    if BLOCK_M >= 4:
+        w = tl.interleave(w, w)
+    if BLOCK_M >= 8:
+        w = tl.interleave(w, w)
+    return w
+
+
+@triton.jit
+def awq_gemv_kernel(
+    x_ptr,  # [M, K], rows stride_xm apart
+    qweight_ptr,  # [K, N/8] int32, rows stride_qweight apart
+    qzeros_ptr,  # [K/G, N/8] int32, rows stride_qzeros apart
+    scales_ptr,  # [K/G, N], rows stride_scales apart
+    bias_ptr,
+    out_ptr,
+    workspace_ptr,
+    counters_ptr,
+    M,
+    N,
+    stride_xm,
+    stride_qweight,
+    stride_qzeros,
+    stride_scales,
+    num_packed_cols,  # N / 8
+    split_k,
+    groups_per_split,
+    num_groups,  # K / G
+    GROUP_SIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IS_SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # M padded to a power of two
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # divides GROUP_SIZE
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_p = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed columns
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_n = offs_n < N
+    mask_p = offs_p < num_packed_cols
+    shifts = nibble_shifts(BLOCK_N)
+    place = nibble_place(BLOCK_N)
+
+    first_group = pid_k * groups_per_split
+    last_group = tl.minimum(first_group + groups_per_split, num_groups)
+    acc = tl.zeros((BLOCK_K, BLOCK_M * BLOCK_N), dtype=tl.float32)
+    for group in range(first_group, last_group):
+        scale = tl.load(scales_ptr + group * stride_scales + offs_n, mask=mask_n, other=0.0)
+        scale = scale.to(tl.float32)
+        packed_zeros = tl.load(qzeros_ptr + group * stride_qzeros + offs_p, mask=mask_p, other=0)
+        neg_zero_scale = -small_int_to_float(unpack_int4(packed_zeros, shifts)) * scale
+        scale = scale / place  # exact: a power of two
+        # Unrolled: the loads of every tile of the group are in flight together.
+        for sub in tl.static_range(GROUP_SIZE // BLOCK_K):
+            k = group * GROUP_SIZE + sub * BLOCK_K + offs_k
+            packed = tl.load(
+                qweight_ptr + k[:, None] * stride_qweight + offs_p[None, :],
+                mask=mask_p[None, :],
+                other=0,
+            )
+            q = unpack_int4_in_place(packed, BLOCK_N)
+            w = q * scale[None, :] + neg_zero_scale[None, :]  # [BLOCK_K, BLOCK_N]
+            rows = _interleaved_rows(x_ptr, stride_xm, M, k, BLOCK_N, BLOCK_M)
+            acc += rows * _repeat_columns(w, BLOCK_M)
+
+    j = tl.arange(0, BLOCK_M * BLOCK_N)  # column j: row j % BLOCK_M, column j // BLOCK_M
+    row = j % BLOCK_M
+    column = pid_n * BLOCK_N + j // BLOCK_M
+    store_or_accumulate(
+        tl.sum(acc, axis=0),
+        row * N + column,
+        column,
+        (row < M) & (column < N),
+        out_ptr,
+        bias_ptr,
+        workspace_ptr,
+        counters_ptr,
+        pid_n,
+        split_k,
+        HAS_BIAS,
+        IS_SPLIT,
+    )
