@@ -82,9 +82,9 @@ def engine_perplexity(model: str, parts: list[list[int]], device: str = "auto") 
     engine = LLMEngine(
         EngineConfig(model=model, device=device, max_model_len=seq_len, max_num_seqs=1)
     )
-    net, block_size = engine.runner.model, engine.config.block_size
+    net, block_size = engine.core.runner.model, engine.config.block_size
     num_blocks = -(-seq_len // block_size)
-    if num_blocks > engine.block_manager.num_blocks:
+    if num_blocks > engine.core.block_manager.num_blocks:
         raise EngineError(f"the KV cache cannot hold a window of {seq_len} tokens")
     total = Perplexity(0.0, 0)
     for window in parts:

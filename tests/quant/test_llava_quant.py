@@ -176,7 +176,7 @@ def loaded(request, quantized):
 
 def test_only_the_language_model_is_int4(loaded):
     llm, _ = loaded
-    assert_only_language_model_is_int4(llm.engine.runner.model)
+    assert_only_language_model_is_int4(llm.engine.core.runner.model)
 
 
 @pytest.mark.parametrize("messages", [ONE_IMAGE, TWO_IMAGES], ids=["1-image", "2-images"])
