@@ -60,6 +60,12 @@ ARCHITECTURES = {
         transformers.Qwen2ForCausalLM,
         dict(tie_word_embeddings=True),
     ),
+    # head_dim apart from hidden / heads, as Qwen3 checkpoints have it.
+    "qwen3": (
+        transformers.Qwen3Config,
+        transformers.Qwen3ForCausalLM,
+        dict(head_dim=32, tie_word_embeddings=True),
+    ),
 }
 
 
@@ -81,6 +87,10 @@ def build_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0, **overri
         for param in model.parameters():
             if param.dim() > 1:
                 param.normal_(0, 0.15)
+        # Qwen3's per-head q/k norms: weights away from 1, so using them wrongly shows.
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.uniform_(0.5, 1.5)
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 

@@ -1,5 +1,6 @@
-"""The Llama family (Llama 2/3/3.1/3.2, Vicuna, Mistral, Qwen2): one implementation,
-since they differ only in config (GQA, RoPE scaling, q/k/v bias, tied embeddings)."""
+"""The Llama family (Llama 2/3/3.1/3.2, Vicuna, Mistral, Qwen2, Qwen3): one
+implementation, since they differ only in config (GQA, RoPE scaling, q/k/v bias, tied
+embeddings) and, for Qwen3, an RMSNorm over each head of q and k before the rotary."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def num_kv_heads_of(config) -> int:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, rotary: RotaryEmbedding, qkv_bias: bool):
+    def __init__(self, config, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = num_kv_heads_of(config)
@@ -34,6 +35,8 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=o_bias)
         self.rotary = rotary
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
 
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata
@@ -42,6 +45,9 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view_as(q)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view_as(k)
         q, k = self.rotary(positions, q, k)
         return self.o_proj(self.attn(q, k, v, meta))
 
@@ -61,10 +67,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, rotary: RotaryEmbedding, qkv_bias: bool):
+    def __init__(self, config, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, rotary, qkv_bias)
+        self.self_attn = LlamaAttention(config, rotary, qkv_bias, qk_norm)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
@@ -88,14 +94,14 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, qkv_bias: bool):
+    def __init__(self, config, qkv_bias: bool, qk_norm: bool):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(
             head_dim_of(config), config.max_position_embeddings, rope_parameters(config)
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, self.rotary, qkv_bias)
+            LlamaDecoderLayer(config, self.rotary, qkv_bias, qk_norm)
             for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -132,12 +138,13 @@ class LlamaForCausalLM(nn.Module):
     # AutoAWQ quantizes the linear layers of the decoder blocks only (never lm_head).
     quantized_scope = "model.layers"
     qkv_bias = False
+    qk_norm = False
 
     def __init__(self, config):
         super().__init__()
         self.config = config
         qkv_bias = self.qkv_bias or bool(getattr(config, "attention_bias", False))
-        self.model = LlamaModel(config, qkv_bias)
+        self.model = LlamaModel(config, qkv_bias, self.qk_norm)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -166,3 +173,7 @@ class LlamaForCausalLM(nn.Module):
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
     qkv_bias = True  # Qwen2 has q/k/v biases but none on o_proj.
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    qk_norm = True  # q/k/v biases only if attention_bias says so

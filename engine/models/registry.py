@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from engine.errors import UnsupportedModelError
-from engine.models.llama import LlamaForCausalLM, Qwen2ForCausalLM
+from engine.models.llama import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 from engine.models.llava import LlavaForConditionalGeneration
 from engine.models.vila import VilaForCausalLM
 
@@ -13,6 +13,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
     "LlavaLlamaModel": VilaForCausalLM,
 }
