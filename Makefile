@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint bench serve clean
+.PHONY: install browser test lint bench gpu-check serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_load_memory.py
+
+# The one command to run when a GPU is lent, on a bare CUDA machine with its own torch and
+# triton (no venv, no network): `make gpu-check OUT=DIR [WHEELS=DIR]`. It writes
+# DIR/gpu-check.json and DIR/gpu-check.md; see benchmarks/gpu_check.py.
+gpu-check:
+	$(if $(OUT),,$(error usage: make gpu-check OUT=DIR [WHEELS=DIR]))
+	PYTHONPATH=. $(PYTHON) benchmarks/gpu_check.py --out "$(OUT)" $(if $(WHEELS),--wheels "$(WHEELS)")
 
 serve: $(STAMP)
 	$(VENV)/bin/edgechat serve --host 127.0.0.1 --port 8000
