@@ -1,48 +1,90 @@
-"""End-to-end batch-1 decode speed of a Llama-3-8B-shaped model, int4 AWQ against fp16,
-as a fraction of the bandwidth ceiling (GPU only).
+"""Decode speed of Llama-3.2-3B- and Llama-3-8B-shaped models, int4 AWQ g128 against
+fp16, at batch 1 and 8, as a fraction of the copy-bandwidth ceiling measured in the same
+run; then the time and memory of capturing CUDA graphs for every decode batch size the
+engine captures up to max_num_seqs = 64.
 
-At batch 1 every token reads every weight once, so the ceiling is ``copy bandwidth /
-bytes of weights read per token`` (all weights but the embedding table, of which a token
-reads one row). The bandwidth is measured here, as a device-to-device copy.
+Weights are random and drawn directly on the GPU (nothing on disk). What is timed is
+the body of the engine's decode graph: the model forward and the LM head over the paged
+KV cache (context 512 per sequence), captured in one CUDA graph and replayed; the
+scheduler, sampler and host staging are not (the engine's own benchmarks time those).
+Bytes per step: every weight but the embedding table (a token reads one row of it),
+plus each sequence's KV cache. Without CUDA it runs the same code eagerly on a tiny
+model on the CPU (a check that it works; its numbers mean nothing).
 
-Weights are random, written as a checkpoint (fp16, then AutoAWQ GEMM int4) in a temporary
-directory (about 16 GB at most on disk at a time) and loaded as any model is; the engine
-then runs as served: scheduler, CUDA graphs, sampler.
-
-    .venv/bin/python benchmarks/bench_decode.py [--new-tokens 256] [--group-size 128]
+    python benchmarks/bench_decode.py [--out decode.json] [--models Llama-3-8B]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import sys
-import tempfile
+import json
 import time
 from pathlib import Path
 
 import torch
-from random_checkpoints import write_llama_checkpoint
 from torch import nn
+from transformers import LlamaConfig
 
-LLAMA3_8B = dict(
+from engine.cuda_graphs import capture_sizes
+from engine.kv_cache import allocate_kv_cache
+from engine.layers.attention import AttentionMetadata
+from engine.loader import build_model
+from engine.quant.config import AWQConfig
+
+COMMON = dict(
     architectures=["LlamaForCausalLM"],
-    model_type="llama",
     vocab_size=128256,
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
     max_position_embeddings=8192,
     rms_norm_eps=1e-5,
     rope_theta=500000.0,
-    hidden_act="silu",
-    tie_word_embeddings=False,
+    num_key_value_heads=8,
 )
+MODELS = {
+    "Llama-3.2-3B": dict(
+        COMMON,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        tie_word_embeddings=True,
+    ),
+    "Llama-3-8B": dict(
+        COMMON,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        tie_word_embeddings=False,
+    ),
+}
+DRY_MODEL = dict(
+    COMMON,
+    vocab_size=512,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+GROUP_SIZE, BLOCK_SIZE, CONTEXT = 128, 16, 512
+MAX_NUM_SEQS, MAX_MODEL_LEN = 64, 2048
 
 
-def bytes_read_per_token(model: nn.Module) -> int:
+def random_model(config: dict, group_size: int | None, device: torch.device) -> nn.Module:
+    """The engine's model for ``config``, weights drawn at random on ``device``."""
+    quant = AWQConfig(group_size=group_size) if group_size else None
+    model = build_model(LlamaConfig(**config), quant, torch.float16, device)
+    for param in model.parameters():
+        param.data.normal_(0, 0.02)
+    for name, buffer in model.named_buffers():
+        if name.endswith((".qweight", ".qzeros")):  # any int32 packs eight valid int4s
+            buffer.random_(-(2**31), 2**31 - 1)
+        elif name.endswith(".scales"):
+            buffer.uniform_(0, 0.004)
+    return model
+
+
+def weight_bytes_per_token(model: nn.Module) -> int:
     embedding = model.model.embed_tokens.weight
     tensors = {t.data_ptr(): t for t in (*model.parameters(), *model.buffers())}
     tensors.pop(embedding.data_ptr())
@@ -52,66 +94,164 @@ def bytes_read_per_token(model: nn.Module) -> int:
     return sum(t.nbytes for ptr, t in tensors.items() if ptr not in rotary)
 
 
-def copy_bandwidth(num_bytes: int = 1 << 30, repeats: int = 20) -> float:
-    """Device memory bandwidth in bytes/s, from a copy (each byte read once, written once)."""
-    src = torch.empty(num_bytes, dtype=torch.uint8, device="cuda")
+def kv_bytes_per_token(model: nn.Module) -> int:
+    return sum(2 * a.num_kv_heads * a.head_dim * 2 for a in model.attention_layers())
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Memory bandwidth in bytes/s from a device-to-device copy (read once, write once)."""
+    num_bytes = (1 << 30) if device.type == "cuda" else (1 << 24)
+    src = torch.empty(num_bytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(20):
         dst.copy_(src)
-    end.record()
+    _sync(device)
+    return 2 * num_bytes * 20 / (time.perf_counter() - start)
+
+
+def decode_inputs(batch: int, context: int, device: torch.device):
+    """One new token per sequence at position context - 1; sequence i owns its blocks."""
+    blocks_per_seq = -(-MAX_MODEL_LEN // BLOCK_SIZE)
+    tables = torch.arange(batch * blocks_per_seq, dtype=torch.int32, device=device)
+    tables = tables.view(batch, blocks_per_seq)
+    position = context - 1
+    slots = tables[:, position // BLOCK_SIZE].to(torch.int64) * BLOCK_SIZE + position % BLOCK_SIZE
+    meta = AttentionMetadata(
+        slot_mapping=slots,
+        block_tables=tables,
+        seq_lens=torch.full((batch,), context, dtype=torch.int32, device=device),
+        query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device=device),
+    )
+    input_ids = torch.zeros(batch, dtype=torch.int64, device=device)
+    positions = torch.full((batch,), position, dtype=torch.int64, device=device)
+    return input_ids, positions, meta, batch * blocks_per_seq
+
+
+@torch.inference_mode()
+def steps_per_s(model: nn.Module, batch: int, device: torch.device, num_steps: int) -> float:
+    input_ids, positions, meta, num_blocks = decode_inputs(batch, CONTEXT, device)
+    allocate_kv_cache(model, num_blocks, BLOCK_SIZE, torch.float16, device)
+
+    def step() -> torch.Tensor:
+        return model.compute_logits(model(input_ids, positions, meta))
+
+    step()  # compiles the kernels
+    run = step
+    if device.type == "cuda":
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        run = graph.replay
+    run()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(num_steps):
+        run()
+    _sync(device)
+    return num_steps / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def graph_capture(model: nn.Module, device: torch.device) -> dict:
+    """Capture every decode size up to MAX_NUM_SEQS, largest first sharing one memory pool,
+    as the engine does: seconds and GPU memory the graphs keep."""
+    sizes = capture_sizes(MAX_NUM_SEQS)
+    input_ids, positions, meta, num_blocks = decode_inputs(MAX_NUM_SEQS, CONTEXT, device)
+    allocate_kv_cache(model, num_blocks, BLOCK_SIZE, torch.float16, device)
+    graphs, pool = [], None
     torch.cuda.synchronize()
-    return 2 * num_bytes * repeats / (start.elapsed_time(end) / 1e3)
+    before = torch.cuda.memory_reserved(device)
+    start = time.perf_counter()
+    for size in reversed(sizes):
+        sub = AttentionMetadata(
+            slot_mapping=meta.slot_mapping[:size],
+            block_tables=meta.block_tables[:size],
+            seq_lens=meta.seq_lens[:size],
+            query_start_loc=meta.query_start_loc[: size + 1],
+        )
+        model.compute_logits(model(input_ids[:size], positions[:size], sub))  # warm-up
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            model.compute_logits(model(input_ids[:size], positions[:size], sub))
+        pool = graph.pool()
+        graphs.append(graph)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    kept = torch.cuda.memory_reserved(device) - before
+    return {"sizes": sizes, "seconds": seconds, "memory_mib": kept / 2**20}
 
 
-def decode_tokens_per_s(model_dir: Path, new_tokens: int) -> tuple[float, int]:
-    from engine import LLM, SamplingParams
+def run(models: list[str], batches: list[int], out: Path | None) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dry_run = device.type != "cuda"
+    bandwidth = copy_bandwidth(device)
+    report = {"device": _device_name(device), "copy_bandwidth_gbs": bandwidth / 1e9, "rows": []}
+    torch.manual_seed(0)
+    for model_name in models[:1] if dry_run else models:  # the dry run has one tiny model
+        config = DRY_MODEL if dry_run else MODELS[model_name]
+        for weights, group_size in (("fp16", None), (f"int4 g{GROUP_SIZE}", GROUP_SIZE)):
+            model = random_model(config, group_size, device)
+            weight_bytes = weight_bytes_per_token(model)
+            for batch in batches:
+                rate = steps_per_s(model, batch, device, num_steps=3 if dry_run else 100)
+                step_bytes = weight_bytes + batch * CONTEXT * kv_bytes_per_token(model)
+                report["rows"].append(
+                    {
+                        "model": model_name,
+                        "weights": weights,
+                        "batch": batch,
+                        "tok_s": rate * batch,
+                        "gb_per_step": step_bytes / 1e9,
+                        "of_ceiling": rate * step_bytes / bandwidth,
+                    }
+                )
+                _write(report, out)
+            if not dry_run and group_size and model_name == models[-1]:  # int4, as served
+                report["graph_capture"] = {"model": model_name, **graph_capture(model, device)}
+            del model
+            if not dry_run:
+                torch.cuda.empty_cache()
+    _write(report, out)
+    return report
 
-    llm = LLM(str(model_dir), dtype="float16", max_num_seqs=1, max_model_len=2048)
-    engine = llm.engine
-    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    prompt = [(31 * i) % 100_000 + 100 for i in range(32)]
-    for request_id in ("warmup", "timed"):
-        engine.add_request(request_id, prompt, params)
-        engine.step()  # prefill (and the first token)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        num_steps = 0
-        while engine.has_unfinished:
-            engine.step()
-            num_steps += 1
-        torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-    weight_bytes = bytes_read_per_token(engine.runner.model)
-    del llm, engine
-    gc.collect()
-    torch.cuda.empty_cache()
-    return num_steps / elapsed, weight_bytes
+
+def _write(report: dict, out: Path | None) -> None:
+    if out:  # after every measurement: a run cut short still reports what it did
+        out.write_text(json.dumps(report, indent=1))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu (dry run: a tiny model, eager; the numbers mean nothing)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_decode.py measures GPU decode speed and needs CUDA; no CUDA device found.")
-    torch.manual_seed(0)
-    bandwidth = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
-    print(f"{'weights':>10} {'GB/token':>9} {'tok/s':>8} {'ceiling':>8} {'of ceiling':>11}")
-    for name, group_size in (("fp16", None), (f"int4 g{args.group_size}", args.group_size)):
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = Path(tmp) / "model"
-            write_llama_checkpoint(model_dir, LLAMA3_8B, group_size)
-            tokens_per_s, weight_bytes = decode_tokens_per_s(model_dir, args.new_tokens)
-        ceiling = bandwidth / weight_bytes
+    report = run(args.models, args.batches, args.out)
+    print(f"{report['device']}: copy bandwidth {report['copy_bandwidth_gbs']:.0f} GB/s")
+    print(
+        f"{'model':>13} {'weights':>9} {'batch':>5} {'tok/s':>8} {'GB/step':>8} {'of ceiling':>10}"
+    )
+    for r in report["rows"]:
         print(
-            f"{name:>10} {weight_bytes / 1e9:>9.2f} {tokens_per_s:>8.1f} {ceiling:>8.1f} "
-            f"{tokens_per_s / ceiling:>10.0%}"
+            f"{r['model']:>13} {r['weights']:>9} {r['batch']:>5} {r['tok_s']:>8.1f} "
+            f"{r['gb_per_step']:>8.2f} {r['of_ceiling']:>10.0%}"
         )
+    if "graph_capture" in report:
+        print("CUDA graph capture:", report["graph_capture"])
 
 
 if __name__ == "__main__":

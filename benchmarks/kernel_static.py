@@ -30,13 +30,15 @@ ARCHS = (87, 90)
 NUM_SMS = {87: 16, 90: 132}
 
 
-def build_report(models: list[str], dtypes: list[str], rows: tuple[int, ...]) -> dict:
+def build_report(
+    models: list[str], dtypes: list[str], rows: tuple[int, ...], archs: tuple[int, ...] = ARCHS
+) -> dict:
     import torch
 
     results = []
     seen = set()
     start = time.perf_counter()
-    for arch in ARCHS:
+    for arch in archs:
         for model in models:
             for dtype in dtypes:
                 with recorded_launches() as launches:
@@ -52,7 +54,7 @@ def build_report(models: list[str], dtypes: list[str], rows: tuple[int, ...]) ->
     return {
         "note": "static proxy (compiled, never run): not a speed figure",
         "triton": __import__("triton").__version__,
-        "archs": [f"sm_{a}" for a in ARCHS],
+        "archs": [f"sm_{a}" for a in archs],
         "num_sms_assumed": {f"sm_{a}": n for a, n in NUM_SMS.items()},
         "compile_s": round(time.perf_counter() - start, 1),
         "kernels": results,
@@ -82,13 +84,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the report here as JSON (.md beside)")
     parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
     parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"])
+    parser.add_argument("--rows", nargs="+", type=int, default=list(ROWS))
+    parser.add_argument("--archs", nargs="+", type=int, default=list(ARCHS), choices=ARCHS)
     parser.add_argument("--quick", action="store_true", help="fp16, M in (1, 8, 64) only")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("0", ""):
         sys.exit("kernel_static.py compiles for GPUs: unset TRITON_INTERPRET")
-    rows = (1, 8, 64) if args.quick else ROWS
+    rows = (1, 8, 64) if args.quick else tuple(args.rows)
     dtypes = ["float16"] if args.quick else args.dtypes
-    report = build_report(args.models, dtypes, rows)
+    report = build_report(args.models, dtypes, rows, tuple(args.archs))
     table = markdown(report)
     print(table)
     if args.out:

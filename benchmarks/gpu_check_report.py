@@ -1,0 +1,106 @@
+"""gpu-check.json as Markdown tables, ready for docs/benchmarks.md (gpu_check.py)."""
+
+from __future__ import annotations
+
+
+def markdown(report: dict) -> str:
+    device = report["device"]
+    lines = [
+        f"# GPU check: {device['name']}",
+        "",
+        f"torch {device['torch']}, triton {device['triton']}"
+        + (
+            f", CUDA {device['torch_cuda']}, {device['capability']}, {device['sms']} SMs, "
+            f"{device['memory_gib']} GiB"
+            if device["cuda"]
+            else ""
+        ),
+        f"total {report.get('total_s', 0)} s",
+        "",
+        "| step | status | seconds |",
+        "|---|---|---|",
+    ]
+    for name, step in report["steps"].items():
+        lines.append(f"| {name} | {step['status']} | {step.get('seconds', '-')} |")
+    lines += _tests(report["tests"]) + _kernels(report["kernels"]) + _decode(report["decode"])
+    lines += _static(report["static"])
+    return "\n".join(lines) + "\n"
+
+
+def _tests(tests: dict | None) -> list[str]:
+    if not tests:
+        return []
+    lines = [
+        "",
+        f"Tests: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped",
+    ]
+    return lines + [f"- failed: `{name}`" for name in tests["failures"]]
+
+
+def _kernels(kernels: dict | None) -> list[str]:
+    if not kernels:
+        return []
+    lines = [
+        "",
+        f"W4A16 vs fp16 matmul ({kernels['dtype']}; times summed over the shapes of each M)",
+        "",
+        "| M | best launch | best vs fp16 | table's launch vs fp16 | best vs gemlite |",
+        "|---|---|---|---|---|",
+    ]
+    for m, s in kernels.get("summary", {}).items():
+        gemlite = f"{s['best_vs_gemlite']:.2f}x" if "best_vs_gemlite" in s else "-"
+        lines.append(
+            f"| {m} | {s['best']} | {s['best_vs_fp16']:.2f}x | {s['table_vs_fp16']:.2f}x | "
+            f"{gemlite} |"
+        )
+    return lines
+
+
+def _decode(decode: dict | None) -> list[str]:
+    if not decode:
+        return []
+    lines = [
+        "",
+        f"Decode (graph replay of forward + LM head, context 512); copy bandwidth "
+        f"{decode['copy_bandwidth_gbs']:.0f} GB/s",
+        "",
+        "| model | weights | batch | tok/s | GB/step | of ceiling |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in decode["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['weights']} | {r['batch']} | {r['tok_s']:.1f} | "
+            f"{r['gb_per_step']:.2f} | {r['of_ceiling']:.0%} |"
+        )
+    capture = decode.get("graph_capture")
+    if capture:
+        lines += [
+            "",
+            f"CUDA graph capture ({capture['model']} int4, sizes {capture['sizes']}): "
+            f"{capture['seconds']:.1f} s, {capture['memory_mib']:.0f} MiB",
+        ]
+    return lines
+
+
+def _static(static: dict | None) -> list[str]:
+    if not static:
+        return []
+    lines = [
+        "",
+        f"Static report (a proxy, not a speed figure; Triton {static['triton']}): "
+        f"{len(static['kernels'])} configurations compiled in {static['compile_s']} s",
+        "",
+        "| arch | kernel | max registers | spills (B) | max SASS / weight |",
+        "|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for k in static["kernels"]:
+        groups.setdefault((k["arch"], k["kernel"]), []).append(k)
+    for (arch, kernel), ks in sorted(groups.items()):
+        per_weight = [k["sass_per_weight"] for k in ks if k.get("sass_per_weight")]
+        shown = f"{max(per_weight):.2f}" if per_weight else "-"
+        lines.append(
+            f"| {arch} | {kernel} | {max(k['registers'] for k in ks)} | "
+            f"{sum(k['spill_bytes'] for k in ks)} | {shown} |"
+        )
+    return lines
