@@ -1,10 +1,9 @@
 """CUDA graphs for decode steps: at batch 1 a step is hundreds of small kernels, and on a
 fast GPU launching them costs more than running them. Each captured batch size replays
-the whole forward and the LM head from static input buffers; a smaller batch is padded
-up to the next captured size.
-
-Padding rows are inert: slot -1 (the KV write skips it), context length 1 over a valid
-block, and their logits are dropped.
+the whole forward and the LM head, reading the runner's persistent input buffer where a
+step of that size is staged (``StepInputs``, at ``decode_layout(size)``); a smaller
+batch is padded up to the next captured size with inert rows (``pad_decode_rows``),
+whose logits are dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from engine.layers.attention import AttentionMetadata
+from engine.step_inputs import StepInputs, StepLayout, pad_decode_rows
 
 logger = logging.getLogger(__name__)
 
@@ -28,21 +27,15 @@ def capture_sizes(max_batch_size: int) -> list[int]:
 
 
 class DecodeGraphs:
-    """Captures at construction; ``run`` replays the smallest graph that fits a batch."""
+    """Captures at construction; ``replay`` runs the graph of ``padded_size`` over the
+    step staged (and uploaded) at ``decode_layout`` of that size."""
 
     def __init__(
-        self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, device: torch.device
+        self, model: nn.Module, inputs: StepInputs, max_batch_size: int, max_blocks_per_seq: int
     ):
         self.sizes = capture_sizes(max_batch_size)
-        self.input_ids = torch.zeros(max_batch_size, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(max_batch_size, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((max_batch_size,), -1, dtype=torch.int64, device=device)
-        self.block_tables = torch.zeros(
-            max_batch_size, max_blocks_per_seq, dtype=torch.int32, device=device
-        )
-        self.seq_lens = torch.ones(max_batch_size, dtype=torch.int32, device=device)
-        # One new token per sequence, so the query offsets never change.
-        self.query_start_loc = torch.arange(max_batch_size + 1, dtype=torch.int32, device=device)
+        self.inputs = inputs
+        self.max_blocks_per_seq = max_blocks_per_seq
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}  # [size, vocab], written by each replay
         start = time.perf_counter()
@@ -60,19 +53,26 @@ class DecodeGraphs:
     def max_batch_size(self) -> int:
         return self.sizes[-1]
 
+    def padded_size(self, num_seqs: int) -> int:
+        """The captured size a decode batch of ``num_seqs`` (<= max_batch_size) runs at."""
+        return self.sizes[bisect.bisect_left(self.sizes, num_seqs)]
+
+    def decode_layout(self, size: int) -> StepLayout:
+        """One token per sequence; block tables full width, the same for every step."""
+        return StepLayout(num_tokens=size, num_seqs=size, width=self.max_blocks_per_seq)
+
     @torch.inference_mode()
     def _capture(
         self, model: nn.Module, size: int, pool
     ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        meta = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:size],
-            block_tables=self.block_tables[:size],
-            seq_lens=self.seq_lens[:size],
-            query_start_loc=self.query_start_loc[: size + 1],
-        )
+        layout = self.decode_layout(size)
+        pad_decode_rows(self.inputs.stage(layout), 0)
+        self.inputs.upload()
+        inputs = self.inputs.device_arrays(layout)
+        meta = inputs.attention_metadata()
 
         def step() -> torch.Tensor:
-            hidden = model(self.input_ids[:size], self.positions[:size], meta)
+            hidden = model(inputs.input_ids, inputs.positions, meta)
             return model.compute_logits(hidden)
 
         step()  # outside the capture: compiles the Triton kernels, warms the allocator
@@ -82,26 +82,10 @@ class DecodeGraphs:
             logits = step()
         return graph, logits
 
-    def run(
-        self,
-        input_ids: list[int],
-        positions: list[int],
-        slot_mapping: list[int],
-        block_tables: list[list[int]],
-        seq_lens: list[int],
-    ) -> torch.Tensor:  # [len(input_ids), vocab], a fresh tensor
-        """Replay for a decode batch of at most ``max_batch_size`` sequences."""
-        num_seqs = len(input_ids)
-        size = self.sizes[bisect.bisect_left(self.sizes, num_seqs)]
-        width = len(block_tables[0])
-        self.input_ids[:num_seqs].copy_(torch.tensor(input_ids, dtype=torch.int64))
-        self.positions[:num_seqs].copy_(torch.tensor(positions, dtype=torch.int64))
-        self.slot_mapping[:num_seqs].copy_(torch.tensor(slot_mapping, dtype=torch.int64))
-        self.block_tables[:num_seqs, :width].copy_(torch.tensor(block_tables, dtype=torch.int32))
-        self.seq_lens[:num_seqs].copy_(torch.tensor(seq_lens, dtype=torch.int32))
-        # Earlier, larger batches left real rows here: make them padding again.
-        self.slot_mapping[num_seqs:size].fill_(-1)
-        self.seq_lens[num_seqs:size].fill_(1)
+    def replay(self, num_seqs: int) -> torch.Tensor:  # [num_seqs, vocab] fp32, a fresh tensor
+        """Run the decode step staged at ``decode_layout(padded_size(num_seqs))``: its
+        first ``num_seqs`` rows real, the others inert."""
+        size = self.padded_size(num_seqs)
         self.graphs[size].replay()
         # A copy: the next replay overwrites the graph's output.
         return self.logits[size][:num_seqs].to(torch.float32, copy=True)

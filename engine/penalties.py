@@ -64,17 +64,20 @@ class TokenPenalties:
         if not any(uses_counts(p) for p in params):
             return logits
         rows = torch.tensor(self._rows_of(requests, logits.shape[-1]), device=logits.device)
-        output_counts, seen = self.output_counts[rows], self.seen[rows]
         knobs = torch.tensor(
             [[p.repetition_penalty, p.frequency_penalty, p.presence_penalty] for p in params],
             dtype=logits.dtype,
             device=logits.device,
         )
         repetition, frequency, presence = (col.unsqueeze(1) for col in knobs.unbind(1))
-        # Rows at repetition 1 (or unseen tokens) come out unchanged: x / 1 == x * 1 == x.
-        penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
-        logits = torch.where(seen, penalised, logits)
-        return logits - frequency * output_counts - presence * (output_counts > 0)
+        if any(p.repetition_penalty != 1 for p in params):
+            # Rows at 1 come out unchanged: x / 1 == x * 1 == x.
+            penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
+            logits = torch.where(self.seen[rows], penalised, logits)
+        if any(p.presence_penalty != 0 or p.frequency_penalty != 0 for p in params):
+            counts = self.output_counts[rows]
+            logits = logits - frequency * counts - presence * (counts > 0)
+        return logits
 
     def count(self, requests: Sequence[PenalisedRequest], token_ids: torch.Tensor) -> None:
         """Record ``token_ids[i]`` as ``requests[i]``'s next output token."""

@@ -2,6 +2,10 @@
 the logits of the sequences that sample this step. Decode batches replay CUDA graphs
 once they are captured (GPU only); everything else runs eagerly.
 
+The inputs go through persistent buffers (``StepInputs``): the step fills their host
+side with a few numpy operations over the whole batch and sends them in one copy; block
+tables are kept per sequence (``BlockTables``) and only their new blocks written.
+
 VLM batches that reach image positions encode the images they lack (once per request,
 or not at all on an embedding-cache hit) and pass the features of the positions being
 computed to the model, which writes them over those tokens' embeddings."""
@@ -9,15 +13,31 @@ computed to the model, which writes them over those tokens' embeddings."""
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
+from engine.block_tables import BlockTables
 from engine.cuda_graphs import DecodeGraphs
-from engine.layers.attention import AttentionMetadata
 from engine.multimodal.embed_cache import ImageEmbeddingCache
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
+from engine.step_inputs import StepArrays, StepInputs, StepLayout, pad_decode_rows
+
+
+@dataclass
+class _StepLists:
+    """A step's per-sequence facts, gathered in one pass over the batch."""
+
+    token_ids: list[int] = field(default_factory=list)  # the new tokens, flat
+    starts: list[int] = field(default_factory=list)  # first new position, per sequence
+    lengths: list[int] = field(default_factory=list)  # len(seq), per sequence
+    rows: list[int] = field(default_factory=list)  # BlockTables row, per sequence
+    width: int = 1  # the longest block table
+    image_rows: list[int] = field(default_factory=list)
+    image_embeds: list[torch.Tensor] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -34,87 +54,107 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
+        self.max_num_seqs = max_num_seqs
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        capacity = StepLayout(max_num_batched_tokens, max_num_seqs, self.max_blocks_per_seq)
+        self.inputs = StepInputs(capacity, device)
+        self.block_tables = BlockTables(self.max_blocks_per_seq, max_num_seqs)
         self.graphs: DecodeGraphs | None = None
         self.image_cache = image_cache
 
     def remove_request(self, seq_id: int) -> None:
-        """Forget what the runner keeps for a finished sequence (nothing yet)."""
+        """Forget a finished or aborted sequence; a no-op for one the runner never ran."""
+        self.block_tables.remove(seq_id)
 
-    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+    def capture_decode_graphs(self) -> None:
         """Capture decode for batches up to ``max_num_seqs`` (CUDA only; the KV cache
         must be bound, as the graphs read it)."""
-        max_blocks = -(-max_model_len // self.block_size)
-        self.graphs = DecodeGraphs(self.model, max_num_seqs, max_blocks, self.device)
+        self.graphs = DecodeGraphs(
+            self.model, self.inputs, self.max_num_seqs, self.max_blocks_per_seq
+        )
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """Compute the batch's KV; return the logits of ``batch.sampling``, one row per
         sequence in that order: ``[len(batch.sampling), vocab]`` in fp32."""
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slot_mapping: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        sample_rows: list[int] = []
-        image_rows: list[int] = []
-        image_embeds: list[torch.Tensor] = []
-        if self.image_cache is not None:
+        if any(seq.images for seq in batch.seqs):
             self._encode_images(batch)
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
-            if seq.images:
-                image_embeds += self._gather_images(
-                    seq, start, end, query_start_loc[-1], image_rows
-                )
-            input_ids += seq.token_ids[start:end]
-            positions += range(start, end)
-            slot_mapping += (
-                seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
-                for p in range(start, end)
-            )
-            query_start_loc.append(query_start_loc[-1] + num_new)
-            seq_lens.append(end)
-            if end == len(seq):
-                sample_rows.append(query_start_loc[-1] - 1)
-        max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        block_tables = [
-            table + [0] * (max_blocks - len(table))
-            for table in (seq.block_table for seq in batch.seqs)
-        ]
+        step = self._collect(batch)
+        num_seqs, num_sampling = len(batch.seqs), len(batch.sampling)
         # A decode batch: one new token per sequence, and every sequence samples. (A
         # prompt's last token may be an image's, whose features the graphs cannot take.)
-        is_decode = len(input_ids) == len(sample_rows) == len(batch.seqs)
-        if (
-            self.graphs is not None
-            and is_decode
-            and not image_rows
-            and len(batch.seqs) <= self.graphs.max_batch_size
-        ):
-            return self.graphs.run(input_ids, positions, slot_mapping, block_tables, seq_lens)
+        is_decode = len(step.token_ids) == num_sampling == num_seqs and not step.image_rows
+        if self.graphs is not None and is_decode and num_seqs <= self.graphs.max_batch_size:
+            layout = self.graphs.decode_layout(self.graphs.padded_size(num_seqs))
+            pad_decode_rows(self._stage(batch, step, layout), num_seqs)
+            self.inputs.upload()
+            return self.graphs.replay(num_seqs)
 
-        meta = AttentionMetadata(
-            slot_mapping=self._tensor(slot_mapping, torch.int64),
-            block_tables=self._tensor(block_tables, torch.int32),
-            seq_lens=self._tensor(seq_lens, torch.int32),
-            query_start_loc=self._tensor(query_start_loc, torch.int32),
-        )
+        layout = StepLayout(len(step.token_ids), num_seqs, step.width)
+        if layout.num_bytes > self.inputs.capacity:
+            # Only a caller running batches past the engine's limits gets here (a test
+            # prefilling a whole prompt at once); the graphs read the buffer they have.
+            assert self.graphs is None, f"{layout} exceeds the limits the graphs were built for"
+            self.inputs = StepInputs(layout, self.device)
+        self._stage(batch, step, layout)
+        self.inputs.upload()
+        inputs = self.inputs.device_arrays(layout)
         images = {}
-        if image_rows:
+        if step.image_rows:
             images = dict(
-                image_embeds=torch.cat(image_embeds),
-                image_rows=self._tensor(image_rows, torch.int64),
+                image_embeds=torch.cat(step.image_embeds),
+                image_rows=torch.tensor(step.image_rows, dtype=torch.int64, device=self.device),
             )
         hidden = self.model(
-            self._tensor(input_ids, torch.int64),
-            self._tensor(positions, torch.int64),
-            meta,
-            **images,
+            inputs.input_ids, inputs.positions, inputs.attention_metadata(), **images
         )
-        logits = self.model.compute_logits(hidden[self._tensor(sample_rows, torch.int64)])
+        logits = self.model.compute_logits(hidden[inputs.sample_rows[:num_sampling]])
         return logits.float()
 
-    def _tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(data, dtype=dtype, device=self.device)
+    def _collect(self, batch: ScheduledBatch) -> _StepLists:
+        """What the step takes from each sequence's Python state; brings its block-table
+        row up to date."""
+        step = _StepLists()
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            start = seq.num_computed_tokens
+            if seq.images:
+                step.image_embeds += self._gather_images(
+                    seq, start, start + num_new, len(step.token_ids), step.image_rows
+                )
+            step.token_ids += seq.token_ids[start : start + num_new]
+            step.starts.append(start)
+            step.lengths.append(len(seq))
+            step.rows.append(self.block_tables.row_of(seq))
+            step.width = max(step.width, len(seq.block_table))
+        return step
+
+    def _stage(
+        self, batch: ScheduledBatch, step: _StepLists, layout: StepLayout
+    ) -> StepArrays[np.ndarray]:
+        """Fill the host arrays of ``layout`` (its first ``len(batch)`` rows; a padded
+        layout's others are left to the caller) with whole-batch numpy operations."""
+        host = self.inputs.stage(layout)
+        num_seqs, num_tokens, block_size = len(batch.seqs), len(step.token_ids), self.block_size
+        num_new = np.array(batch.num_new_tokens, dtype=np.int64)  # [num_seqs]
+        starts = np.array(step.starts, dtype=np.int64)
+        ends = starts + num_new
+        query_start_loc = host.query_start_loc[: num_seqs + 1]
+        query_start_loc[0] = 0
+        np.cumsum(num_new, out=query_start_loc[1:])
+        host.input_ids[:num_tokens] = step.token_ids
+        # Flat row query_start_loc[i] + t is token t of sequence i, at position starts[i] + t.
+        positions = host.positions[:num_tokens]
+        offsets = np.repeat(starts - query_start_loc[:-1], num_new)
+        np.add(np.arange(num_tokens), offsets, out=positions)
+        tables = host.block_tables[:num_seqs]
+        tables[:] = self.block_tables.rows[step.rows, : layout.width]
+        blocks = tables[np.repeat(np.arange(num_seqs), num_new), positions // block_size]
+        host.slot_mapping[:num_tokens] = blocks * block_size + positions % block_size
+        host.seq_lens[:num_seqs] = ends
+        # A sequence samples when the step reaches its last token (ScheduledBatch.sampling).
+        sample_rows = query_start_loc[1:][ends == np.array(step.lengths)] - 1
+        host.sample_rows[: len(sample_rows)] = sample_rows
+        return host
 
     def _encode_images(self, batch: ScheduledBatch) -> None:
         """Give every sequence the features of the images this step reaches: from the
@@ -125,7 +165,9 @@ class ModelRunner:
             for i in seq.images_in(start, start + num_new):
                 if i in seq.image_embeds:
                     continue
-                features = self.image_cache.get(seq.images[i].content_hash)
+                features = None
+                if self.image_cache is not None:
+                    features = self.image_cache.get(seq.images[i].content_hash)
                 if features is None:
                     missing.append((seq, i))
                 else:
@@ -137,7 +179,8 @@ class ModelRunner:
         for (seq, i), features in zip(missing, encoded):
             # A copy: a view would keep the whole batch's features alive in the cache.
             seq.image_embeds[i] = features.clone()
-            self.image_cache.put(seq.images[i].content_hash, seq.image_embeds[i])
+            if self.image_cache is not None:
+                self.image_cache.put(seq.images[i].content_hash, seq.image_embeds[i])
 
     @staticmethod
     def _gather_images(
