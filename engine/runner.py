@@ -66,12 +66,13 @@ class ModelRunner:
         """Forget a finished or aborted sequence; a no-op for one the runner never ran."""
         self.block_tables.remove(seq_id)
 
-    def capture_decode_graphs(self) -> None:
-        """Capture decode for batches up to ``max_num_seqs`` (CUDA only; the KV cache
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """Capture decode for batches up to ``max_num_seqs`` sequences of up to
+        ``max_model_len`` tokens, within the runner's limits (CUDA only; the KV cache
         must be bound, as the graphs read it)."""
-        self.graphs = DecodeGraphs(
-            self.model, self.inputs, self.max_num_seqs, self.max_blocks_per_seq
-        )
+        max_blocks_per_seq = -(-max_model_len // self.block_size)
+        assert max_num_seqs <= self.max_num_seqs and max_blocks_per_seq <= self.max_blocks_per_seq
+        self.graphs = DecodeGraphs(self.model, self.inputs, max_num_seqs, max_blocks_per_seq)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
@@ -84,11 +85,17 @@ class ModelRunner:
         # A decode batch: one new token per sequence, and every sequence samples. (A
         # prompt's last token may be an image's, whose features the graphs cannot take.)
         is_decode = len(step.token_ids) == num_sampling == num_seqs and not step.image_rows
-        if self.graphs is not None and is_decode and num_seqs <= self.graphs.max_batch_size:
-            layout = self.graphs.decode_layout(self.graphs.padded_size(num_seqs))
+        graphs = self.graphs
+        if (
+            graphs is not None
+            and is_decode
+            and num_seqs <= graphs.max_batch_size
+            and step.width <= graphs.max_blocks_per_seq
+        ):
+            layout = graphs.decode_layout(graphs.padded_size(num_seqs))
             pad_decode_rows(self._stage(batch, step, layout), num_seqs)
             self.inputs.upload()
-            return self.graphs.replay(num_seqs)
+            return graphs.replay(num_seqs)
 
         layout = StepLayout(len(step.token_ids), num_seqs, step.width)
         if layout.num_bytes > self.inputs.capacity:

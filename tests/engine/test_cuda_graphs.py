@@ -1,5 +1,6 @@
 """CUDA graphs for decode: which batch sizes are captured, that CPU runs never capture,
-and (on a GPU) that replaying padded graphs gives the eager path's tokens."""
+that a decode step staged for a graph (on CPU, replayed eagerly) gives the eager
+path's tokens, and (on a GPU) that replaying padded graphs does."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from engine.cuda_graphs import capture_sizes
+from engine.cuda_graphs import DecodeGraphs, capture_sizes
+from engine.step_inputs import StepArrays
 
 PROMPTS = [[1, 17, 300, 42], [1, 99], [1, 5, 6, 7, 8, 9, 10, 11, 12], [1, 2, 3], [1, 640]]
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
@@ -21,6 +23,50 @@ def test_capture_sizes_are_powers_of_two_up_to_the_limit():
 
 def test_cpu_runs_eagerly(tiny_llama):
     assert LLM(str(tiny_llama), kv_cache_memory=0.01).engine.core.runner.graphs is None
+
+
+class _NoGraph:
+    def pool(self):
+        return None
+
+
+class EagerReplay(DecodeGraphs):
+    """DecodeGraphs without CUDA: "replay" runs the model over the real rows of the
+    staged decode layout (the CPU KV write cannot skip the padding rows' slot -1)."""
+
+    def _capture(self, model, size, pool):
+        self.model, self.num_replays = model, 0
+        return _NoGraph(), None
+
+    def replay(self, num_seqs):
+        size = self.padded_size(num_seqs)
+        staged = self.inputs.device_arrays(self.decode_layout(size))
+        assert staged.block_tables.shape == (size, self.max_blocks_per_seq)
+        assert staged.slot_mapping[num_seqs:].eq(-1).all()
+        assert staged.seq_lens[num_seqs:].eq(1).all()
+        assert staged.query_start_loc.tolist() == list(range(size + 1))
+        real = StepArrays(
+            input_ids=staged.input_ids[:num_seqs],
+            positions=staged.positions[:num_seqs],
+            slot_mapping=staged.slot_mapping[:num_seqs],
+            sample_rows=staged.sample_rows[:num_seqs],
+            seq_lens=staged.seq_lens[:num_seqs],
+            query_start_loc=staged.query_start_loc[: num_seqs + 1],
+            block_tables=staged.block_tables[:num_seqs],
+        )
+        hidden = self.model(real.input_ids, real.positions, real.attention_metadata())
+        self.num_replays += 1
+        return self.model.compute_logits(hidden).float()
+
+
+def test_a_decode_step_staged_for_a_graph_gives_the_eager_tokens(tiny_llama):
+    eager = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
+    graphed = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
+    runner = graphed.engine.core.runner
+    runner.graphs = EagerReplay(runner.model, runner.inputs, 8, runner.max_blocks_per_seq)
+    ours = [out.token_ids for out in graphed.generate(PROMPTS, GREEDY)]
+    assert ours == [out.token_ids for out in eager.generate(PROMPTS, GREEDY)]
+    assert runner.graphs.num_replays >= GREEDY.max_tokens - 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
