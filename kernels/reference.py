@@ -18,10 +18,14 @@ def write_kv_cache(
     value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,  # [num_tokens] int64
+    slot_mapping: torch.Tensor,  # [num_tokens] int64; negative slots are skipped
 ) -> None:
-    """Store each new token's K and V at its slot."""
+    """Store each new token's K and V at its slot (none for a negative slot: a padding
+    row, as the kernel warm-up and CUDA graphs pass them)."""
     num_kv_heads, head_dim = k_cache.shape[2:]
+    if slot_mapping.numel() and slot_mapping.min() < 0:
+        keep = slot_mapping >= 0
+        key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
 
