@@ -23,13 +23,17 @@ from engine.multimodal.fetch import fetch_http, read_local_file
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+# Longer side over shorter side. Past this an image is a strip, not a picture: resized
+# to the tower's shortest edge (or padded to a square) it would grow without bound.
+MAX_ASPECT_RATIO = 20
 
 
 @dataclass(frozen=True)
 class ImageLimits:
     max_images: int = 8
     max_bytes: int = 20 * 1024 * 1024
-    # Checked from the header, before decoding: a small file may expand into gigabytes.
+    # Checked from the header, before decoding (a small file may expand into gigabytes),
+    # and again on the sizes the model's resize or padding would make, before those.
     max_pixels: int = 40_000_000
     # Seconds for a whole http(s) fetch, redirects included.
     fetch_timeout: float = 10.0
@@ -92,6 +96,10 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise InvalidRequestError(f"an image has more than {limits.max_pixels} pixels") from None
+    except Image.UnidentifiedImageError:
+        raise InvalidRequestError(
+            "cannot decode an image: it is not a PNG, JPEG, WebP or GIF file"
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidRequestError(f"cannot decode an image: {e}") from None
     with image:
@@ -99,15 +107,27 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             raise InvalidRequestError(
                 f"image format {image.format} is not supported; send PNG, JPEG, WebP or GIF"
             )
-        if image.width * image.height > limits.max_pixels:
-            raise InvalidRequestError(
-                f"an image of {image.width}x{image.height} has more than {limits.max_pixels} pixels"
-            )
+        check_size(image.width, image.height, limits.max_pixels)
         try:
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise InvalidRequestError(f"cannot decode an image: {e}") from None
+
+
+def check_size(width: int, height: int, max_pixels: int, after: str = "") -> None:
+    """Refuse an image of ``width`` x ``height`` (``after`` a resize or padding, if it
+    says so) over ``max_pixels``, or one whose sides differ more than MAX_ASPECT_RATIO."""
+    if width * height > max_pixels:
+        raise InvalidRequestError(
+            f"an image of {width}x{height}{after} has more than the limit of {max_pixels} "
+            "pixels (--max-image-pixels)"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InvalidRequestError(
+            f"an image of {width}x{height} has sides more than {MAX_ASPECT_RATIO} times "
+            "apart; crop it or send it in pieces"
+        )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -158,19 +178,13 @@ class ImageProcessor:
         return image_input(self.preprocess(image))
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:  # [3, H, W]
+        max_pixels = self.limits.max_pixels
         if self.pad_to_square:
+            side = max(image.size)
+            check_size(side, side, max_pixels, " padded to a square")
             image = _expand_to_square(image, tuple(int(m * 255) for m in self.mean))
-        if self.shortest_edge is not None:
-            width, height = image.size
-            short, long = sorted((width, height))
-            new_long = int(self.shortest_edge * long / short)
-            size = (
-                (self.shortest_edge, new_long)
-                if width <= height
-                else (new_long, self.shortest_edge)
-            )
-        else:
-            size = self.resize_to
+        size = self._resized_size(*image.size)
+        check_size(*size, max_pixels, " resized for the model")
         image = image.resize(size, self.resample)
         if self.crop is not None:
             left = (image.width - self.crop[0]) // 2
@@ -181,6 +195,14 @@ class ImageProcessor:
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return ((pixels - mean) / std).contiguous()
+
+
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        if self.shortest_edge is None:
+            return self.resize_to
+        short, long = sorted((width, height))
+        new_long = int(self.shortest_edge * long / short)
+        return (self.shortest_edge, new_long) if width <= height else (new_long, self.shortest_edge)
 
 
 def _expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:

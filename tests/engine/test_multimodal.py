@@ -368,3 +368,42 @@ def test_a_template_that_drops_parts_is_refused(llava_llm, tmp_path):
     flat, _ = flatten_messages(messages, None, None, 0)
     with pytest.raises(InvalidRequestError, match="drops the text"):
         render_chat(template, messages, flat)
+
+
+# -- sizes after the model's resize or padding ------------------------------------------
+
+
+def test_a_strip_is_refused_before_the_resize_would_grow_it(tmp_path):
+    # 1 x 10000 passes the pixel limit, but resized to a shortest edge of 56 it would be
+    # 56 x 560000 (336 x 13,440,000 for 1 x 40000 on a real CLIP): refused undecoded.
+    strip = b64_url(encoded(Image.new("RGB", (1, 10_000)), "PNG"))
+    with pytest.raises(InvalidRequestError, match="more than 20 times apart"):
+        processor(tmp_path).load(strip)
+
+
+def test_padding_to_a_square_counts_against_the_pixel_limit(tmp_path):
+    # 1000 x 100 is 100k pixels; padded to a square it is 1M, over a limit of 500k.
+    wide = encoded(Image.new("RGB", (1000, 100)), "PNG")
+    pad = processor(tmp_path, {"image_aspect_ratio": "pad"})
+    limited = ImageProcessor(tmp_path, pad_config(), ImageLimits(max_pixels=500_000))
+    with pytest.raises(InvalidRequestError, match="1000x1000 padded to a square.*500000"):
+        limited.load(b64_url(wide))
+    assert pad.load(b64_url(wide)).pixel_values.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_the_resized_size_counts_against_the_pixel_limit(tmp_path):
+    # 20 x 400 (8000 pixels) resized to a shortest edge of 56 is 56 x 1120: over 10k.
+    tall = b64_url(encoded(Image.new("RGB", (20, 400)), "PNG"))
+    limited = ImageProcessor(tmp_path, plain_config(), ImageLimits(max_pixels=10_000))
+    with pytest.raises(InvalidRequestError, match="56x1120 resized for the model"):
+        limited.load(tall)
+
+
+def plain_config() -> SimpleNamespace:
+    return SimpleNamespace(vision_config=SimpleNamespace(image_size=IMAGE_SIZE))
+
+
+def pad_config() -> SimpleNamespace:
+    return SimpleNamespace(
+        vision_config=SimpleNamespace(image_size=IMAGE_SIZE), image_aspect_ratio="pad"
+    )
