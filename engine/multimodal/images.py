@@ -196,7 +196,6 @@ class ImageProcessor:
         std = torch.tensor(self.std).view(3, 1, 1)
         return ((pixels - mean) / std).contiguous()
 
-
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
         if self.shortest_edge is None:
             return self.resize_to
