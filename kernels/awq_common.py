@@ -13,21 +13,31 @@ import triton.language as tl
 
 
 @triton.jit
-def nibble_shifts(BLOCK_N: tl.constexpr):
-    """[BLOCK_N] bit shifts that bring column j's nibble down, in natural column order."""
+def nibble_of_column(BLOCK_N: tl.constexpr):
+    """[BLOCK_N] which nibble of its packed word holds each column (natural order)."""
     col = tl.arange(0, BLOCK_N) % 8
-    return ((col // 2) + (col % 2) * 4) * 4
+    return (col // 2) + (col % 2) * 4
+
+
+@triton.jit
+def nibble_shifts(BLOCK_N: tl.constexpr):
+    """[BLOCK_N] bit shifts that bring each column's nibble down."""
+    return nibble_of_column(BLOCK_N) * 4
+
+
+@triton.jit
+def repeat_words(packed):
+    """[..., C/8] -> [..., C]: each word repeated for its eight columns, inside one
+    thread (interleave keeps the copies in registers: no shuffle, no shared memory)."""
+    packed = tl.interleave(packed, packed)
+    packed = tl.interleave(packed, packed)
+    return tl.interleave(packed, packed)
 
 
 @triton.jit
 def unpack_int4(packed, shifts):
     """[R, C/8] or [C/8] packed int32 -> [R, C] or [C] int32 values in [0, 15]."""
-    # Each word repeated for its eight columns, inside one thread (interleave keeps the
-    # copies in registers: no shuffle, no shared memory).
-    packed = tl.interleave(packed, packed)
-    packed = tl.interleave(packed, packed)
-    packed = tl.interleave(packed, packed)
-    return (packed >> shifts) & 0xF
+    return (repeat_words(packed) >> shifts) & 0xF
 
 
 @triton.jit
@@ -40,22 +50,17 @@ def small_int_to_float(q):
 @triton.jit
 def nibble_place(BLOCK_N: tl.constexpr):
     """[BLOCK_N] 16^p: where ``unpack_int4_in_place`` leaves each column's value."""
-    col = tl.arange(0, BLOCK_N) % 8
-    nibble = (col // 2) + (col % 2) * 4
-    return tl.exp2(((nibble % 4) * 4).to(tl.float32))
+    return tl.exp2(((nibble_of_column(BLOCK_N) % 4) * 4).to(tl.float32))
 
 
 @triton.jit
 def unpack_int4_in_place(packed, BLOCK_N: tl.constexpr):
     """[R, C/8] packed int32 -> [R, C] fp32 ``q * nibble_place(C)``: each value is masked
-    where it lies (nibbles 4-7 from the word shifted down once by 16), so a weight costs
-    one AND-OR and one subtract; the power of 16 is folded into the scale, exactly."""
-    col = tl.arange(0, BLOCK_N) % 8
-    nibble = (col // 2) + (col % 2) * 4
-    word = packed.to(tl.uint32, bitcast=True)
-    word = tl.interleave(word, word)
-    word = tl.interleave(word, word)
-    word = tl.interleave(word, word)
+    where it lies (nibbles 4-7 from the word shifted down once by 16) and made a float
+    with the 2^23 trick, so no per-weight shift; the power of 16 is folded into the scale,
+    exactly. (ptxas emits the AND and the OR as two LOP3s: ~2 integer ops per weight.)"""
+    nibble = nibble_of_column(BLOCK_N)
+    word = repeat_words(packed.to(tl.uint32, bitcast=True))
     # NOTE: per register these are constants (a thread holds whole groups of eight), so
     # the select and the masks fold away and the shift is shared by a word's 8 copies.
     half = tl.where((nibble >= 4)[None, :], word >> 16, word)

@@ -1,9 +1,10 @@
 """The decode W4A16 GEMV (M <= 8): no ``tl.dot``, so no 16-row padding and no shared
-memory in the loop. Each program owns BLOCK_N output columns and a share of K's groups.
-Per weight it issues a shift, a mask-or, a subtract (an exact int-to-float), one
-multiply-add for scale and zero (``q * s + (-z * s)``, the second term once per group)
-and one multiply-add per row of x, all in fp32; the sum over K happens once, after the
-loop.
+memory in the loop. Each program owns BLOCK_N output columns and a share of K's groups,
+and unrolls each group's K tiles. Per weight: an AND and an OR (the shift is once per
+word), a subtract (an exact int-to-float), one multiply-add for scale and zero
+(``q * s + (-z * s)``, the second term once per group) and one multiply-add per row of
+x, all in fp32; the sum over K happens once, after the loop. The static report counts
+~6 SASS instructions per weight at M = 1 on sm_90 (benchmarks/kernel_static.py).
 
 Rows of x are not a third tensor dimension (Triton would give the 3-D product a layout
 of its own and move every dequantized tile through shared memory to match it): the
