@@ -110,6 +110,17 @@ def tiny_model_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def real_model() -> Path:
+    """SmolLM2-135M-Instruct (tests/real_model.py); fails, never skips, without PyPI."""
+    from tests.real_model import RealModelUnavailable, real_model_dir
+
+    try:
+        return real_model_dir()
+    except RealModelUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tiny_model_factory) -> Path:
     return tiny_model_factory("llama")
 
