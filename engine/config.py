@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import EngineError
+from engine.multimodal.fetch import MediaURLPolicy
 from engine.multimodal.images import ImageLimits
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -27,8 +28,10 @@ class EngineConfig:
 
     A VLM takes at most ``limit_images_per_prompt`` images a prompt, each at most
     ``max_image_bytes`` encoded and ``max_image_pixels`` decoded; http(s) image URLs are
-    fetched within ``image_fetch_timeout`` seconds; ``file:`` image URLs are read only
-    from inside ``allowed_local_media_path`` (refused when None).
+    fetched within ``image_fetch_timeout`` seconds, only from ``allowed_media_domains``
+    when given, never from internal addresses unless ``allow_private_media_urls``, and not
+    at all unless ``allow_http_media`` (see MediaURLPolicy); ``file:`` image URLs are read
+    only from inside ``allowed_local_media_path`` (refused when None).
     """
 
     model: str | None = None
@@ -48,6 +51,9 @@ class EngineConfig:
     max_image_pixels: int = ImageLimits.max_pixels
     image_fetch_timeout: float = ImageLimits.fetch_timeout
     allowed_local_media_path: str | None = None
+    allowed_media_domains: tuple[str, ...] = ()
+    allow_private_media_urls: bool = False
+    allow_http_media: bool = True
     image_cache_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
@@ -88,4 +94,7 @@ class EngineConfig:
             max_pixels=self.max_image_pixels,
             fetch_timeout=self.image_fetch_timeout,
             local_media_dir=None if media is None else Path(media),
+            url_policy=MediaURLPolicy(
+                self.allow_http_media, self.allowed_media_domains, self.allow_private_media_urls
+            ),
         )

@@ -1,11 +1,24 @@
 """The bytes behind an image URL that is not inline: http(s) fetched with a deadline and
-a byte limit, ``file:`` read from one allowed local directory only."""
+a byte limit, ``file:`` read from one allowed local directory only.
+
+A server fetches URLs its clients name, so by default it refuses hosts that resolve to
+loopback, private, link-local, multicast or unspecified addresses (it would otherwise
+let anyone who can reach it probe the network it sits in). Each hop of a redirect is
+checked again, and the connection goes to the very address that was checked, so a name
+that resolves differently a moment later (DNS rebinding) gains nothing. Failures all
+read alike to the client ("cannot fetch"): whether a host or a port exists is not told;
+the log has the cause.
+"""
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
+import logging
 import os
+import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 from urllib.request import url2pathname
@@ -16,48 +29,73 @@ MAX_REDIRECTS = 3
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 CHUNK_BYTES = 64 * 1024
 
+logger = logging.getLogger(__name__)
 
-def fetch_http(url: str, max_bytes: int, timeout: float) -> bytes:
+
+@dataclass(frozen=True)
+class MediaURLPolicy:
+    """Which http(s) image URLs may be fetched. ``allow_http`` False: none (data: URLs
+    only). ``allowed_domains``: only these hosts (exact names; empty: any host).
+    ``allow_private``: also hosts on loopback, private, link-local, multicast or
+    unspecified addresses (a camera on the LAN)."""
+
+    allow_http: bool = True
+    allowed_domains: tuple[str, ...] = ()
+    allow_private: bool = False
+
+
+class FetchFailed(Exception):
+    """Why a fetch failed, for the log; the client hears only that it did."""
+
+
+def fetch_http(
+    url: str, max_bytes: int, timeout: float, policy: MediaURLPolicy = MediaURLPolicy()
+) -> bytes:
     """The body of ``url`` after at most ``MAX_REDIRECTS`` redirects. ``timeout`` bounds
-    the whole fetch (connecting, redirects, reading), not each read."""
+    the whole fetch (resolving, connecting, redirects, reading), not each read."""
+    if not policy.allow_http:
+        raise InvalidRequestError(
+            "http(s) image URLs are refused on this server; send the image as a data: URL"
+        )
     deadline = time.monotonic() + timeout
-    for _ in range(MAX_REDIRECTS + 1):
-        try:
-            status, location, body = _get(url, max_bytes, deadline)
-        except TimeoutError:
-            raise InvalidRequestError(
-                f"fetching image {_short(url)} timed out after {timeout:g} s"
-            ) from None
-        except (OSError, http.client.HTTPException) as e:
-            raise InvalidRequestError(f"cannot fetch image {_short(url)}: {e}") from None
-        if status not in REDIRECT_STATUSES:
-            return body
-        if location is None:
-            raise InvalidRequestError(f"image {_short(url)} redirects without a Location")
-        url = urljoin(url, location)
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise InvalidRequestError(f"image URL redirects to a non-http(s) URL {_short(url)}")
-    raise InvalidRequestError(f"image {_short(url)} redirects more than {MAX_REDIRECTS} times")
+    first = url
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            status, location, body = _get(url, max_bytes, deadline, policy)
+            if status not in REDIRECT_STATUSES:
+                return body
+            if location is None:
+                raise FetchFailed("a redirect without a Location")
+            url = urljoin(url, location)
+        raise FetchFailed(f"more than {MAX_REDIRECTS} redirects")
+    except TimeoutError:
+        cause: object = f"timed out after {timeout:g} s"
+    except (FetchFailed, OSError, http.client.HTTPException) as e:
+        cause = e
+    logger.info("cannot fetch image %s (at %s): %s", _short(first), _short(url), cause)
+    raise InvalidRequestError(
+        f"cannot fetch image {_short(first)}: refused, unreachable, too slow, or not "
+        "answered with an image"
+    ) from None
 
 
-def _get(url: str, max_bytes: int, deadline: float) -> tuple[int, str | None, bytes]:
+def _get(
+    url: str, max_bytes: int, deadline: float, policy: MediaURLPolicy
+) -> tuple[int, str | None, bytes]:
     """(status, Location, body) of one GET; raises on statuses >= 400 (but redirects)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequestError(f"bad image URL {_short(url)}")
-    connection_class = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    connection = connection_class(parts.hostname, parts.port, timeout=_left(deadline))
+        raise FetchFailed(f"not an http(s) URL: {_short(url)}")
+    host = parts.hostname
+    if policy.allowed_domains and host not in policy.allowed_domains:
+        raise FetchFailed(f"the host {host!r} is not among the allowed media domains")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    address = _resolve(host, port, policy)
+    connection_class = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
+    connection = connection_class(host, port, timeout=_left(deadline))
+    connection.address = address
     try:
-        try:
-            connection.connect()
-        except TimeoutError:
-            raise  # fetch_http names the timeout
-        except OSError as e:
-            raise InvalidRequestError(
-                f"cannot reach the host of image {_short(url)}: {e.strerror or e}"
-            ) from None
+        connection.connect()
         # NOTE: the socket's timeout bounds each blocking call; resetting it to the time
         # left before each one makes the deadline hold for the whole fetch.
         sock = connection.sock
@@ -68,9 +106,7 @@ def _get(url: str, max_bytes: int, deadline: float) -> tuple[int, str | None, by
         if response.status in REDIRECT_STATUSES:
             return response.status, response.getheader("Location"), b""
         if response.status >= 400:
-            raise InvalidRequestError(
-                f"fetching image {_short(url)} failed: HTTP {response.status} {response.reason}"
-            )
+            raise FetchFailed(f"HTTP {response.status} {response.reason}")
         # Content-Length refuses early; the count below holds when it lies or is absent.
         length = response.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
@@ -87,6 +123,45 @@ def _get(url: str, max_bytes: int, deadline: float) -> tuple[int, str | None, by
             chunks.append(chunk)
     finally:
         connection.close()
+
+
+def _resolve(host: str, port: int, policy: MediaURLPolicy) -> str:
+    """The address to connect to: the first ``host`` resolves to, every one of them
+    checked (one bad address in the answer refuses the host)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [info[4][0] for info in infos]
+    if not policy.allow_private:
+        for address in addresses:
+            if is_internal(ipaddress.ip_address(address)):
+                raise FetchFailed(f"{host!r} resolves to the internal address {address}")
+    return addresses[0]
+
+
+def is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback, private, link-local, multicast, unspecified (or reserved): an address
+    of the server's own networks rather than the internet's."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """Connects to ``address`` (already checked) while naming the host in the request."""
+
+    address = ""
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """As _PinnedHTTP, with the certificate checked against the host's name."""
+
+    address = ""
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def read_local_file(url: str, media_dir: Path | None, max_bytes: int) -> bytes:

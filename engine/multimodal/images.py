@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.errors import InvalidRequestError, ModelLoadError
-from engine.multimodal.fetch import fetch_http, read_local_file
+from engine.multimodal.fetch import MediaURLPolicy, fetch_http, read_local_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -39,6 +39,7 @@ class ImageLimits:
     fetch_timeout: float = 10.0
     # file: URLs are read only from inside this directory; None refuses them all.
     local_media_dir: Path | None = None
+    url_policy: MediaURLPolicy = MediaURLPolicy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +62,7 @@ def image_bytes(url: str, limits: ImageLimits) -> bytes:
     if scheme == "data":
         return decode_data_url(url, limits)
     if scheme in ("http", "https"):
-        return fetch_http(url, limits.max_bytes, limits.fetch_timeout)
+        return fetch_http(url, limits.max_bytes, limits.fetch_timeout, limits.url_policy)
     if scheme == "file":
         return read_local_file(url, limits.local_media_dir, limits.max_bytes)
     raise InvalidRequestError(
