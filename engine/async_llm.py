@@ -1,10 +1,12 @@
 """``AsyncLLM``: the engine for asyncio servers.
 
 Threads: intake (tokenizing, chat templates, images) runs in worker threads through
-``prepare``/``prepare_chat``; one background thread runs the engine core's step loop and
-hands each request's token deltas to its stream; each stream turns its deltas into
-outputs (text, stop strings) on the asyncio side, so the loop thread does nothing but
-keep the model busy.
+``prepare``/``prepare_chat``, in two bounded pools of the engine's own (not asyncio's
+default executor, which the rest of the process shares): one for text, one for requests
+that bring images, so image URLs that never answer cannot hold up text prompts. One
+background thread runs the engine core's step loop and hands each request's token deltas
+to its stream; each stream turns its deltas into outputs (text, stop strings) on the
+asyncio side, so the loop thread does nothing but keep the model busy.
 """
 
 from __future__ import annotations
@@ -13,17 +15,27 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from engine.config import EngineConfig
 from engine.core import EngineStats, TokenDelta
 from engine.inputs import PreparedPrompt
 from engine.llm_engine import LLMEngine
 from engine.multimodal.images import ImageInput
+from engine.multimodal.requests import has_images
 from engine.outputs import RequestOutput
 from engine.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+# Tokenizing is CPU work: more threads than this only take turns with the model's host
+# side. Image fetches mostly wait on the network, so that pool is larger.
+NUM_TEXT_INTAKE_THREADS = 2
+NUM_MEDIA_INTAKE_THREADS = 8
+
+T = TypeVar("T")
 
 
 class AsyncLLM:
@@ -34,6 +46,8 @@ class AsyncLLM:
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stats = self.core.stats()
         self._stopped = threading.Event()
+        self._text_intake = ThreadPoolExecutor(NUM_TEXT_INTAKE_THREADS, "edgechat-intake")
+        self._media_intake = ThreadPoolExecutor(NUM_MEDIA_INTAKE_THREADS, "edgechat-media")
         self._thread = threading.Thread(target=self._loop, name="edgechat-engine", daemon=True)
         self._thread.start()
 
@@ -68,13 +82,18 @@ class AsyncLLM:
     async def prepare(
         self, prompt: str | list[int], images: list[ImageInput] | None = None
     ) -> PreparedPrompt:
-        """Tokenize and validate a prompt, in a worker thread (see ``InputProcessor``)."""
-        return await asyncio.to_thread(self.engine.inputs.prepare, prompt, images)
+        """Tokenize and validate a prompt, in an intake thread (see ``InputProcessor``)."""
+        return await self._intake(self._text_intake, self.engine.inputs.prepare, prompt, images)
 
     async def prepare_chat(self, messages: list[dict]) -> PreparedPrompt:
         """Render, tokenize and validate OpenAI-style messages, fetching and decoding
-        their images, in a worker thread."""
-        return await asyncio.to_thread(self.engine.inputs.prepare_chat, messages)
+        their images, in an intake thread."""
+        pool = self._media_intake if has_images(messages) else self._text_intake
+        return await self._intake(pool, self.engine.inputs.prepare_chat, messages)
+
+    @staticmethod
+    async def _intake(pool: ThreadPoolExecutor, work: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
 
     def check_params(self, prompt: PreparedPrompt, params: SamplingParams) -> None:
         """Check ``params`` for ``prompt`` as strictly as OpenAI's API does: the prompt
@@ -124,6 +143,8 @@ class AsyncLLM:
         self._commands.put(("abort", request_id))
 
     def shutdown(self) -> None:
+        for pool in (self._text_intake, self._media_intake):
+            pool.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
         self._commands.put(("wake", None))
         self._thread.join(timeout=30)

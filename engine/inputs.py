@@ -18,10 +18,15 @@ from transformers import PreTrainedTokenizerBase
 from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.multimodal.images import ImageInput
 from engine.multimodal.prompt import flatten_messages, render_chat
-from engine.multimodal.requests import ImageRequests
+from engine.multimodal.requests import ImageRequests, count_chars
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from engine.tokenizer import ChatTemplate
+
+# Text this many times longer than the context (in characters per token) cannot fit it:
+# real text averages 3-6 characters a token, and the rest is room for runs a tokenizer
+# merges. Checked before tokenizing, which for megabytes of text takes seconds.
+MAX_CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class InputProcessor:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("the prompt is empty")
+            self._check_chars(len(prompt))
             with self._tokenizer_lock:
                 token_ids = self.tokenizer(prompt).input_ids
             if images:
@@ -94,6 +100,7 @@ class InputProcessor:
         """OpenAI-style ``messages`` (content a string, or ``text`` and ``image_url``
         parts in any order) rendered by the chat template and tokenized, each image
         fetched, decoded and preprocessed (blocking)."""
+        self._check_chars(count_chars(messages))
         if self.vision is None:
             flat, images = flatten_messages(messages, None, None, 0)
         else:
@@ -106,6 +113,14 @@ class InputProcessor:
         if images:
             token_ids = self.vision.expand(token_ids)
         return self._checked(token_ids, images)
+
+    def _check_chars(self, num_chars: int) -> None:
+        max_chars = self.max_model_len * MAX_CHARS_PER_TOKEN
+        if num_chars > max_chars:
+            raise InvalidRequestError(
+                f"the prompt has {num_chars} characters, more than a context of "
+                f"{self.max_model_len} tokens can hold (at most {max_chars})"
+            )
 
     def _checked(self, token_ids: list[int], images: list[ImageInput]) -> PreparedPrompt:
         if len(token_ids) >= self.max_model_len:

@@ -13,7 +13,12 @@ from server.chat import create_chat_completion
 from server.completions import create_completion
 from server.context import ServerContext
 from server.errors import install_error_handlers
-from server.middleware import PUBLIC_PATHS, APIKeyMiddleware, BodyLimitMiddleware
+from server.middleware import (
+    PUBLIC_PATHS,
+    APIKeyMiddleware,
+    BodyLimitMiddleware,
+    JSONOnlyMiddleware,
+)
 from server.routes import health, list_models, metrics, retrieve_model
 from server.settings import ServerSettings
 from server.state import EngineHolder
@@ -53,7 +58,12 @@ def create_app(
     if settings.web_ui:
         public_paths |= mount_web_ui(app)
     # The last one added runs first: the key is checked before any body is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        timeout=settings.body_read_timeout_seconds,
+    )
+    app.add_middleware(JSONOnlyMiddleware)
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key, public_paths=public_paths)
     if settings.cors_origins:

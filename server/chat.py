@@ -68,26 +68,28 @@ async def create_chat_completion(request: Request) -> Response:
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs to be true", param="top_logprobs")
     messages = chat_messages(body.messages, ctx.accepts_images)
-    try:
-        prompt = await llm.prepare_chat(messages)
-    except PromptTooLongError as e:
-        raise engine_error(e, "messages") from None
-    except EngineError as e:  # an image or the chat template refused
-        raise bad_request(str(e), param="messages") from None
-    # NOTE: by default a chat answer may fill the context (OpenAI's behaviour).
-    max_tokens = (
-        body.max_completion_tokens
-        or body.max_tokens
-        or max(llm.max_model_len - prompt.num_tokens, 1)
-    )
-    params = sampling_params(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
-    try:
-        llm.check_params(prompt, params[0])
-    except EngineError as e:
-        raise engine_error(e, "messages") from None
+    with ctx.admitted(body.n) as ticket:
+        try:
+            prompt = await llm.prepare_chat(messages)
+        except PromptTooLongError as e:
+            raise engine_error(e, "messages") from None
+        except EngineError as e:  # an image or the chat template refused
+            raise bad_request(str(e), param="messages") from None
+        # NOTE: by default a chat answer may fill the context (OpenAI's behaviour).
+        max_tokens = (
+            body.max_completion_tokens
+            or body.max_tokens
+            or max(llm.max_model_len - prompt.num_tokens, 1)
+        )
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        params = sampling_params(body, max_tokens, logprobs)
+        try:
+            llm.check_params(prompt, params[0])
+        except EngineError as e:
+            raise engine_error(e, "messages") from None
+        generation = ctx.start(request, [prompt], params, ticket)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     fmt = ChatFormat(
         request.state.request_id, model, int(time.time()), ctx.fingerprint, include_usage
     )
-    generation = ctx.start(request, [prompt], params)
     return await respond(request, generation, fmt, body.stream, ctx.settings)

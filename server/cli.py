@@ -27,6 +27,7 @@ ENV_PREFIX = "EDGECHAT_"
 # uvicorn's own deadline for open connections on shutdown: after the streams' grace
 # period (which sse-starlette notices within half a second), so streams end cleanly.
 SHUTDOWN_SLACK_SECONDS = 5.0
+KEEP_ALIVE_SECONDS = 5
 
 
 def add_option(parser: argparse.ArgumentParser, flag: str, help: str, **kwargs) -> None:
@@ -69,6 +70,22 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--allowed-local-media-path",
         "directory from which file: image URLs may be read (default: none, refused)",
     )
+    add_option(
+        parser,
+        "--allowed-media-domains",
+        "comma-separated hosts from which http(s) image URLs may be fetched (default: any)",
+    )
+    parser.add_argument(
+        "--allow-private-media-urls",
+        action="store_true",
+        help="also fetch image URLs from loopback, private and link-local addresses "
+        "(e.g. a camera on the LAN); refused by default",
+    )
+    parser.add_argument(
+        "--no-http-media",
+        action="store_true",
+        help="refuse http(s) image URLs (data: URLs only)",
+    )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -84,7 +101,14 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         max_image_pixels=args.max_image_pixels,
         image_fetch_timeout=args.image_fetch_timeout,
         allowed_local_media_path=args.allowed_local_media_path,
+        allowed_media_domains=_comma_list(args.allowed_media_domains),
+        allow_private_media_urls=args.allow_private_media_urls,
+        allow_http_media=not args.no_http_media,
     )
+
+
+def _comma_list(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -119,9 +143,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             keepalive_seconds=args.keepalive,
             shutdown_grace_seconds=args.shutdown_timeout,
             web_ui=not args.no_web_ui,
-            cors_origins=tuple(
-                o.strip() for o in (args.cors_origins or "").split(",") if o.strip()
-            ),
+            cors_origins=_comma_list(args.cors_origins),
+            stream_send_timeout_seconds=args.stream_send_timeout,
+            body_read_timeout_seconds=args.body_read_timeout,
         )
         config = EngineConfig(model=args.model, **engine_kwargs(args))
     except ValueError as e:  # both validate in __post_init__ (EngineError is a ValueError)
@@ -146,6 +170,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_level=logging.getLogger().level,
             timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_SLACK_SECONDS,
+            # Idle keep-alive connections are closed after this (uvicorn's default, kept
+            # explicit: each open socket costs the server).
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
     )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the
@@ -209,6 +236,21 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         serve,
         "--cors-origins",
         "comma-separated web origins whose pages may call the API ('*': any)",
+    )
+    add_option(
+        serve,
+        "--stream-send-timeout",
+        "seconds a streaming client may stop reading before it is disconnected and its "
+        "request aborted",
+        type=float,
+        default=60.0,
+    )
+    add_option(
+        serve,
+        "--body-read-timeout",
+        "seconds a request body may take to arrive (408 after)",
+        type=float,
+        default=30.0,
     )
     serve.add_argument(
         "--no-web-ui",

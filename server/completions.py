@@ -58,17 +58,19 @@ async def create_completion(request: Request) -> Response:
     llm = ctx.holder.llm
     model = ctx.check_model(body.model)
     params = sampling_params(body, body.max_tokens or DEFAULT_MAX_TOKENS, body.logprobs)
-    prompts = []
-    for prompt in completion_prompts(body.prompt):
-        try:
-            prepared = await llm.prepare(prompt)
-            llm.check_params(prepared, params[0])
-        except EngineError as e:
-            raise engine_error(e, "prompt") from None
-        prompts.append(prepared)
+    raw_prompts = completion_prompts(body.prompt)
+    with ctx.admitted(len(raw_prompts) * len(params)) as ticket:
+        prompts = []
+        for prompt in raw_prompts:
+            try:
+                prepared = await llm.prepare(prompt)
+                llm.check_params(prepared, params[0])
+            except EngineError as e:
+                raise engine_error(e, "prompt") from None
+            prompts.append(prepared)
+        generation = ctx.start(request, prompts, params, ticket)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     fmt = CompletionFormat(
         request.state.request_id, model, int(time.time()), ctx.fingerprint, include_usage
     )
-    generation = ctx.start(request, prompts, params)
     return await respond(request, generation, fmt, body.stream, ctx.settings)

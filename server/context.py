@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 
 from fastapi import Request
@@ -13,7 +15,7 @@ from server.errors import APIError
 from server.generation import Generation
 from server.metrics import Metrics
 from server.settings import ServerSettings
-from server.state import EngineHolder
+from server.state import EngineHolder, Ticket
 
 
 class ServerContext:
@@ -51,11 +53,27 @@ class ServerContext:
             )
         return name
 
+    @contextmanager
+    def admitted(self, num_requests: int) -> Iterator[Ticket]:
+        """Admit ``num_requests`` generations (a 503 when the queue is full, a 400 when
+        no queue could hold them) before any intake work, so that a flood of prompts is
+        refused before it is tokenized. The ticket is given back if the block raises;
+        otherwise it passes to the Generation ``start`` makes."""
+        ticket = self.holder.admit(num_requests)
+        try:
+            yield ticket
+        except BaseException:
+            ticket.release()
+            raise
+
     def start(
-        self, request: Request, prompts: list[PreparedPrompt], params: list[SamplingParams]
+        self,
+        request: Request,
+        prompts: list[PreparedPrompt],
+        params: list[SamplingParams],
+        ticket: Ticket,
     ) -> Generation:
-        """Admit the request's generations (a 503 when the queue is full)."""
-        ticket = self.holder.admit(len(prompts) * len(params))
+        assert ticket.num_requests == len(prompts) * len(params)
         return Generation(
             self.holder.llm,
             request.state.request_id,

@@ -29,6 +29,9 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ):
+        # NOTE: a message may quote the request (a role, a URL); quoting a lone
+        # surrogate must not make the error itself unencodable.
+        message = message.encode("utf-8", "replace").decode("utf-8")
         super().__init__(message)
         self.status = status
         self.message = message

@@ -1,4 +1,4 @@
-"""ASGI middleware: the API key and the body size limit.
+"""ASGI middleware: the API key, JSON bodies only, and the body's size and read time.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, which buffers and re-wraps
 responses: these must not get between an SSE stream and its client, nor hide the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import APIError
@@ -22,16 +23,17 @@ class APIKeyMiddleware:
 
     def __init__(self, app: ASGIApp, api_key: str, public_paths: frozenset[str] = PUBLIC_PATHS):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
         self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        # NOTE: constant-time, so response timing does not leak how much of a guess matched.
-        if hmac.compare_digest(given, self.expected):
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        # NOTE: the scheme is case-insensitive (RFC 7235); the key is compared in constant
+        # time, so response timing does not leak how much of a guess matched.
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected):
             await self.app(scope, receive, send)
             return
         message = "invalid or missing API key (send it as 'Authorization: Bearer <key>')"
@@ -45,15 +47,39 @@ class APIKeyMiddleware:
         await error.response()(scope, receive, send)
 
 
+class JSONOnlyMiddleware:
+    """POST bodies must say ``Content-Type: application/json`` (415 otherwise). A web
+    page may POST ``text/plain`` to any origin without a CORS preflight; refusing it
+    keeps pages in a user's browser from driving a server on their machine or LAN."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            content_type = dict(scope["headers"]).get(b"content-type", b"")
+            if content_type.partition(b";")[0].strip().lower() != b"application/json":
+                error = APIError(
+                    415,
+                    "the request body must be JSON, sent with 'Content-Type: application/json'",
+                    code="unsupported_media_type",
+                )
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimitMiddleware:
     """Answers 413 to a body over ``max_bytes``: at once when Content-Length says so,
-    else as soon as the (chunked) body grows past it. The body is read here and handed
-    on whole, which for JSON requests of a few MiB costs nothing the handler would not
-    spend anyway."""
+    else as soon as the (chunked) body grows past it; 408 to one not received within
+    ``timeout`` seconds (a client sending it a byte at a time holds a connection). The
+    body is read here and handed on whole, which for JSON requests of a few MiB costs
+    nothing the handler would not spend anyway."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,16 +90,26 @@ class BodyLimitMiddleware:
             await self._too_large(scope, receive, send)
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away; the app sees the disconnect below
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.timeout) as read:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break  # the client went away; the app sees the disconnect below
+                body += message.get("body", b"")
+                if len(body) > self.max_bytes:
+                    await self._too_large(scope, receive, send)
+                    return
+                if not message.get("more_body", False):
+                    break
+        if read.cancelled_caught:
+            error = APIError(
+                408,
+                f"the request body did not arrive within {self.timeout:g} s",
+                code="request_timeout",
+                headers={"Connection": "close"},
+            )
+            await error.response()(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:

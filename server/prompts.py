@@ -3,6 +3,8 @@ completion prompts as a list of strings or token-id lists."""
 
 from __future__ import annotations
 
+import json
+
 from server.errors import bad_request
 from server.protocol import ChatMessage
 
@@ -44,7 +46,8 @@ def _check_part(part: dict, where: str, accepts_images: bool) -> None:
             code="images_not_supported",
         )
     if kind not in ("text", "image_url"):
-        raise bad_request(f"{where}: content parts of type {kind!r} are not supported", "messages")
+        kind = json.dumps(kind, ensure_ascii=False)[:40]
+        raise bad_request(f"{where}: content parts of type {kind} are not supported", "messages")
     if kind == "text" and not isinstance(part.get("text"), str):
         raise bad_request(f"{where}.text must be a string", param="messages")
 

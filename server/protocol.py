@@ -12,12 +12,26 @@ import json
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
 
 from server.errors import bad_request
 
 MAX_N = 16
 INT64 = 1 << 63
+# OpenAI's limit on stop strings; each one is checked against every new token's text.
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256
+# Real request bodies nest 6 deep (messages, parts, image_url); JSON's parser recurses.
+MAX_JSON_DEPTH = 32
 
 
 def _shaped(check: Callable[[Any], bool], description: str) -> Any:
@@ -42,8 +56,19 @@ def _token_ids(value: Any) -> bool:
     )
 
 
+def _stop_strings(value: Any) -> bool:
+    stops = [value] if isinstance(value, str) else value
+    return (
+        _strings(stops)
+        and len(stops) <= MAX_STOP_STRINGS
+        and all(len(stop) <= MAX_STOP_CHARS for stop in stops)
+    )
+
+
 Stop = _shaped(
-    lambda v: v is None or isinstance(v, str) or _strings(v), "a string or a list of strings"
+    lambda v: v is None or _stop_strings(v),
+    f"a string or a list of at most {MAX_STOP_STRINGS} strings, each of at most "
+    f"{MAX_STOP_CHARS} characters",
 )
 Content = _shaped(
     lambda v: (
@@ -68,32 +93,36 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# NOTE: strict types, as OpenAI's API has them: "stream": "yes" or "max_tokens": 2.5 is a
+# 400, not coerced (a float field still takes an integer, as JSON does not tell them apart).
+
+
 class StreamOptions(Body):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class SamplingFields(Body):
     """What chat and text completions share."""
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: StrictFloat = 1.0
+    top_p: StrictFloat = 1.0
+    n: StrictInt = Field(1, ge=1, le=MAX_N)
     stop: Stop = None
     # NOTE: n > 1 seeds choice i with seed + i, which must stay within torch's range.
-    seed: int | None = Field(None, ge=-INT64, lt=INT64)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
-    stream: bool = False
+    seed: StrictInt | None = Field(None, ge=-INT64, lt=INT64)
+    presence_penalty: StrictFloat = 0.0
+    frequency_penalty: StrictFloat = 0.0
+    logit_bias: dict[str, StrictFloat] | None = None
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # Extensions (vLLM's names).
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    ignore_eos: bool = False
+    top_k: StrictInt = 0
+    min_p: StrictFloat = 0.0
+    repetition_penalty: StrictFloat = 1.0
+    ignore_eos: StrictBool = False
 
 
 class ChatMessage(Body):
@@ -105,15 +134,15 @@ class ChatMessage(Body):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0)
 
 
 class CompletionRequest(SamplingFields):
     # Normalised by server.prompts.
     prompt: Prompt
-    logprobs: int | None = Field(None, ge=0)
+    logprobs: StrictInt | None = Field(None, ge=0)
 
 
 def _absent(value: Any) -> bool:
@@ -154,10 +183,7 @@ BodyT = TypeVar("BodyT", bound=Body)
 
 def parse_body(raw: bytes, model: type[BodyT], refused: dict) -> BodyT:
     """The request body as ``model``; a 400 naming the field for anything we refuse."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad_request(f"the request body is not valid JSON: {e}") from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object")
     for field, (served, why) in refused.items():
@@ -169,6 +195,60 @@ def parse_body(raw: bytes, model: type[BodyT], refused: dict) -> BodyT:
         raise _validation_error(e) from None
     _check_common(body, data)
     return body
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN or Infinity (nor numbers too large for a float), no strings
+    that are not Unicode (lone surrogates), at most MAX_JSON_DEPTH levels deep."""
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad_request(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    _check_values(data)
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise bad_request(f"the request body holds {name}, which JSON does not allow")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise bad_request(f"the number {text[:40]} in the request body is too large")
+    return value
+
+
+def _too_deep() -> Exception:
+    return bad_request(f"the request body nests more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _check_values(data: Any) -> None:
+    """Depth and Unicode of a parsed body, without recursion."""
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            _check_unicode(value)
+        elif isinstance(value, (list, dict)):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _check_unicode(key)
+                pending.append((item, depth + 1))
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(
+            "the request body holds a string that is not valid Unicode (a lone surrogate)"
+        ) from None
 
 
 def _validation_error(error: ValidationError) -> Exception:

@@ -39,11 +39,12 @@ async def retrieve_model(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    """200 once the model is loaded; 503 while it loads or if it failed to."""
+    """200 once the model is loaded; 503 while it loads or if it failed to (why is in
+    the server's log, not for anyone who can reach this public route)."""
     holder = request.app.state.ctx.holder
     body = {"status": holder.status}
     if holder.load_error is not None:
-        body["error"] = str(holder.load_error)
+        body["error"] = "the model failed to load"
     return JSONResponse(body, status_code=200 if holder.status == "ready" else 503)
 
 

@@ -12,6 +12,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from engine import EngineError, RequestOutput
@@ -122,12 +123,18 @@ class GenerationStream(EventSourceResponse):
             # NOTE: longer than our own grace, so our farewell event goes out before
             # sse-starlette cancels the stream.
             shutdown_grace_period=settings.shutdown_grace_seconds + 1,
+            # A client that stops reading fills its socket's buffers and then blocks our
+            # send; past this the response ends (SendTimeoutError) and close() below
+            # aborts its generations.
+            send_timeout=settings.stream_send_timeout_seconds,
         )
         self.generation = generation
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            logger.info("request %s: the client stopped reading", self.generation.request_id)
         finally:
             # The stream may end before its body iterator ever ran (the client left at
             # once): the engine requests and admission must be given back regardless.

@@ -19,7 +19,10 @@ class ServerSettings:
     they are aborted.
     ``web_ui``: serve the browser chat page (client/web/) at ``/``.
     ``cors_origins``: web origins (e.g. ``http://robot.local:3000``) whose pages may call
-    the API from a browser; ``("*",)`` allows any. Empty: same-origin pages only."""
+    the API from a browser; ``("*",)`` allows any. Empty: same-origin pages only.
+    ``stream_send_timeout_seconds``: a stream whose client reads nothing for this long
+    is closed and its generations aborted (their admission given back).
+    ``body_read_timeout_seconds``: how long a request body may take to arrive (408)."""
 
     api_key: str | None = None
     served_model_name: str | None = None
@@ -29,6 +32,8 @@ class ServerSettings:
     shutdown_grace_seconds: float = 10.0
     web_ui: bool = True
     cors_origins: tuple[str, ...] = ()
+    stream_send_timeout_seconds: float = 60.0
+    body_read_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.api_key == "":
@@ -41,6 +46,9 @@ class ServerSettings:
             raise ValueError(f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
         if self.keepalive_seconds <= 0:
             raise ValueError(f"keepalive_seconds must be > 0, got {self.keepalive_seconds}")
+        for name in ("stream_send_timeout_seconds", "body_read_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.shutdown_grace_seconds < 0:
             raise ValueError(
                 f"shutdown_grace_seconds must be >= 0, got {self.shutdown_grace_seconds}"

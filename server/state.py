@@ -79,7 +79,7 @@ class EngineHolder:
         if self._llm is not None:
             return self._llm
         if self.load_error is not None:
-            raise unavailable(f"the model failed to load: {self.load_error}", "model_load_failed")
+            raise unavailable("the model failed to load; see the server log", "model_load_failed")
         raise unavailable("the model is still loading; retry shortly", "model_loading")
 
     @property

@@ -33,6 +33,32 @@ def borrowed_image_token(tokenizer) -> int:
     )
 
 
+def has_images(messages: list[dict]) -> bool:
+    """Whether any message brings an image part (cheap: nothing is fetched or checked)."""
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for message in messages
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
+def count_chars(messages: list[dict]) -> int:
+    """The characters of the messages' text (string content and text parts)."""
+    num_chars = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            num_chars += len(content)
+        elif isinstance(content, list):
+            num_chars += sum(
+                len(part["text"])
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+    return num_chars
+
+
 class ImageRequests:
     def __init__(
         self,

@@ -13,6 +13,7 @@ from tests.server.conftest import LiveServer, live_server
 pytestmark = pytest.mark.timeout(120)
 
 USER = [{"role": "user", "content": "Hi"}]
+JSON = {"Content-Type": "application/json"}
 
 
 def assert_error(
@@ -144,7 +145,7 @@ def test_supported_values_of_refused_fields_pass(http: httpx.Client) -> None:
 
 
 def test_body_that_is_not_a_json_object(http: httpx.Client) -> None:
-    response = http.post("/v1/chat/completions", content=b"{not json")
+    response = http.post("/v1/chat/completions", content=b"{not json", headers=JSON)
     assert_error(response, 400, says="not valid JSON")
     assert_error(http.post("/v1/completions", json=[1, 2]), 400, says="JSON object")
 
@@ -216,7 +217,7 @@ def test_body_too_large_gets_413(tiny_llama) -> None:
             yield b'"}'
 
         # No Content-Length: the limit holds for a streamed body too.
-        response = http.post("/v1/completions", content=chunked())
+        response = http.post("/v1/completions", content=chunked(), headers=JSON)
         assert "content-length" not in response.request.headers
         assert_error(response, 413, None, "request_too_large")
         assert (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from engine import LLM, SamplingParams
 from tests.engine.image_server import closed_port, image_server
 from tests.engine.vlm_fixtures import IMAGE_SIZE, data_url, image_part, random_image, text_part
-from tests.server.conftest import LiveServer
+from tests.server.conftest import LiveServer, live_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,6 +50,14 @@ def counter(server: LiveServer, name: str) -> float:
         text = http.get("/metrics").text
     [value] = re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
     return float(value)
+
+
+@pytest.fixture(scope="module")
+def vlm_server(tiny_llava) -> Iterator[LiveServer]:
+    """The tiny LLaVA, opted in to image URLs on private addresses: the image server
+    these tests fetch from is on 127.0.0.1."""
+    with live_server(tiny_llava, allow_private_media_urls=True) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +144,7 @@ def test_an_http_image_url_answers_as_the_same_image_inline(vlm_server: LiveServ
     [
         ("data:image/png;base64,!!not*base64!!", "corrupt base64"),
         (f"data:image/png;base64,{base64.b64encode(b'not an image').decode()}", "cannot decode"),
-        (f"http://127.0.0.1:{closed_port()}/cat.png", "cannot reach"),
+        (f"http://127.0.0.1:{closed_port()}/cat.png", "cannot fetch"),
     ],
     ids=["corrupt-base64", "not-an-image", "unreachable-url"],
 )
