@@ -147,12 +147,12 @@ def streaming_in_background(
     first_chunk = threading.Event()
     thread = threading.Thread(target=lambda: result.append(read_stream(url, body, first_chunk)))
     thread.start()
-    assert first_chunk.wait(timeout=30)
+    assert first_chunk.wait(timeout=90)
     yield result, thread
-    thread.join(timeout=60)
+    thread.join()  # bounded by the test's timeout
 
 
-def wait_until_refused(url: str, timeout: float = 30.0) -> None:
+def wait_until_refused(url: str, timeout: float = 90.0) -> None:
     """Until the server stops accepting connections."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -164,15 +164,17 @@ def wait_until_refused(url: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"the server still accepts connections {timeout} s after SIGTERM")
 
 
-STREAM = {"prompt": "Go on", "max_tokens": 600, "ignore_eos": True, "stream": True}
+STREAM = {"prompt": "Go on", "max_tokens": 200, "ignore_eos": True, "stream": True}
 # Steps let through before SIGTERM: enough for the first chunks, far from max_tokens.
 NUM_STEPS_BEFORE_SIGTERM = 5
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_sigterm_lets_running_streams_finish_and_exits_0(tiny_model_factory) -> None:
     model = tiny_model_factory("llama", max_position_embeddings=2048)
-    with serve_process(model, "--shutdown-timeout", "60") as server:
+    # NOTE: a grace period longer than the test's own timeout: the stream finishing, not
+    # the machine's speed, decides how this test ends.
+    with serve_process(model, "--shutdown-timeout", "3600") as server:
         server.allow_steps(NUM_STEPS_BEFORE_SIGTERM)
         with streaming_in_background(server.url, STREAM) as (result, stream):
             server.process.send_signal(signal.SIGTERM)
@@ -180,16 +182,16 @@ def test_sigterm_lets_running_streams_finish_and_exits_0(tiny_model_factory) -> 
             wait_until_refused(server.url)
             assert stream.is_alive()
             server.open_gate()
-        assert server.process.wait(timeout=60) == 0, "".join(server.log)
+        assert server.process.wait() == 0, "".join(server.log)
     [events] = result
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     # All of it came (fewer chunks than tokens: the detokenizer may hold a token back).
-    assert len(chunks) - 1 >= 500
+    assert len(chunks) - 1 >= 150
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_sigterm_aborts_streams_after_the_grace_period(tiny_model_factory) -> None:
     model = tiny_model_factory("llama", max_position_embeddings=2048)
     with serve_process(model, "--shutdown-timeout", "0") as server:
@@ -197,7 +199,7 @@ def test_sigterm_aborts_streams_after_the_grace_period(tiny_model_factory) -> No
         # The gate stays shut: the stream can only end by being aborted.
         with streaming_in_background(server.url, STREAM) as (result, _):
             server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(timeout=60) == 0, "".join(server.log)
+        assert server.process.wait() == 0, "".join(server.log)
     [events] = result
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
