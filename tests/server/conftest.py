@@ -82,9 +82,12 @@ class LiveServer:
 
 
 @contextmanager
-def running(app: FastAPI, wait_ready: bool = True) -> Iterator[str]:
-    """Serve ``app`` on a free 127.0.0.1 port in a thread; yields its URL."""
+def running(app: FastAPI, wait_ready: bool = True, send_buffer: int | None = None) -> Iterator[str]:
+    """Serve ``app`` on a free 127.0.0.1 port in a thread; yields its URL. ``send_buffer``
+    sets the kernel's send buffer of the connections it accepts (they inherit it)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
@@ -115,12 +118,16 @@ def wait_until(condition: Callable[[], bool], message: str, timeout: float = 60.
 
 @contextmanager
 def live_server(
-    model_dir: Path, api_key: str | None = API_KEY, settings: dict | None = None, **engine
+    model_dir: Path,
+    api_key: str | None = API_KEY,
+    settings: dict | None = None,
+    send_buffer: int | None = None,
+    **engine,
 ) -> Iterator[LiveServer]:
     config = EngineConfig(model=str(model_dir), **{**ENGINE_DEFAULTS, **engine})
     server_settings = ServerSettings(api_key=api_key, **(settings or {}))
     app = create_app(server_settings, lambda: AsyncLLM(config))
-    with running(app) as url:
+    with running(app, send_buffer=send_buffer) as url:
         yield LiveServer(url, app, api_key)
 
 
