@@ -142,7 +142,7 @@ def static_command(out: Path, cuda: bool) -> list[str]:
         "--out",
         str(out / "kernel-static.json"),
     ]
-    if not cuda:  # the dry run: one model, fp16, M = 1, 8, 64 (it is CI's spill check too)
+    if not cuda:  # the dry run: one model, fp16, M = 1, 8, 16, 64 (CI's spill check too)
         command += ["--quick", "--models", "Llama-3.2-3B"]
     return command
 

@@ -1,14 +1,15 @@
 """The kernel launches of one decoder layer (and the LM head's input norm) of real model
 shapes, made by the real wrappers on uninitialized CPU tensors: under
 static_compile.recorded_launches they record what a GPU would compile. Shared by
-kernel_static.py (compile them) and the kernel warm-up's tests."""
+kernel_static.py, which compiles them. Where the table picks the GEMV, the tl.dot
+GEMM's launch at the same M is recorded too, for comparison (it never runs there)."""
 
 from __future__ import annotations
 
 import torch
 
 from kernels import triton_ops
-from kernels.awq_configs import awq_launch_for
+from kernels.awq_configs import GEMV_MAX_M, awq_launch_for
 from kernels.awq_gemm import awq_linear_with
 from kernels.paged_decode import decode_attention, default_num_splits
 
@@ -17,7 +18,7 @@ MODELS = {
     "Llama-3-8B": dict(hidden=4096, intermediate=14336, num_heads=32, num_kv_heads=8),
     "Llama-3.2-3B": dict(hidden=3072, intermediate=8192, num_heads=24, num_kv_heads=8),
 }
-ROWS = (1, 2, 4, 8, 16, 64, 256, 1024)  # tokens in a step (decode batch, or a prefill)
+ROWS = (1, 2, 4, 8, 16, 32, 64, 256, 1024)  # tokens in a step: one per bucket of the table
 HEAD_DIM, GROUP_SIZE, BLOCK_SIZE, MAX_MODEL_LEN = 128, 128, 16, 8192
 
 
@@ -50,6 +51,9 @@ def _awq(num_rows, in_features, out_features, dtype, arch, num_sms) -> None:
     scales = torch.empty(in_features // GROUP_SIZE, out_features, dtype=dtype)
     launch = awq_launch_for(arch, num_rows, GROUP_SIZE)
     awq_linear_with(x, qweight, qzeros, scales, GROUP_SIZE, None, launch, num_sms)
+    if launch.variant == "gemv":  # what tl.dot would cost at this M, for comparison
+        dot = awq_launch_for(arch, GEMV_MAX_M + 1, GROUP_SIZE)
+        awq_linear_with(x, qweight, qzeros, scales, GROUP_SIZE, None, dot, num_sms)
 
 
 def _layer_elementwise(model: dict, num_rows: int, dtype: torch.dtype) -> None:
