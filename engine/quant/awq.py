@@ -23,6 +23,12 @@ from engine.quant.rtn import fake_quantize
 logger = logging.getLogger(__name__)
 
 NUM_GRID = 20
+# Tokens on which a block's error is measured for each candidate: enough to rank them
+# (on SmolLM2-135M, 2k tokens rank them as held-out text does), and a bound on the
+# search's cost whatever the calibration size.
+MAX_LOSS_TOKENS = 4096
+# Elements of one batch of candidate weight errors (64 MiB in fp32).
+MAX_BATCH_ELEMENTS = 1 << 24
 
 
 def group_applies(layer: nn.Module, group: ScaleGroup) -> bool:
@@ -49,37 +55,95 @@ def _mean_relative_weight(weight: torch.Tensor, group_size: int) -> torch.Tensor
     return relative.reshape(weight.shape).mean(0)
 
 
+def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor) -> torch.Tensor:
+    """AutoAWQ's grid (duo scaling): ``mean|x|^a / (mean|w|^(1-a) + 1e-4)`` for a in
+    0, 1/20, ..., 19/20, each normalised by ``sqrt(max * min)``; plus all ones (plain
+    RTN), which that grid lacks (its a = 0 is ``1 / mean|w|``), so that the search never
+    picks scales worse on its own measure than no scaling. [NUM_GRID + 1, in_features]."""
+    ratios = torch.arange(NUM_GRID, dtype=torch.float32, device=x_mean.device)[:, None] / NUM_GRID
+    scales = (x_mean.pow(ratios) / (w_mean.pow(1 - ratios) + 1e-4)).clamp(min=1e-4)
+    scales = scales / (scales.amax(1, keepdim=True) * scales.amin(1, keepdim=True)).sqrt()
+    scales[~torch.isfinite(scales)] = 1
+    return torch.cat([torch.ones_like(x_mean)[None], scales])
+
+
 @torch.no_grad()
 def search_scales(
     layer: nn.Module, group: ScaleGroup, x: torch.Tensor, runner: BlockRunner, group_size: int
 ) -> torch.Tensor:
     """The scales [in_features] (fp32) that minimise the MSE of the ``group.inspect``
     block's output when its linears hold ``Q(W * s) / s``; ``x`` is the group's input.
+    The statistics use every token of ``x``; the block's error a bounded sample of its
+    sequences (a single linear's error is exact, from the Gram matrix of all tokens).
     The layer's weights are left as they were."""
     linears = [layer.get_submodule(name) for name in group.linears]
-    block = layer.get_submodule(group.inspect or group.input_of)
     w_mean = _mean_relative_weight(torch.cat([linear.weight for linear in linears]), group_size)
-    x_mean = _mean_abs_per_channel(x)
+    candidates = candidate_scales(_mean_abs_per_channel(x), w_mean)
+    if group.inspect is None:
+        errors = _linear_errors(linears[0].weight, x, candidates, group_size)
+    else:
+        block = layer.get_submodule(group.inspect)
+        errors = _block_errors(block, linears, _sample_sequences(x), candidates, runner, group_size)
+    # NOTE: a candidate whose group ranges overflow the checkpoint's fp16 quantization
+    # scales computes inf/NaN; it cannot be stored, so it must never win.
+    errors = torch.where(torch.isfinite(errors), errors, torch.inf)
+    best = int(torch.argmin(errors))
+    ratio = "none" if best == 0 else f"{(best - 1) / NUM_GRID:.2f}"
+    logger.debug("%s: ratio %s, mse %.3g", "+".join(group.linears), ratio, float(errors[best]))
+    return candidates[best]
+
+
+def _sample_sequences(x: torch.Tensor) -> torch.Tensor:
+    """Evenly spaced whole sequences of ``x`` [num_samples, seq_len, K], at most
+    MAX_LOSS_TOKENS tokens in all (attention needs whole sequences)."""
+    keep = max(1, MAX_LOSS_TOKENS // x.shape[1])
+    return x[:: -(-x.shape[0] // keep)]
+
+
+def _block_errors(
+    block: nn.Module,
+    linears: list[nn.Linear],
+    x: torch.Tensor,
+    candidates: torch.Tensor,
+    runner: BlockRunner,
+    group_size: int,
+) -> torch.Tensor:
+    """The block's output MSE for each candidate row of scales, [num_candidates]."""
     reference = runner.outputs(block, x)
     originals = [linear.weight.data for linear in linears]
-    best_error, best_ratio, best_scales = float("inf"), -1.0, torch.ones_like(x_mean)
+    errors = []
     try:
-        for step in range(NUM_GRID):
-            ratio = step / NUM_GRID
-            scales = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
-            scales = scales / (scales.max() * scales.min()).sqrt()
-            scales[~torch.isfinite(scales)] = 1
+        for scales in candidates:
             for linear, original in zip(linears, originals):
                 quantized = fake_quantize(original * scales, group_size) / scales
                 linear.weight.data = quantized.to(original.dtype)
-            error = runner.mean_squared_error(block, x, reference)
-            if error < best_error:
-                best_error, best_ratio, best_scales = error, ratio, scales
+            errors.append(runner.mean_squared_error(block, x, reference))
     finally:
         for linear, original in zip(linears, originals):
             linear.weight.data = original
-    logger.debug("%s: ratio %.2f, mse %.3g", "+".join(group.linears), best_ratio, best_error)
-    return best_scales
+    return torch.tensor(errors)
+
+
+def _linear_errors(
+    weight: torch.Tensor, x: torch.Tensor, candidates: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """A linear's output MSE over all tokens of ``x`` for each candidate, [num_candidates]:
+    with ``D = Q(W * s) / s - W``, it is ``sum(D G * D) / (tokens * N)`` for the Gram
+    matrix ``G = x^T x``, so the grid costs N*K*K per candidate, not tokens*N*K; the
+    candidates are evaluated in batches of one matmul."""
+    flat = x.reshape(-1, x.shape[-1])
+    gram = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float32, device=x.device)
+    for chunk in flat.split(MAX_LOSS_TOKENS):
+        chunk = chunk.float()
+        gram += chunk.t() @ chunk
+    w = weight.float()
+    per_batch = max(1, MAX_BATCH_ELEMENTS // w.numel())
+    errors = []
+    for batch in candidates.split(per_batch):
+        delta = torch.cat([fake_quantize(w * s, group_size) / s - w for s in batch])
+        squared = ((delta @ gram) * delta).reshape(len(batch), -1).sum(1)
+        errors.append(squared / (flat.shape[0] * w.shape[0]))
+    return torch.cat(errors)
 
 
 @torch.no_grad()

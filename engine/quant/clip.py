@@ -27,11 +27,23 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, group_size: int) -> torch
     out_features, in_features = weight.shape
     num_groups = in_features // group_size
     x = x.reshape(-1, in_features)
-    x = x[:: max(1, x.shape[0] // NUM_SAMPLE_TOKENS)].float()
+    x = _sample_tokens(x).float()
     x = x.reshape(x.shape[0], num_groups, group_size)  # [tokens, groups, group_size]
     w = weight.float().reshape(out_features, num_groups, group_size)
     batch = max(1, MAX_BATCH_ELEMENTS // (x.shape[0] * num_groups))
     return torch.cat([_search_batch(w_b, x, group_size) for w_b in w.split(batch)])
+
+
+def _sample_tokens(x: torch.Tensor) -> torch.Tensor:
+    """NUM_SAMPLE_TOKENS tokens of ``x`` [tokens, K], drawn at random (seeded). Not
+    AutoAWQ's stride of tokens // 512: with 128 x 512 calibration tokens that stride is
+    128, so a quarter of its sample are the windows' first tokens (attention sinks,
+    unlike every other token)."""
+    if x.shape[0] <= NUM_SAMPLE_TOKENS:
+        return x
+    generator = torch.Generator().manual_seed(0)
+    chosen = torch.randperm(x.shape[0], generator=generator)[:NUM_SAMPLE_TOKENS]
+    return x[chosen.to(x.device)]
 
 
 def _search_batch(w: torch.Tensor, x: torch.Tensor, group_size: int) -> torch.Tensor:

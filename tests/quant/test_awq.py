@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.quant.awq import apply_scales, group_applies, search_scales
+from engine.quant.awq import (
+    NUM_GRID,
+    _linear_errors,
+    apply_scales,
+    candidate_scales,
+    group_applies,
+    search_scales,
+)
 from engine.quant.clip import apply_clip, search_clip
 from engine.quant.dense import load_dense
 from engine.quant.forward import BlockRunner, record_inputs
@@ -133,3 +140,26 @@ def test_clip_search_never_does_worse_than_no_clip(first_layer):
     apply_clip(linear, max_abs)
     clipped_error = (x @ (fake_quantize(linear.weight, GROUP_SIZE) - original).t()).pow(2).mean()
     assert clipped_error < unclipped_error
+
+
+def test_candidates_are_no_scaling_then_autoawqs_normalised_grid():
+    generator = torch.Generator().manual_seed(0)
+    x_mean, w_mean = torch.rand(2, 64, generator=generator) + 0.01
+    candidates = candidate_scales(x_mean, w_mean)
+    assert candidates.shape == (NUM_GRID + 1, 64)
+    assert torch.equal(candidates[0], torch.ones(64))
+    torch.testing.assert_close(candidates.amax(1) * candidates.amin(1), torch.ones(NUM_GRID + 1))
+    half = (x_mean.sqrt() / w_mean.sqrt()).clamp(min=1e-4)  # ratio 1/2
+    expected = half / (half.max() * half.min()).sqrt()
+    torch.testing.assert_close(candidates[1 + NUM_GRID // 2], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_linear_errors_from_the_gram_matrix_are_the_output_errors(first_layer):
+    layer, _, _, inputs = first_layer
+    weight, x = layer.mlp.down_proj.weight, inputs["mlp.down_proj"]
+    candidates = candidate_scales(x.abs().mean((0, 1)), weight.abs().mean(0))
+    errors = _linear_errors(weight, x, candidates, GROUP_SIZE)
+    for scales, error in zip(candidates, errors):
+        effective = fake_quantize(weight * scales, GROUP_SIZE) / scales
+        direct = (x @ (effective - weight).t()).pow(2).mean()
+        torch.testing.assert_close(error, direct, rtol=1e-3, atol=0)
