@@ -28,6 +28,8 @@ ENV_PREFIX = "EDGECHAT_"
 # period (which sse-starlette notices within half a second), so streams end cleanly.
 SHUTDOWN_SLACK_SECONDS = 5.0
 KEEP_ALIVE_SECONDS = 5
+# A request head (request line and headers) must arrive whole within this.
+HEAD_TIMEOUT_SECONDS = 10.0
 
 
 def add_option(parser: argparse.ArgumentParser, flag: str, help: str, **kwargs) -> None:
@@ -132,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine import AsyncLLM, EngineConfig
     from engine.demo import DEMO_MODEL_ID
     from server.app import create_app
+    from server.http_protocol import head_timeout_protocol
     from server.settings import ServerSettings
 
     try:
@@ -173,6 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # Idle keep-alive connections are closed after this (uvicorn's default, kept
             # explicit: each open socket costs the server).
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            http=head_timeout_protocol(HEAD_TIMEOUT_SECONDS),
         )
     )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the

@@ -82,15 +82,21 @@ class LiveServer:
 
 
 @contextmanager
-def running(app: FastAPI, wait_ready: bool = True, send_buffer: int | None = None) -> Iterator[str]:
+def running(
+    app: FastAPI, wait_ready: bool = True, send_buffer: int | None = None, **uvicorn_options
+) -> Iterator[str]:
     """Serve ``app`` on a free 127.0.0.1 port in a thread; yields its URL. ``send_buffer``
-    sets the kernel's send buffer of the connections it accepts (they inherit it)."""
+    sets the kernel's send buffer of the connections it accepts (they inherit it);
+    ``uvicorn_options`` go to uvicorn's Config."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if send_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=5, **uvicorn_options
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -14,10 +14,14 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from engine import AsyncLLM, EngineConfig
 from engine.async_llm import NUM_MEDIA_INTAKE_THREADS
 from engine.inputs import MAX_CHARS_PER_TOKEN
+from server.app import create_app
+from server.http_protocol import head_timeout_protocol
+from server.settings import ServerSettings
 from tests.engine.vlm_fixtures import image_part, text_part
-from tests.server.conftest import API_KEY, LiveServer, live_server, wait_until
+from tests.server.conftest import API_KEY, LiveServer, live_server, running, wait_until
 from tests.server.test_errors import JSON, USER, assert_error
 
 pytestmark = pytest.mark.timeout(180)
@@ -301,3 +305,23 @@ def test_image_urls_inside_the_network_are_refused_unfetched(vlm_server: LiveSer
             response = client.post("/v1/chat/completions", json=chat)
             assert_error(response, 400, "messages", None, "cannot fetch image")
         assert accepted == []
+
+
+def test_a_request_head_that_never_finishes_is_cut_off(tiny_llama) -> None:
+    config = EngineConfig(model=str(tiny_llama), kv_cache_memory=0.05)
+    app = create_app(ServerSettings(), lambda: AsyncLLM(config))
+    with running(app, http=head_timeout_protocol(0.5)) as url:
+        sock = connect(url)
+        try:
+            # Slowloris: a head that is never finished. The server closes the connection.
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            assert read_until_closed(sock) == b""
+        finally:
+            sock.close()
+        # A whole head in time is served, and its keep-alive connection re-armed.
+        sock = connect(url)
+        try:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 200")
+        finally:
+            sock.close()
