@@ -147,7 +147,7 @@ class ModelRunner:
         ends = starts + num_new
         query_start_loc = host.query_start_loc[: num_seqs + 1]
         query_start_loc[0] = 0
-        np.cumsum(num_new, out=query_start_loc[1:])
+        query_start_loc[1:] = np.cumsum(num_new)
         host.input_ids[:num_tokens] = step.token_ids
         # Flat row query_start_loc[i] + t is token t of sequence i, at position starts[i] + t.
         positions = host.positions[:num_tokens]

@@ -75,11 +75,18 @@ class StepInputs:
     ``device_arrays`` are what the model reads."""
 
     def __init__(self, capacity: StepLayout, device: torch.device):
-        self.capacity = capacity.num_bytes
+        self.capacity = -(-capacity.num_bytes // _INT64) * _INT64
         self.is_cuda = device.type == "cuda"
         self._staging = torch.zeros(self.capacity, dtype=torch.uint8, pin_memory=self.is_cuda)
-        self._staging_bytes = self._staging.numpy()
         self._on_device = self._staging.to(device) if self.is_cuda else self._staging
+        # The buffers seen as each element type once, so carving a step is plain slicing.
+        staging = self._staging.numpy()
+        self._host_typed = {_INT64: staging.view(np.int64), _INT32: staging.view(np.int32)}
+        on_device = self._on_device
+        self._device_typed = {
+            _INT64: on_device.view(torch.int64),
+            _INT32: on_device.view(torch.int32),
+        }
         self._copied = torch.cuda.Event() if self.is_cuda else None
         self._staged_bytes = 0
 
@@ -90,7 +97,7 @@ class StepInputs:
         if self._copied is not None:
             self._copied.synchronize()
         self._staged_bytes = layout.num_bytes
-        return _carve(self._staging_bytes, layout, {_INT64: np.int64, _INT32: np.int32})
+        return _carve(self._host_typed, layout)
 
     def upload(self) -> None:
         """Copy the staged arrays to the device in one non_blocking copy (no-op on CPU)."""
@@ -102,16 +109,18 @@ class StepInputs:
 
     def device_arrays(self, layout: StepLayout) -> StepArrays[torch.Tensor]:
         """Views of the device buffer where ``layout``'s arrays land."""
-        return _carve(self._on_device, layout, {_INT64: torch.int64, _INT32: torch.int32})
+        return _carve(self._device_typed, layout)
 
 
-def _carve(buffer: A, layout: StepLayout, dtypes: dict) -> StepArrays[A]:
-    """Typed views of ``layout``'s arrays in a byte buffer (numpy or torch)."""
-    views, offset = {}, 0
+def _carve(typed: dict[int, A], layout: StepLayout) -> StepArrays[A]:
+    """Views of ``layout``'s arrays in one buffer, given as each element size's view."""
+    views, offset = {}, 0  # offset in bytes
     for name, size, shape in layout.arrays():
-        num_bytes = size * math.prod(shape)
-        views[name] = buffer[offset : offset + num_bytes].view(dtypes[size]).reshape(shape)
-        offset += num_bytes
+        count = math.prod(shape)
+        start = offset // size
+        view = typed[size][start : start + count]
+        views[name] = view.reshape(shape) if len(shape) > 1 else view
+        offset += size * count
     return StepArrays(**views)
 
 
