@@ -42,6 +42,7 @@ CANDIDATES = {
         AWQLaunch("gemv", block_n=256, block_k=16, num_warps=4, num_stages=1),
         AWQLaunch("gemv", block_n=256, block_k=32, num_warps=4, num_stages=1),
         AWQLaunch("gemv", block_n=512, block_k=8, num_warps=8, num_stages=1),
+        AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1),
     ],
     "dot": [
         AWQLaunch("dot", block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4),

@@ -1,8 +1,8 @@
 """The kernel launches of one decoder layer (and the LM head's input norm) of real model
 shapes, made by the real wrappers on uninitialized CPU tensors: under
 static_compile.recorded_launches they record what a GPU would compile. Shared by
-kernel_static.py, which compiles them. Where the table picks the GEMV, the tl.dot
-GEMM's launch at the same M is recorded too, for comparison (it never runs there)."""
+kernel_static.py, which compiles them. For M <= 8 both the GEMV's and the tl.dot
+GEMM's launches are recorded, whichever the table picks: the report compares them."""
 
 from __future__ import annotations
 
@@ -49,11 +49,11 @@ def _awq(num_rows, in_features, out_features, dtype, arch, num_sms) -> None:
     qweight = torch.empty(in_features, out_features // 8, dtype=torch.int32)
     qzeros = torch.empty(in_features // GROUP_SIZE, out_features // 8, dtype=torch.int32)
     scales = torch.empty(in_features // GROUP_SIZE, out_features, dtype=dtype)
-    launch = awq_launch_for(arch, num_rows, GROUP_SIZE)
-    awq_linear_with(x, qweight, qzeros, scales, GROUP_SIZE, None, launch, num_sms)
-    if launch.variant == "gemv":  # what tl.dot would cost at this M, for comparison
-        dot = awq_launch_for(arch, GEMV_MAX_M + 1, GROUP_SIZE)
-        awq_linear_with(x, qweight, qzeros, scales, GROUP_SIZE, None, dot, num_sms)
+    launches = [awq_launch_for(arch, num_rows, GROUP_SIZE)]
+    if num_rows <= GEMV_MAX_M:  # both variants can run here: compare them
+        launches += [awq_launch_for(arch, m, GROUP_SIZE) for m in (1, GEMV_MAX_M + 1)]
+    for launch in dict.fromkeys(launches):
+        awq_linear_with(x, qweight, qzeros, scales, GROUP_SIZE, None, launch, num_sms)
 
 
 def _layer_elementwise(model: dict, num_rows: int, dtype: torch.dtype) -> None:

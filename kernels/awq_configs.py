@@ -10,11 +10,12 @@ Variants (kernels/awq_gemm.py runs them):
   where a measurement says so (large M); it allocates a K x N temporary.
 
 NOTE: no GPU has measured this table yet (`make gpu-check` prints what it measures):
-every entry is what the static report (benchmarks/kernel_static.py) favours. At M = 1
-the GEMV issues ~6 SASS instructions per weight in its loop against ~9 for ``dot`` on
-sm_90; GEMV launches were picked among those that do not spill for the fewest registers
-(occupancy hides memory latency) at a similar count per weight; no entry spills on sm_87
-or sm_90.
+every entry is what the static report (benchmarks/kernel_static.py) favours, by SASS
+instructions per weight in the inner loop (sm_87 / sm_90): the GEMV 6.1 / 6.1 at M = 1
+and 7.6 / 7.5 at M = 2 against ``dot``'s 9.7 / 9.6, but 11.2 and ~18 at M = 4 and 8,
+where ``dot`` (whose count does not grow with M) is favoured. The GEMV launches were
+picked, among those that do not spill, for the fewest registers at a similar count; no
+entry spills on sm_87 or sm_90.
 """
 
 from __future__ import annotations
@@ -50,8 +51,6 @@ Buckets = tuple[tuple[int, AWQLaunch], ...]
 DEFAULT: Buckets = (
     (1, AWQLaunch("gemv", block_n=256, block_k=32, num_warps=8, num_stages=1)),
     (2, AWQLaunch("gemv", block_n=256, block_k=16, num_warps=8, num_stages=1)),
-    (4, AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1)),
-    (8, AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1)),
     # num_stages=3 here spills 8 bytes on sm_90 (static report); 2 does not.
     (16, AWQLaunch("dot", block_m=16, block_n=128, block_k=64, num_warps=4, num_stages=2)),
     (32, AWQLaunch("dot", block_m=32, block_n=128, block_k=64, num_warps=4, num_stages=3)),
