@@ -137,7 +137,10 @@ def bench_shape(in_features, out_features, rows, dtype, device, arch) -> list[di
                 continue
             row["variants"][_name(launch)] = {"us": time_us(run, device), "launch": launch}
         if gemlite is not None:
-            row["gemlite_us"] = time_us(functools.partial(gemlite, x), device)
+            try:
+                row["gemlite_us"] = time_us(functools.partial(gemlite, x), device)
+            except Exception as e:  # as above: report it, keep measuring ours
+                row["gemlite_error"] = repr(e)
         results.append(row)
     return results
 
