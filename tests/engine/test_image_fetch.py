@@ -196,13 +196,23 @@ def test_a_redirect_to_an_internal_address_is_refused(tmp_path, monkeypatch):
 
 
 def test_the_connection_goes_to_the_address_checked(tmp_path, base_url, monkeypatch):
-    # "media.test" resolves once, to the test server; nothing resolves it again.
+    # "media.test" resolves to the test server once; resolved again (to connect), it would
+    # fail, as a rebinding name would answer with another address.
     port = int(base_url.rsplit(":", 1)[1])
     real = socket.getaddrinfo
-    monkeypatch.setattr(
-        fetch.socket, "getaddrinfo", lambda host, *args, **kw: real("127.0.0.1", *args, **kw)
-    )
+    lookups = []
+
+    def resolve_once(host, *args, **kwargs):
+        if host != "media.test":
+            return real(host, *args, **kwargs)
+        lookups.append(host)
+        if len(lookups) > 1:
+            raise socket.gaierror("media.test was resolved again")
+        return real("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", resolve_once)
     assert_same_image(f"http://media.test:{port}/image.png", tmp_path)
+    assert lookups == ["media.test"]
 
 
 def test_allowed_domains_and_no_http(tmp_path, base_url):
