@@ -15,7 +15,7 @@ from tests.real_model import python_docs
 
 # 576 (SmolLM2-135M's hidden size) is not a multiple of 128.
 GROUP_SIZE = 64
-NUM_SAMPLES, SEQ_LEN = 2, 256
+NUM_SAMPLES, SEQ_LEN = 1, 256
 HELD_OUT_TOKENS = 512
 
 
