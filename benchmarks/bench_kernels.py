@@ -28,7 +28,7 @@ if not torch.cuda.is_available():  # NOTE: before anything imports triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import reference  # noqa: E402
-from kernels.awq_configs import GEMV_MAX_M, AWQLaunch, awq_launch_for  # noqa: E402
+from kernels.awq_configs import GEMV_LAUNCHES, GEMV_MAX_M, AWQLaunch, awq_launch_for  # noqa: E402
 from kernels.awq_gemm import awq_linear_with, compute_capability  # noqa: E402
 from kernels.triton_utils import num_sms  # noqa: E402
 
@@ -42,7 +42,7 @@ CANDIDATES = {
         AWQLaunch("gemv", block_n=256, block_k=16, num_warps=4, num_stages=1),
         AWQLaunch("gemv", block_n=256, block_k=32, num_warps=4, num_stages=1),
         AWQLaunch("gemv", block_n=512, block_k=8, num_warps=8, num_stages=1),
-        AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1),
+        *GEMV_LAUNCHES.values(),
     ],
     "dot": [
         AWQLaunch("dot", block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4),

@@ -7,9 +7,10 @@ GEMM's launches are recorded, whichever the table picks: the report compares the
 from __future__ import annotations
 
 import torch
+import triton
 
 from kernels import triton_ops
-from kernels.awq_configs import GEMV_MAX_M, awq_launch_for
+from kernels.awq_configs import GEMV_LAUNCHES, GEMV_MAX_M, awq_launch_for
 from kernels.awq_gemm import awq_linear_with
 from kernels.paged_decode import decode_attention, default_num_splits
 
@@ -51,7 +52,8 @@ def _awq(num_rows, in_features, out_features, dtype, arch, num_sms) -> None:
     scales = torch.empty(in_features // GROUP_SIZE, out_features, dtype=dtype)
     launches = [awq_launch_for(arch, num_rows, GROUP_SIZE)]
     if num_rows <= GEMV_MAX_M:  # both variants can run here: compare them
-        launches += [awq_launch_for(arch, m, GROUP_SIZE) for m in (1, GEMV_MAX_M + 1)]
+        gemv = GEMV_LAUNCHES[triton.next_power_of_2(num_rows)]
+        launches += [gemv, awq_launch_for(arch, GEMV_MAX_M + 1, GROUP_SIZE)]
     for launch in dict.fromkeys(launches):
         awq_linear_with(x, qweight, qzeros, scales, GROUP_SIZE, None, launch, num_sms)
 

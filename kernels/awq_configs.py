@@ -45,12 +45,21 @@ class AWQLaunch:
         assert self.variant != "gemv" or self.block_n >= 256, "rows of >= 128 bytes"
 
 
+# The GEMV's launch per padded row count, whether or not the table below picks it there
+# (bench_kernels and the static report compare it with dot at every M <= 8).
+GEMV_LAUNCHES = {
+    1: AWQLaunch("gemv", block_n=256, block_k=32, num_warps=8, num_stages=1),
+    2: AWQLaunch("gemv", block_n=256, block_k=16, num_warps=8, num_stages=1),
+    4: AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1),
+    8: AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1),
+}
+
 # (largest M of the bucket, launch) in increasing M; the last bucket takes any larger M.
 Buckets = tuple[tuple[int, AWQLaunch], ...]
 
 DEFAULT: Buckets = (
-    (1, AWQLaunch("gemv", block_n=256, block_k=32, num_warps=8, num_stages=1)),
-    (2, AWQLaunch("gemv", block_n=256, block_k=16, num_warps=8, num_stages=1)),
+    (1, GEMV_LAUNCHES[1]),
+    (2, GEMV_LAUNCHES[2]),
     # num_stages=3 here spills 8 bytes on sm_90 (static report); 2 does not.
     (16, AWQLaunch("dot", block_m=16, block_n=128, block_k=64, num_warps=4, num_stages=2)),
     (32, AWQLaunch("dot", block_m=32, block_n=128, block_k=64, num_warps=4, num_stages=3)),
