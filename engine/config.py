@@ -22,9 +22,11 @@ class EngineConfig:
     ``kv_cache_fraction`` of free GPU memory, or a conservative default on CPU.
     ``max_model_len`` caps the context below the model's own limit. On a GPU, decode
     steps replay CUDA graphs unless ``enforce_eager`` (for debugging, or to save the
-    graphs' memory and capture time). A VLM keeps the features of recent images (a
-    follow-up turn resends them) in at most ``image_cache_bytes``, taken from the KV
-    pool's budget when that comes from free memory.
+    graphs' memory and capture time); before that, every kernel the model will use is
+    compiled once (``warm_up``), so no request waits on Triton's compiler. A VLM keeps
+    the features of recent images (a follow-up turn resends them) in at most
+    ``image_cache_bytes``, taken from the KV pool's budget when that comes from free
+    memory.
 
     A VLM takes at most ``limit_images_per_prompt`` images a prompt, each at most
     ``max_image_bytes`` encoded and ``max_image_pixels`` decoded; http(s) image URLs are
@@ -46,6 +48,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     chat_template: str | None = None
     enforce_eager: bool = False
+    warm_up: bool = True
     limit_images_per_prompt: int = ImageLimits.max_images
     max_image_bytes: int = ImageLimits.max_bytes
     max_image_pixels: int = ImageLimits.max_pixels

@@ -24,6 +24,7 @@ from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
 from engine.errors import InvalidRequestError
 from engine.inputs import InputProcessor, PreparedPrompt
 from engine.kv_cache import allocate_kv_cache, size_kv_cache
+from engine.layers.warmup import warm_up_kernels
 from engine.loader import load_config, load_model, resolve_model_dir
 from engine.memory import check_weights_fit, checkpoint_bytes
 from engine.model_info import eos_token_ids, pick_device, pick_dtype
@@ -119,8 +120,14 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             image_cache=image_cache,
         )
-        # NOTE: after allocate_kv_cache: the graphs read the cache tensors as bound now.
-        if self.device.type == "cuda" and not config.enforce_eager and kernels.triton_available():
+        # NOTE: after allocate_kv_cache: both run the model over the cache tensors as
+        # bound now (the graphs keep reading them).
+        on_triton = self.device.type == "cuda" and kernels.triton_available()
+        if on_triton and config.warm_up:
+            warm_up_kernels(
+                model, config.block_size, config.max_num_seqs, config.max_num_batched_tokens
+            )
+        if on_triton and not config.enforce_eager:
             runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         return EngineCore(scheduler, runner, Sampler(self.device), eos_ids, self.max_model_len)
 

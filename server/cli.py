@@ -88,6 +88,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refuse http(s) image URLs (data: URLs only)",
     )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        default=bool(os.environ.get("EDGECHAT_NO_WARMUP")),
+        help="on a GPU, skip compiling every kernel at start (the first requests then "
+        "compile them) [env EDGECHAT_NO_WARMUP]",
+    )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -106,6 +113,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         allowed_media_domains=_comma_list(args.allowed_media_domains),
         allow_private_media_urls=args.allow_private_media_urls,
         allow_http_media=not args.no_http_media,
+        warm_up=not args.no_warmup,
     )
 
 

@@ -19,7 +19,7 @@ from typing import BinaryIO
 import httpx
 import pytest
 
-from server.cli import build_parser, main
+from server.cli import build_parser, engine_kwargs, main
 from tests.server.gated_serve import GATE_FD_VARIABLE, ONE_STEP, OPEN
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,6 +45,15 @@ def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECHAT_PORT", "not-a-port")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve"])
+
+
+def test_no_warmup_reaches_the_engine_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser().parse_args(["serve"])
+    assert engine_kwargs(args)["warm_up"] is True
+    monkeypatch.setenv("EDGECHAT_NO_WARMUP", "1")
+    assert engine_kwargs(build_parser().parse_args(["serve"]))["warm_up"] is False
+    monkeypatch.delenv("EDGECHAT_NO_WARMUP")
+    assert engine_kwargs(build_parser().parse_args(["serve", "--no-warmup"]))["warm_up"] is False
 
 
 def test_generate_still_works(tiny_llama: Path, capsys: pytest.CaptureFixture) -> None:
