@@ -13,7 +13,7 @@ from tests.conftest import load_reference
 from tests.quant.independent import perplexity
 from tests.real_model import python_docs
 
-NUM_NEW_TOKENS = 24
+NUM_NEW_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_answers_the_capital_of_france(llm):
 
 def test_greedy_text_matches_transformers(llm, reference, real_model):
     tokenizer = transformers.AutoTokenizer.from_pretrained(real_model)
-    prompts = [python_docs("held-out")[start : start + 600] for start in (0, 40_000, 90_000)]
+    prompts = [python_docs("held-out")[start : start + 600] for start in (0, 90_000)]
     ours = llm.generate(prompts, SamplingParams(max_tokens=NUM_NEW_TOKENS, temperature=0))
     for prompt, output in zip(prompts, ours):
         ids = tokenizer(prompt, return_tensors="pt")
@@ -48,7 +48,7 @@ def test_perplexity_matches_transformers(real_model, reference):
     """Logit-level agreement over whole windows of real text, through the paged KV cache."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(real_model)
     ids = tokenizer(python_docs("held-out")).input_ids
-    parts = windows(ids, 256, max_tokens=768)
+    parts = windows(ids, 256, max_tokens=512)
     ours = engine_perplexity(str(real_model), parts, device="cpu").value
     expected = perplexity(reference, torch.tensor(parts))
     assert ours == pytest.approx(expected, rel=1e-4)
