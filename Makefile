@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint bench gpu-check serve clean
+.PHONY: install browser test lint bench gpu-check serve web-vendor clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ gpu-check:
 
 serve: $(STAMP)
 	$(VENV)/bin/edgechat serve --host 127.0.0.1 --port 8000
+
+# The web page's libraries (client/web/vendor/), fetched with npm at their pinned versions.
+web-vendor:
+	client/web/vendor/refresh.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

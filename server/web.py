@@ -22,10 +22,13 @@ def web_assets() -> dict[str, tuple[bytes, str]]:
     importlib.resources, so an installed wheel finds them as a checkout does; only
     these exact paths are served, so no request can reach another file."""
     assets = {}
-    for entry in files("client.web").iterdir():
-        suffix = "." + entry.name.rpartition(".")[2]
-        if entry.is_file() and suffix in MEDIA_TYPES:
-            assets[f"/web/{entry.name}"] = (entry.read_bytes(), MEDIA_TYPES[suffix])
+    page = files("client.web")
+    # vendor/: the libraries the page imports (client/web/vendor/refresh.sh).
+    for folder, prefix in ((page, "/web/"), (page / "vendor", "/web/vendor/")):
+        for entry in folder.iterdir():
+            suffix = "." + entry.name.rpartition(".")[2]
+            if entry.is_file() and suffix in MEDIA_TYPES:
+                assets[f"{prefix}{entry.name}"] = (entry.read_bytes(), MEDIA_TYPES[suffix])
     assets["/"] = assets.pop("/web/index.html")
     return assets
 
@@ -45,4 +48,5 @@ def mount_web_ui(app: FastAPI) -> frozenset[str]:
 
     app.add_api_route("/", asset, methods=["GET"])
     app.add_api_route("/web/{name}", asset, methods=["GET"])
+    app.add_api_route("/web/vendor/{name}", asset, methods=["GET"])
     return frozenset(assets)
