@@ -1,111 +1,186 @@
-// The chat page: wires the controls to the API (api.js), the conversation DOM
-// (render.js) and image attachments (images.js). The conversation lives only in this
-// page: a reload starts afresh. Only the API key is remembered (localStorage).
+// The chat page: wires the controls to the API (api.js), the conversations
+// (conversation.js, kept by store.js, listed by conversation-list.js), their DOM
+// (render.js), the settings (settings.js) and image attachments (images.js).
 
 import { listModels, streamChat } from "./api.js";
+import { dropOldestTurn, newConversation, requestMessages, titleOf } from "./conversation.js";
+import { renderConversationList } from "./conversation-list.js";
 import { downscale, imageFiles } from "./images.js";
-import { addMessage, renderText, scrollToEnd, setStats } from "./render.js";
+import { handleCopyButtons } from "./markdown.js";
+import { addMessage, editInPlace, fillMessage, scrollToEnd } from "./render.js";
+import {
+  askForApiKey, currentApiKey, requestSettings, restoreSettings, setContextLength,
+} from "./settings.js";
+import { loadConversations, loadCurrentId, saveConversations } from "./store.js";
 
-const KEY_STORAGE = "edgechat.apiKey";
 const $ = (id) => document.getElementById(id);
 const ui = {
-  model: $("model"), badge: $("demo-badge"), newChat: $("new-chat"), system: $("system"),
-  temperature: $("temperature"), maxTokens: $("max-tokens"), apiKey: $("api-key"),
-  messages: $("messages"), composer: $("composer"), thumbs: $("thumbs"), file: $("file"),
-  prompt: $("prompt"), send: $("send"), stop: $("stop"),
+  model: $("model"), badge: $("demo-badge"), newChat: $("new-chat"), list: $("conversations"),
+  messages: $("messages"), composer: $("composer"), thumbs: $("thumbs"), attach: $("attach"),
+  file: $("file"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
 };
+const ATTACH_TITLE = ui.attach.title;
 
-let history = []; // OpenAI messages of the conversation so far
+const conversations = loadConversations();
+let conversation = conversations.find((c) => c.id === loadCurrentId()) ?? newConversation();
 let attached = []; // data URLs waiting for the next message
-let modelId = null;
+let model = null; // the card from /v1/models
 let controller = null; // aborts the reply being streamed
+let elements = new Map(); // message -> its bubble
 
 async function loadModel() {
   try {
-    const [card] = await listModels(ui.apiKey.value);
-    modelId = card.id;
-    ui.model.textContent = card.accepts_images ? card.id : `${card.id} (text only)`;
-    ui.badge.hidden = !card.demo;
+    [model] = await listModels(currentApiKey());
+    ui.model.textContent = model.accepts_images ? model.id : `${model.id} (text only)`;
   } catch (error) {
-    modelId = null;
+    model = null;
     ui.model.textContent = `model unknown: ${error.message}`;
-    ui.badge.hidden = true;
+    if (error.status === 401) askForApiKey();
   }
+  ui.badge.hidden = !model?.demo;
+  setContextLength(model?.max_model_len ?? null);
+  // Unknown model: let the user try, the server's answer will say.
+  const refusesImages = model !== null && !model.accepts_images;
+  ui.file.disabled = refusesImages;
+  ui.attach.classList.toggle("disabled", refusesImages);
+  ui.attach.title = refusesImages ? `${model.id} reads text only: it cannot see images` : ATTACH_TITLE;
 }
 
 function setBusy(busy) {
   ui.send.disabled = busy;
   ui.stop.disabled = !busy;
-  ui.composer.dataset.busy = busy;
+  document.body.dataset.busy = busy;
 }
 
-function userContent(text, images) {
-  if (images.length === 0) return text;
-  const parts = images.map((url) => ({ type: "image_url", image_url: { url } }));
-  return text ? [{ type: "text", text }, ...parts] : parts;
+function save() {
+  conversation.updated = Date.now();
+  if (!conversations.includes(conversation)) conversations.unshift(conversation);
+  conversations.sort((a, b) => b.updated - a.updated);
+  saveConversations(conversations, conversation.id);
+  renderList();
 }
 
-function requestBody() {
-  const messages = ui.system.value.trim()
-    ? [{ role: "system", content: ui.system.value.trim() }, ...history]
-    : history;
-  const body = { messages, temperature: Number(ui.temperature.value) };
-  if (modelId) body.model = modelId;
-  if (ui.maxTokens.value) body.max_tokens = Number(ui.maxTokens.value);
-  return body;
+function actionsOf(message) {
+  if (message.role === "user") return ["edit"];
+  const last = conversation.messages.findLast((m) => m.role !== "error");
+  if (message !== last || message.role !== "assistant") return [];
+  const cutShort = message.finish === "length" || message.state === "stopped";
+  return cutShort ? ["regenerate", "continue"] : ["regenerate"];
 }
 
-async function send() {
-  const text = ui.prompt.value.trim();
-  if ((!text && attached.length === 0) || controller) return;
-  const images = attached;
-  const userMessage = { role: "user", content: userContent(text, images) };
-  history.push(userMessage);
-  addMessage(ui.messages, "user", text, images);
-  ui.prompt.value = "";
-  attached = [];
-  renderThumbs();
+const refresh = (message) => fillMessage(elements.get(message), message, actionsOf(message));
 
-  const reply = addMessage(ui.messages, "assistant");
-  const replyText = reply.querySelector(".text");
-  reply.dataset.state = "streaming";
+function renderConversation() {
+  elements = new Map();
+  ui.messages.replaceChildren();
+  for (const message of conversation.messages) {
+    elements.set(message, addMessage(ui.messages, message));
+    refresh(message);
+  }
+  scrollToEnd(ui.messages, true);
+}
+
+function renderList() {
+  renderConversationList(ui.list, conversations, conversation.id, {
+    open: (c) => switchTo(c),
+    rename: (c) => {
+      const title = prompt("Rename the conversation", titleOf(c))?.trim();
+      if (!title) return;
+      c.title = title;
+      saveConversations(conversations, conversation.id);
+      renderList();
+    },
+    remove: (c) => {
+      if (!confirm(`Delete "${titleOf(c)}"?`)) return;
+      conversations.splice(conversations.indexOf(c), 1);
+      if (c === conversation) switchTo(newConversation());
+      else saveConversations(conversations, conversation.id);
+      renderList();
+    },
+  });
+}
+
+function switchTo(next) {
+  controller?.abort();
+  conversation = next;
+  saveConversations(conversations, conversation.id);
+  renderConversation();
+  renderList();
+}
+
+function requestBody(reply) {
+  const { system, ...sampling } = requestSettings();
+  const messages = requestMessages(conversation.messages, reply);
+  const body = { messages: system ? [{ role: "system", content: system }, ...messages] : messages };
+  if (model) body.model = model.id;
+  return { ...body, ...sampling };
+}
+
+// Streams into `reply` (the last message; empty, or with text to continue).
+async function stream(reply) {
+  reply.state = "streaming";
+  reply.finish = reply.stats = undefined;
+  if (!elements.has(reply)) elements.set(reply, addMessage(ui.messages, reply));
+  refresh(reply);
+  save();
   controller = new AbortController();
   setBusy(true);
   const started = performance.now();
   let firstToken = null;
-  let content = "";
-  let numDeltas = 0;
+  let numTokens = 0;
+  const onDelta = (delta, n) => {
+    firstToken ??= performance.now();
+    reply.text += delta;
+    numTokens += n;
+    refresh(reply);
+    scrollToEnd(ui.messages);
+  };
   try {
-    const usage = await streamChat(requestBody(), ui.apiKey.value, controller.signal, (delta) => {
-      firstToken ??= performance.now();
-      content += delta;
-      numDeltas += 1;
-      renderText(replyText, content);
-      scrollToEnd(ui.messages);
-    });
-    history.push({ role: "assistant", content });
-    reply.dataset.state = "done";
-    setStats(reply, timings(started, firstToken, usage?.completion_tokens ?? numDeltas));
+    const { usage, finishReason } = await streamWithRoom(reply, onDelta);
+    reply.state = "done";
+    reply.finish = finishReason;
+    reply.stats = timings(started, firstToken, usage?.completion_tokens ?? numTokens);
   } catch (error) {
     if (error.name === "AbortError") {
       // Keep what came: the next turn sees the reply as far as it got.
-      history.push({ role: "assistant", content });
-      reply.dataset.state = "stopped";
-      setStats(reply, `stopped · ${timings(started, firstToken, numDeltas)}`);
+      reply.state = "stopped";
+      reply.stats = `stopped · ${timings(started, firstToken, numTokens)}`;
     } else {
-      // The request failed as a whole: forget its message, so the next one can succeed.
-      history = history.filter((message) => message !== userMessage);
-      reply.classList.replace("assistant", "error");
-      reply.setAttribute("aria-label", "Error");
-      reply.dataset.state = "error";
-      renderText(replyText, content);
-      setStats(reply, `Error ${error.message}`);
+      fail(reply, error);
     }
   } finally {
     controller = null;
     setBusy(false);
-    scrollToEnd(ui.messages, true);
+    save();
+    renderConversation();
   }
+}
+
+// A conversation too long for the context loses its oldest turns (marked) until it fits.
+async function streamWithRoom(reply, onDelta) {
+  for (;;) {
+    try {
+      return await streamChat(requestBody(reply), currentApiKey(), controller.signal, onDelta);
+    } catch (error) {
+      if (error.code !== "context_length_exceeded") throw error;
+      if (!dropOldestTurn(conversation.messages, reply)) throw error;
+      conversation.messages.filter((m) => m.dropped).forEach(refresh);
+    }
+  }
+}
+
+function fail(reply, error) {
+  const messages = conversation.messages;
+  let at = messages.indexOf(reply) + 1;
+  if (!reply.text) {
+    // Nothing came: the question went unanswered, so it is not part of the conversation.
+    messages.splice(--at, 1);
+    if (messages[at - 1]?.role === "user") messages[at - 1].notSent = true;
+  } else {
+    reply.state = "stopped";
+  }
+  messages.splice(at, 0, { role: "error", text: `Error ${error.message}`, state: "error" });
+  if (error.status === 401) askForApiKey();
 }
 
 function timings(started, firstToken, numTokens) {
@@ -116,15 +191,67 @@ function timings(started, firstToken, numTokens) {
   return `first token ${ttft} s · ${rate} tok/s · ${numTokens} tokens`;
 }
 
+function ask(text, images) {
+  conversation.messages.push({ role: "user", text, images });
+  elements.set(conversation.messages.at(-1), addMessage(ui.messages, conversation.messages.at(-1)));
+  refresh(conversation.messages.at(-1));
+  const reply = { role: "assistant", text: "" };
+  conversation.messages.push(reply);
+  stream(reply);
+}
+
+function send() {
+  const text = ui.prompt.value.trim();
+  if ((!text && attached.length === 0) || controller) return;
+  ui.prompt.value = "";
+  const images = attached;
+  attached = [];
+  renderThumbs();
+  ask(text, images);
+}
+
+async function onAction(event) {
+  const button = event.target.closest("button[data-action]");
+  if (!button || controller) return;
+  const element = button.closest(".msg");
+  const message = [...elements].find(([, e]) => e === element)[0];
+  const messages = conversation.messages;
+  if (button.dataset.action === "continue") {
+    messages.splice(messages.indexOf(message) + 1); // the error notes after it
+    stream(message);
+  } else if (button.dataset.action === "regenerate") {
+    messages.splice(messages.indexOf(message));
+    renderConversation();
+    messages.push({ role: "assistant", text: "" });
+    stream(messages.at(-1));
+  } else {
+    const text = await editInPlace(element, message.text);
+    if (text === null || controller) return refresh(message);
+    messages.splice(messages.indexOf(message));
+    renderConversation();
+    ask(text, message.images);
+  }
+}
+
 async function attach(files) {
+  if (ui.file.disabled) {
+    notice(ui.attach.title);
+    return;
+  }
   for (const file of imageFiles(files)) {
     try {
       attached.push(await downscale(file));
     } catch (error) {
-      addMessage(ui.messages, "error", `could not read ${file.name}: ${error.message}`);
+      notice(`could not read ${file.name}: ${error.message}`);
     }
   }
   renderThumbs();
+}
+
+// A note in the conversation's place that is not part of it (not kept).
+function notice(text) {
+  fillMessage(addMessage(ui.messages, { role: "error" }), { role: "error", text, state: "error" });
+  scrollToEnd(ui.messages, true);
 }
 
 function renderThumbs() {
@@ -160,11 +287,9 @@ ui.prompt.addEventListener("keydown", (event) => {
   }
 });
 ui.stop.addEventListener("click", () => controller?.abort());
-ui.newChat.addEventListener("click", () => {
-  controller?.abort();
-  history = [];
-  ui.messages.replaceChildren();
-});
+ui.newChat.addEventListener("click", () => switchTo(newConversation()));
+ui.messages.addEventListener("click", onAction);
+handleCopyButtons(ui.messages);
 ui.file.addEventListener("change", () => {
   attach(ui.file.files);
   ui.file.value = ""; // choosing the same file again still fires "change"
@@ -186,10 +311,8 @@ document.addEventListener("drop", (event) => {
   ui.composer.classList.remove("dragging");
   attach(event.dataTransfer?.files);
 });
-ui.apiKey.value = localStorage.getItem(KEY_STORAGE) ?? "";
-ui.apiKey.addEventListener("change", () => {
-  localStorage.setItem(KEY_STORAGE, ui.apiKey.value);
-  loadModel();
-});
+restoreSettings(loadModel);
 setBusy(false);
+renderConversation();
+renderList();
 loadModel();

@@ -1,53 +1,83 @@
-// Conversation DOM. Model output is untrusted: it only ever becomes text nodes
-// (textContent), never HTML, so a reply cannot inject markup or scripts.
+// Conversation DOM: one bubble per message (conversation.js says what a message holds).
+// Replies are markdown (markdown.js, which escapes everything the model writes); what
+// the user typed and the page's notes are text nodes.
 
-const FENCE = "```";
+import { renderMarkdown } from "./markdown.js";
 
-// Fills `element` with `text`, fenced ``` blocks as <pre><code> (the language tag after
-// the opening fence is dropped). An unclosed fence, mid-stream, is already code.
-export function renderText(element, text) {
-  const parts = text.split(FENCE);
-  const nodes = parts.map((part, i) => {
-    if (i % 2 === 0) return document.createTextNode(part);
-    const newline = part.indexOf("\n");
-    const code = document.createElement("code");
-    code.textContent = newline === -1 ? part : part.slice(newline + 1);
-    const pre = document.createElement("pre");
-    pre.append(code);
-    return pre;
-  });
-  element.replaceChildren(...nodes);
-}
+const LABELS = { user: "You", assistant: "Reply", error: "Error" };
+const ACTIONS = { edit: "Edit", regenerate: "Regenerate", continue: "Continue" };
 
-// A message bubble; returns its text element, which callers fill with renderText.
-export function addMessage(container, role, text = "", images = []) {
-  const message = document.createElement("article");
-  message.className = `msg ${role}`;
-  message.setAttribute("aria-label", role === "user" ? "You" : role === "error" ? "Error" : "Reply");
+// A new bubble for `message`, in `container`; fill it with fillMessage.
+export function addMessage(container, message) {
+  const element = document.createElement("article");
+  element.className = `msg ${message.role}`;
+  element.setAttribute("aria-label", LABELS[message.role]);
   const body = document.createElement("div");
   body.className = "text";
-  renderText(body, text);
-  message.append(body);
-  for (const url of images) {
+  element.append(body);
+  for (const url of message.images ?? []) {
     const img = document.createElement("img");
     img.src = url;
     img.alt = "attached image";
-    message.append(img);
+    element.append(img);
   }
-  container.append(message);
-  scrollToEnd(container, true);
-  return message;
+  container.append(element);
+  return element;
 }
 
-// A line of small print under a message (timings, "stopped", the error).
-export function setStats(message, text) {
-  let stats = message.querySelector(".stats");
-  if (!stats) {
-    stats = document.createElement("span");
-    stats.className = "stats";
-    message.append(stats);
+// Brings `element` up to date with `message`; `actions` are the buttons it offers
+// (names of ACTIONS), each with a data-action for the page's click handler.
+export function fillMessage(element, message, actions = []) {
+  const body = element.querySelector(".text");
+  if (message.role === "assistant") renderMarkdown(body, message.text);
+  else body.textContent = message.text;
+  element.dataset.state = message.state ?? "done";
+  element.classList.toggle("dropped", Boolean(message.dropped));
+  element.querySelector(".foot")?.remove();
+  const notes = [
+    message.dropped && "left out: the conversation no longer fits the model's context",
+    message.notSent && "not sent",
+    message.finish === "length" && "cut off: the reply reached its token limit",
+    message.stats,
+  ].filter(Boolean);
+  if (notes.length === 0 && actions.length === 0) return;
+  const foot = document.createElement("div");
+  foot.className = "foot";
+  const stats = document.createElement("span");
+  stats.className = "stats";
+  stats.textContent = notes.join(" · ");
+  foot.append(stats);
+  for (const action of actions) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.action = action;
+    button.textContent = ACTIONS[action];
+    foot.append(button);
   }
-  stats.textContent = text;
+  element.append(foot);
+}
+
+// Swaps a user bubble's text for a box to edit it in; resolves to the new text, or
+// null when cancelled.
+export function editInPlace(element, text) {
+  const body = element.querySelector(".text");
+  const box = document.createElement("textarea");
+  box.className = "edit";
+  box.value = text;
+  box.setAttribute("aria-label", "Edit message");
+  const send = document.createElement("button");
+  send.type = "button";
+  send.textContent = "Send";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.textContent = "Cancel";
+  element.querySelector(".foot")?.remove();
+  body.replaceChildren(box, send, cancel);
+  box.focus();
+  return new Promise((resolve) => {
+    send.addEventListener("click", () => resolve(box.value.trim() || null));
+    cancel.addEventListener("click", () => resolve(null));
+  });
 }
 
 // Follows the stream, unless the user has scrolled up to read.

@@ -13,13 +13,25 @@ from PIL import Image
 from tests.server.conftest import API_KEY, LiveServer
 from tests.step_gate import held_steps
 from tests.web.conftest import ARTIFACTS
+from tests.web.page import (
+    action,
+    chat_requests,
+    last_message,
+    messages,
+    open_page,
+    pretending_the_model_sees_images,
+    reply_text_length,
+    send,
+    set_value,
+    stats,
+    wait_finished,
+)
 
 pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-FINISHED = ("done", "stopped", "error")
 # Steps the engine may take before a test acts on a running reply (greedy, so the
 # same text every run): a few words, far from the reply's max_tokens.
 NUM_FIRST_STEPS = 20
@@ -32,53 +44,20 @@ new MutationObserver(() => {
 }).observe(document.getElementById("messages"),
            { childList: true, subtree: true, characterData: true });
 """
-
-
-def open_page(browser, server: LiveServer, api_key: str | None = API_KEY) -> None:
-    """The page, fresh, with ``api_key`` stored as a user's earlier visit left it."""
-    browser.get(server.url)
-    browser.execute_script("localStorage.clear()")
-    if api_key is not None:
-        browser.execute_script("localStorage.setItem('edgechat.apiKey', arguments[0])", api_key)
-    browser.refresh()
-    WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "model").text != "connecting…")
-
-
-def set_value(browser, element_id: str, value: str) -> None:
-    field = browser.find_element(By.ID, element_id)
-    browser.execute_script(
-        "arguments[0].value = arguments[1];arguments[0].dispatchEvent(new Event('change'))",
-        field,
-        value,
-    )
-
-
-def send(browser, text: str) -> None:
-    prompt = browser.find_element(By.ID, "prompt")
-    prompt.send_keys(text)
-    prompt.send_keys(Keys.ENTER)
-
-
-def last_message(browser):
-    return browser.find_elements(By.CSS_SELECTOR, "#messages .msg")[-1]
-
-
-def reply_text_length(browser) -> int:
-    """As OBSERVE_REPLY counts it (the raw text, not Selenium's rendered ``.text``)."""
-    text = last_message(browser).find_element(By.CLASS_NAME, "text")
-    return browser.execute_script("return arguments[0].textContent.length", text)
-
-
-def wait_finished(browser, timeout: float = 30):
-    WebDriverWait(browser, timeout).until(
-        lambda b: last_message(b).get_attribute("data-state") in FINISHED
-    )
-    return last_message(browser)
-
-
-def chat_requests(browser) -> list[dict]:
-    recorded = browser.execute_script("return window.__requests")
-    return [json.loads(r["body"]) for r in recorded if r["url"].endswith("/chat/completions")]
+# Keeps the raw text of each chat stream the page reads, in window.__streamed.
+RECORD_STREAM = """
+const fetchBeforeRecord = window.fetch;
+window.__streamed = "";
+window.fetch = async (input, init) => {
+  const response = await fetchBeforeRecord(input, init);
+  if (!String(input).endsWith("/v1/chat/completions")) return response;
+  const [copy, forPage] = response.body.tee();
+  copy.pipeThrough(new TextDecoderStream())
+    .pipeTo(new WritableStream({ write: (text) => { window.__streamed += text; } }))
+    .catch(() => {}); // cut by Stop
+  return new Response(forPage, response);
+};
+"""
 
 
 def test_reply_streams_token_by_token(browser, web_server: LiveServer) -> None:
@@ -100,8 +79,7 @@ def test_reply_streams_token_by_token(browser, web_server: LiveServer) -> None:
     lengths = browser.execute_script("return window.__lengths")
     assert partial in lengths and lengths[-1] > partial, f"no growth in steps: {lengths}"
     assert reply.find_element(By.CLASS_NAME, "text").text.strip()
-    stats = reply.find_element(By.CLASS_NAME, "stats").text
-    assert "first token" in stats and "tok/s" in stats
+    assert "first token" in stats(reply) and "tok/s" in stats(reply)
     # Shift+Enter is a new line, not a send.
     prompt = browser.find_element(By.ID, "prompt")
     prompt.send_keys("line one", Keys.SHIFT, Keys.ENTER, Keys.NULL, "line two")
@@ -112,7 +90,8 @@ def test_reply_streams_token_by_token(browser, web_server: LiveServer) -> None:
 def test_image_is_sent_downscaled_and_the_error_shown(
     browser, web_server: LiveServer, tmp_path: Path
 ) -> None:
-    open_page(browser, web_server)
+    with pretending_the_model_sees_images(browser):
+        open_page(browser, web_server)
     paths = []
     for i, size in enumerate([(1344, 800), (200, 300)]):
         paths.append(tmp_path / f"image{i}.png")
@@ -125,6 +104,7 @@ def test_image_is_sent_downscaled_and_the_error_shown(
     error = wait_finished(browser)
     assert error.get_attribute("data-state") == "error"
     assert "400" in error.text and "does not accept images" in error.text
+    assert "not sent" in stats(messages(browser)[-2])
     assert not browser.find_elements(By.CSS_SELECTOR, "#thumbs img")
 
     content = chat_requests(browser)[-1]["messages"][-1]["content"]
@@ -138,8 +118,21 @@ def test_image_is_sent_downscaled_and_the_error_shown(
     assert sizes == [(672, 400), (200, 300)]  # longest side at most 672
 
 
-def test_stop_aborts_and_frees_the_kv_cache(browser, web_server: LiveServer) -> None:
+def test_images_are_off_for_a_text_only_model(browser, web_server: LiveServer) -> None:
     open_page(browser, web_server)
+    assert not browser.find_element(By.ID, "file").is_enabled()
+    assert "reads text only" in browser.find_element(By.ID, "attach").get_attribute("title")
+
+
+def num_content_chunks(sse: str) -> int:
+    """Chunks with text in a (maybe cut) chat stream: one a token."""
+    chunks = [line[6:] for line in sse.split("\n\n")[:-1] if line.startswith("data: {")]
+    return sum(bool(json.loads(c)["choices"][0]["delta"].get("content")) for c in chunks)
+
+
+def test_stop_aborts_frees_the_kv_cache_and_counts_tokens(browser, web_server: LiveServer) -> None:
+    open_page(browser, web_server)
+    browser.execute_script(RECORD_STREAM)
     set_value(browser, "max-tokens", "3500")
     set_value(browser, "temperature", "0")
     with held_steps(web_server.llm, NUM_FIRST_STEPS) as gate:
@@ -150,62 +143,66 @@ def test_stop_aborts_and_frees_the_kv_cache(browser, web_server: LiveServer) -> 
         browser.find_element(By.ID, "stop").click()
         reply = wait_finished(browser)
         assert reply.get_attribute("data-state") == "stopped"
-        assert "stopped" in reply.find_element(By.CLASS_NAME, "stats").text
+        assert "stopped" in stats(reply)
         # The abort goes through while the engine is held.
         assert web_server.all_blocks_free()
+    # Tokens as the server sent them, however the page's reads bunched them.
+    num_tokens = num_content_chunks(browser.execute_script("return window.__streamed"))
+    assert 0 < num_tokens <= NUM_FIRST_STEPS
+    assert stats(reply).endswith(f"· {num_tokens} tokens"), stats(reply)
     assert browser.find_element(By.ID, "send").is_enabled()
+    # A stopped reply can be taken up again.
+    assert action(reply, "continue").is_displayed()
 
 
-def test_wrong_api_key_shows_the_401(browser, web_server: LiveServer) -> None:
+def test_a_401_opens_settings_at_the_api_key(browser, web_server: LiveServer) -> None:
     open_page(browser, web_server, api_key=None)
     assert "401" in browser.find_element(By.ID, "model").text
-    browser.find_element(By.TAG_NAME, "summary").click()
+    assert browser.find_element(By.ID, "settings").get_attribute("open") is not None
     key = browser.find_element(By.ID, "api-key")
+    assert browser.switch_to.active_element == key
+    assert "needs an API key" in browser.find_element(By.ID, "key-note").text
     key.send_keys("sk-wrong", Keys.TAB)  # leaving the field stores it
     send(browser, "hi")
     error = wait_finished(browser)
     assert error.get_attribute("data-state") == "error"
     assert "401" in error.text and "invalid or missing API key" in error.text
+    assert "not sent" in stats(messages(browser)[-2])
+    assert browser.switch_to.active_element == key
+    assert "did not accept this API key" in browser.find_element(By.ID, "key-note").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "web-401.png"))
 
 
-def test_reload_forgets_the_conversation_but_keeps_the_key(browser, web_server: LiveServer) -> None:
-    open_page(browser, web_server, api_key=None)
-    browser.find_element(By.TAG_NAME, "summary").click()
-    browser.find_element(By.ID, "api-key").send_keys(API_KEY, Keys.TAB)
-    WebDriverWait(browser, 10).until(
-        lambda b: web_server.model in b.find_element(By.ID, "model").text
-    )
-    send(browser, "remember me")
-    wait_finished(browser)
-    browser.refresh()
-    WebDriverWait(browser, 10).until(
-        lambda b: web_server.model in b.find_element(By.ID, "model").text
-    )
-    assert browser.find_elements(By.CSS_SELECTOR, "#messages .msg") == []
-    assert browser.find_element(By.ID, "api-key").get_attribute("value") == API_KEY
-    assert browser.find_element(By.ID, "prompt").get_attribute("value") == ""
-    # Nothing but the key is stored.
-    assert browser.execute_script("return Object.keys(localStorage)") == ["edgechat.apiKey"]
-    assert browser.execute_script("return sessionStorage.length") == 0
-
-
-def test_model_output_is_text_and_code_blocks_are_code(browser, web_server: LiveServer) -> None:
+def test_max_tokens_fills_the_context_and_stays_within_it(browser, web_server: LiveServer) -> None:
     open_page(browser, web_server)
-    hostile = "<img src=x onerror=\"window.__pwned = 1\"> see:\n```python\nprint('<b>')\n```\nend"
-    html = browser.execute_async_script(
-        """
-        const [text, done] = arguments;
-        import("/web/render.js").then(({ renderText }) => {
-          const element = document.createElement("div");
-          renderText(element, text);
-          done(element.innerHTML);
-        });
-        """,
-        hostile,
-    )
-    assert "<img" not in html
-    assert "<pre><code>print('&lt;b&gt;')\n</code></pre>" in html
-    assert browser.execute_script("return window.__pwned") is None
+    field = browser.find_element(By.ID, "max-tokens")
+    assert field.get_attribute("value") == ""
+    assert field.get_attribute("placeholder") == "until the context is full"
+    max_model_len = web_server.llm.max_model_len
+    assert field.get_attribute("max") == str(max_model_len)
+    set_value(browser, "max-tokens", str(max_model_len * 10))
+    assert field.get_attribute("value") == str(max_model_len)
+
+
+def test_a_reply_cut_off_at_max_tokens_offers_continue(browser, web_server: LiveServer) -> None:
+    open_page(browser, web_server)
+    set_value(browser, "max-tokens", "4")
+    set_value(browser, "temperature", "0")
+    send(browser, "Count to ten")
+    reply = wait_finished(browser)
+    assert "cut off" in stats(reply)
+    before = reply_text_length(browser)
+    shown = reply.find_element(By.CLASS_NAME, "text").text
+    action(reply, "continue").click()
+    reply = wait_finished(browser)
+    assert len(messages(browser)) == 2  # the same bubble, longer
+    assert reply_text_length(browser) > before
+    # The model is asked to go on from the reply as it stands.
+    first, then = chat_requests(browser)[-2:]
+    assert then["messages"][:-1] == first["messages"]
+    assert then["messages"][-1]["role"] == "assistant"
+    assert then["messages"][-1]["content"].strip() == shown
 
 
 def test_every_asset_comes_from_the_server(browser, web_server: LiveServer) -> None:
@@ -214,13 +211,15 @@ def test_every_asset_comes_from_the_server(browser, web_server: LiveServer) -> N
         "return performance.getEntriesByType('resource').map((entry) => entry.name)"
     )
     assert any(url.endswith("/web/app.js") for url in loaded)
-    assert any(url.endswith("/web/render.js") for url in loaded)
+    assert any(url.endswith("/web/vendor/markdown-it.min.js") for url in loaded)
+    assert any(url.endswith("/web/vendor/highlight-python.min.js") for url in loaded)
     assert all(url.startswith(web_server.url + "/") for url in loaded), loaded
 
 
 def test_screenshots(browser, web_server: LiveServer, tmp_path: Path) -> None:
     """A finished conversation, saved for a person to look at (desktop and phone width)."""
-    open_page(browser, web_server)
+    with pretending_the_model_sees_images(browser):
+        open_page(browser, web_server)
     set_value(browser, "system", "You are terse.")
     set_value(browser, "max-tokens", "60")
     send(browser, "Write a haiku about robots")
@@ -243,7 +242,8 @@ def test_screenshots(browser, web_server: LiveServer, tmp_path: Path) -> None:
 
 
 def test_images_can_be_dropped_and_pasted(browser, web_server: LiveServer) -> None:
-    open_page(browser, web_server)
+    with pretending_the_model_sees_images(browser):
+        open_page(browser, web_server)
     browser.execute_script(
         """
         const canvas = document.createElement("canvas");
