@@ -73,8 +73,8 @@ export function handleCopyButtons(container) {
 }
 
 async function copyText(text) {
-  // navigator.clipboard exists only in secure contexts: a Jetson's page reached at
-  // http://<its LAN address> is not one, so fall back to selecting and copying.
+  // navigator.clipboard exists only in secure contexts: a Jetson's page reached over
+  // plain HTTP at its LAN address is not one, so fall back to selecting and copying.
   if (navigator.clipboard) return navigator.clipboard.writeText(text);
   const area = document.createElement("textarea");
   area.value = text;

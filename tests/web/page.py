@@ -27,7 +27,8 @@ window.fetch = (input, init) => {
   window.__requests.push({ url: String(input), body: init?.body ?? null });
   const encoder = new TextEncoder();
   const body = new ReadableStream({ start(controller) {
-    const send = (data) => controller.enqueue(encoder.encode(`data: ${JSON.stringify(data)}\\n\\n`));
+    const event = (data) => encoder.encode(`data: ${JSON.stringify(data)}\\n\\n`);
+    const send = (data) => controller.enqueue(event(data));
     window.__stream = {
       push: (content) => send({ choices: [{ index: 0, delta: { content }, finish_reason: null }] }),
       finish: (reason) => {

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.server.conftest import API_KEY, LiveServer
+from tests.server.conftest import LiveServer
 from tests.step_gate import held_steps
 from tests.web.conftest import ARTIFACTS
 from tests.web.page import (
     action,
     chat_requests,
-    last_message,
     messages,
     open_page,
     pretending_the_model_sees_images,
