@@ -89,7 +89,10 @@ def test_copy_puts_the_code_on_the_clipboard(browser, web_server: LiveServer) ->
     open_page(browser, web_server)
     browser.execute_cdp_cmd(
         "Browser.grantPermissions",
-        {"origin": web_server.url, "permissions": ["clipboardReadWrite"]},
+        {
+            "origin": web_server.url,
+            "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"],
+        },
     )
     browser.execute_script(STUB_CHAT)
     send(browser, "Code please")
