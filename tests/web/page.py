@@ -12,6 +12,7 @@ import pytest
 from tests.server.conftest import API_KEY, LiveServer
 
 pytest.importorskip("selenium")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -114,7 +115,8 @@ def reply_text_length(browser) -> int:
 
 
 def wait_finished(browser, timeout: float = 30):
-    WebDriverWait(browser, timeout).until(
+    # Stale: the page redraws the conversation when a reply ends.
+    WebDriverWait(browser, timeout, ignored_exceptions=[StaleElementReferenceException]).until(
         lambda b: last_message(b).get_attribute("data-state") in FINISHED
     )
     return last_message(browser)
