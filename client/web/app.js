@@ -5,7 +5,7 @@
 import { listModels, streamChat } from "./api.js";
 import { dropOldestTurn, newConversation, requestMessages, titleOf } from "./conversation.js";
 import { renderConversationList } from "./conversation-list.js";
-import { downscale, imageFiles } from "./images.js";
+import { downscale, imageFiles, showThumbs } from "./images.js";
 import { handleCopyButtons } from "./markdown.js";
 import { addMessage, editInPlace, fillMessage, scrollToEnd } from "./render.js";
 import {
@@ -255,24 +255,10 @@ function notice(text) {
 }
 
 function renderThumbs() {
-  ui.thumbs.replaceChildren(
-    ...attached.map((url, i) => {
-      const figure = document.createElement("figure");
-      const img = document.createElement("img");
-      img.src = url;
-      img.alt = `attached image ${i + 1}`;
-      const remove = document.createElement("button");
-      remove.type = "button";
-      remove.textContent = "×";
-      remove.setAttribute("aria-label", `Remove image ${i + 1}`);
-      remove.addEventListener("click", () => {
-        attached.splice(i, 1);
-        renderThumbs();
-      });
-      figure.append(img, remove);
-      return figure;
-    }),
-  );
+  showThumbs(ui.thumbs, attached, (i) => {
+    attached.splice(i, 1);
+    renderThumbs();
+  });
 }
 
 ui.composer.addEventListener("submit", (event) => {

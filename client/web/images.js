@@ -23,3 +23,22 @@ export async function downscale(file) {
 export function imageFiles(list) {
   return Array.from(list ?? []).filter((file) => file.type.startsWith("image/"));
 }
+
+// The images waiting to be sent, each with a button that calls onRemove(its index).
+export function showThumbs(container, urls, onRemove) {
+  container.replaceChildren(
+    ...urls.map((url, i) => {
+      const figure = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = `attached image ${i + 1}`;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "×";
+      remove.setAttribute("aria-label", `Remove image ${i + 1}`);
+      remove.addEventListener("click", () => onRemove(i));
+      figure.append(img, remove);
+      return figure;
+    }),
+  );
+}
