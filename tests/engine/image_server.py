@@ -74,7 +74,14 @@ def image_server(image: bytes) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass  # keep the test output clean
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving(Handler) as base_url:
+        yield base_url
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` on a free 127.0.0.1 port in a background thread; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     # NOTE: daemon handler threads, so closing does not wait for /slow to finish.
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import base64
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +24,13 @@ from engine.multimodal import fetch
 from engine.multimodal.fetch import MediaURLPolicy
 from engine.multimodal.images import ImageLimits, ImageProcessor
 from server.cli import build_parser, engine_kwargs
-from tests.engine.image_server import HUGE_BYTES, SLOW_SECONDS, closed_port, image_server
+from tests.engine.image_server import (
+    HUGE_BYTES,
+    SLOW_SECONDS,
+    closed_port,
+    image_server,
+    serving,
+)
 from tests.engine.vlm_fixtures import (
     IMAGE_SIZE,
     build_tiny_llava,
@@ -163,15 +168,8 @@ def redirecting_to(target: str) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/start"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(Handler) as base_url:
+        yield f"{base_url}/start"
 
 
 @pytest.mark.parametrize(
