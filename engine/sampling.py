@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from engine.errors import InvalidRequestError
+from engine.structured.spec import StructuredOutputSpec
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class SamplingParams:
     ``temperature == 0`` means greedy. ``top_k <= 0`` and ``top_p == 1`` and ``min_p == 0``
     disable those filters. ``seed`` makes the request reproducible whatever else shares
     its batch. ``logprobs = N`` returns the chosen token's log-probability and the top-N
-    alternatives (N = 0: only the chosen token); ``None`` returns none.
+    alternatives (N = 0: only the chosen token); ``None`` returns none. ``structured``
+    constrains the text to a schema, regex, choice or grammar (engine.structured).
     """
 
     max_tokens: int = 16
@@ -33,6 +35,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    structured: StructuredOutputSpec | None = None
 
     MAX_LOGPROBS = 20
 
