@@ -73,6 +73,11 @@ class AsyncLLM:
         """Whether the model is a vision-language model."""
         return self.engine.vision is not None
 
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template's Jinja text (None without one), e.g. to tell its formats."""
+        return self.engine.inputs.chat_template.source
+
     def stats(self) -> EngineStats:
         """As of the end of the latest step (read without stopping the loop)."""
         return self._stats
@@ -85,11 +90,14 @@ class AsyncLLM:
         """Tokenize and validate a prompt, in an intake thread (see ``InputProcessor``)."""
         return await self._intake(self._text_intake, self.engine.inputs.prepare, prompt, images)
 
-    async def prepare_chat(self, messages: list[dict]) -> PreparedPrompt:
-        """Render, tokenize and validate OpenAI-style messages, fetching and decoding
-        their images, in an intake thread."""
+    async def prepare_chat(
+        self, messages: list[dict], tools: list[dict] | None = None
+    ) -> PreparedPrompt:
+        """Render (with ``tools``, OpenAI tool definitions, if given), tokenize and
+        validate OpenAI-style messages, fetching and decoding their images, in an
+        intake thread."""
         pool = self._media_intake if has_images(messages) else self._text_intake
-        return await self._intake(pool, self.engine.inputs.prepare_chat, messages)
+        return await self._intake(pool, self.engine.inputs.prepare_chat, messages, tools)
 
     @staticmethod
     async def _intake(pool: ThreadPoolExecutor, work: Callable[..., T], *args) -> T:

@@ -96,9 +96,10 @@ class InputProcessor:
                 )
         return self._checked(token_ids, images)
 
-    def prepare_chat(self, messages: list[dict]) -> PreparedPrompt:
+    def prepare_chat(self, messages: list[dict], tools: list[dict] | None = None) -> PreparedPrompt:
         """OpenAI-style ``messages`` (content a string, or ``text`` and ``image_url``
-        parts in any order) rendered by the chat template and tokenized, each image
+        parts in any order) rendered by the chat template, with ``tools`` (OpenAI tool
+        definitions) for templates that write them in, and tokenized, each image
         fetched, decoded and preprocessed (blocking)."""
         self._check_chars(count_chars(messages))
         if self.vision is None:
@@ -107,7 +108,7 @@ class InputProcessor:
             flat, images = self.vision.flatten(messages)
             self.vision.check(images)
         with self._tokenizer_lock:
-            text = render_chat(self.chat_template, messages, flat)
+            text = render_chat(self.chat_template, messages, flat, tools)
             # The template writes any BOS itself, so the tokenizer must not add another.
             token_ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if images:

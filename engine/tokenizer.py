@@ -41,7 +41,14 @@ class ChatTemplate:
     def available(self) -> bool:
         return self.template is not None or self.tokenizer.chat_template is not None
 
-    def render(self, messages: list[dict]) -> str:
+    @property
+    def source(self) -> str | None:
+        """The template's Jinja text (a tokenizer's named templates joined), if any."""
+        template = self.template or self.tokenizer.chat_template
+        return "\n".join(template.values()) if isinstance(template, dict) else template
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """``tools``: OpenAI tool definitions, for templates that write them in."""
         if not self.available:
             raise InvalidRequestError(
                 "this model has no chat template; start the engine with a template file "
@@ -51,7 +58,11 @@ class ChatTemplate:
             raise InvalidRequestError("messages must not be empty")
         try:
             return self.tokenizer.apply_chat_template(
-                messages, chat_template=self.template, add_generation_prompt=True, tokenize=False
+                messages,
+                tools=tools,
+                chat_template=self.template,
+                add_generation_prompt=True,
+                tokenize=False,
             )
         except jinja2.TemplateError as e:
             raise InvalidRequestError(f"the chat template rejected the messages: {e}") from None

@@ -62,7 +62,12 @@ def flatten_messages(
     return flat, images
 
 
-def render_chat(template: ChatTemplate, messages: list[dict], flat: list[dict]) -> str:
+def render_chat(
+    template: ChatTemplate,
+    messages: list[dict],
+    flat: list[dict],
+    tools: list[dict] | None = None,
+) -> str:
     """Render ``flat`` (``messages`` through ``flatten_messages``). Templates differ:
     ChatML-like ones take string content only, while llava-hf's iterate over parts and
     render nothing of a string. So: strings first, then each flattened message as one
@@ -75,7 +80,7 @@ def render_chat(template: ChatTemplate, messages: list[dict], flat: list[dict]) 
     error = InvalidRequestError("the chat template drops the text of messages given as parts")
     for candidate in (flat, as_parts) if flattened else (flat,):
         try:
-            text = template.render(candidate)
+            text = template.render(candidate, tools)
         except InvalidRequestError as e:
             error = e
             continue
