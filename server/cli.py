@@ -17,6 +17,7 @@ import sys
 
 from client import chat
 from server.cli_quant import add_quant_commands
+from server.tools.registry import PARSERS
 
 # NOTE: the engine (and torch) are imported by the commands that need them, so that
 # `edgechat chat` starts at once.
@@ -157,6 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cors_origins=_comma_list(args.cors_origins),
             stream_send_timeout_seconds=args.stream_send_timeout,
             body_read_timeout_seconds=args.body_read_timeout,
+            tool_call_parser=args.tool_call_parser,
         )
         config = EngineConfig(model=args.model, **engine_kwargs(args))
     except ValueError as e:  # both validate in __post_init__ (EngineError is a ValueError)
@@ -263,6 +265,12 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "seconds a request body may take to arrive (408 after)",
         type=float,
         default=30.0,
+    )
+    add_option(
+        serve,
+        "--tool-call-parser",
+        f"format of the model's tool calls: {', '.join(PARSERS)} "
+        "(default: told from the chat template)",
     )
     serve.add_argument(
         "--no-web-ui",

@@ -33,15 +33,15 @@ class CompletionFormat(ResponseFormat):
         logprobs = None if output.logprobs is None else completion_logprobs(output.logprobs, 0)
         return self._choice(index, output.text, logprobs, output.finish_reason)
 
-    def delta_chunk(self, index: int, output: RequestOutput) -> dict | None:
+    def delta_chunks(self, index: int, output: RequestOutput) -> list[dict]:
         if not output.new_text and not output.new_logprobs:
-            return None
+            return []
         logprobs = None
         if output.new_logprobs is not None:
             offset = self._offsets.get(index, 0)
             logprobs = completion_logprobs(output.new_logprobs, offset)
             self._offsets[index] = offset + sum(len(item.token) for item in output.new_logprobs)
-        return self.chunk([self._choice(index, output.new_text, logprobs, None)])
+        return [self.chunk([self._choice(index, output.new_text, logprobs, None)])]
 
     def finish_chunk(self, index: int, output: RequestOutput) -> dict:
         return self.chunk([self._choice(index, "", None, output.finish_reason)])

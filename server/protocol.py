@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -125,11 +125,58 @@ class SamplingFields(Body):
     ignore_eos: StrictBool = False
 
 
+class CalledFunction(Body):
+    name: str
+    # A JSON object's text, as this server (and OpenAI) sends it; checked by server.prompts.
+    arguments: str
+
+
+class AssistantToolCall(Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(Body):
+    # Checked by server.prompts, whose error names the role.
     role: str
     # Parts are checked by server.prompts, which knows which kinds it can serve.
     content: Content = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class FunctionDefinition(Body):
+    # OpenAI's rule for function names.
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    # A JSON schema; that it describes an object is checked by server.tools.request.
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+def _tool_choice(value: Any) -> bool:
+    if value is None or value in ("none", "auto", "required"):
+        return True
+    function = value.get("function") if isinstance(value, dict) else None
+    return (
+        isinstance(value, dict)
+        and value.get("type") == "function"
+        and isinstance(function, dict)
+        and isinstance(function.get("name"), str)
+    )
+
+
+ToolChoice = _shaped(
+    _tool_choice,
+    "'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
+)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -137,6 +184,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0)
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice = None
+    parallel_tool_calls: StrictBool = True
 
 
 class CompletionRequest(SamplingFields):
@@ -155,10 +205,9 @@ def _is(*allowed: Any) -> Callable[[Any], bool]:
 
 # field -> (is this value one we serve?, why not)
 REFUSED_COMMON = {
-    "tools": (_absent, "tools (function calling) are not supported"),
-    "tool_choice": (_is("none"), "tool_choice is not supported (no tools)"),
-    "functions": (_absent, "functions (function calling) are not supported"),
-    "function_call": (_is("none"), "function_call is not supported (no functions)"),
+    # The deprecated spelling of tools (chat's "tools" and "tool_choice" are served).
+    "functions": (_absent, "functions are not supported; use tools"),
+    "function_call": (_is("none"), "function_call is not supported; use tool_choice"),
     "response_format": (
         _is({"type": "text"}),
         "response_format other than {'type': 'text'} is not supported",
@@ -174,6 +223,8 @@ REFUSED_CHAT = {
 }
 REFUSED_COMPLETION = {
     **REFUSED_COMMON,
+    "tools": (_absent, "tools are served by /v1/chat/completions only"),
+    "tool_choice": (_is("none"), "tool_choice is served by /v1/chat/completions only"),
     "suffix": (_is(""), "suffix (insertion) is not supported"),
     "echo": (_is(False), "echo is not supported"),
 }

@@ -69,8 +69,8 @@ class ResponseFormat(ABC):
         return []
 
     @abstractmethod
-    def delta_chunk(self, index: int, output: RequestOutput) -> dict | None:
-        """What ``output`` adds to choice ``index``; None when it adds nothing to send."""
+    def delta_chunks(self, index: int, output: RequestOutput) -> list[dict]:
+        """The chunks of what ``output`` adds to choice ``index`` (none, if nothing)."""
 
     @abstractmethod
     def finish_chunk(self, index: int, output: RequestOutput) -> dict:
@@ -148,8 +148,7 @@ async def _events(generation: Generation, fmt: ResponseFormat) -> AsyncIterator[
             yield _json(chunk)
         async for index, output in generation.outputs():
             latest[index] = output
-            chunk = fmt.delta_chunk(index, output)
-            if chunk is not None:
+            for chunk in fmt.delta_chunks(index, output):
                 yield _json(chunk)
             if output.finished:
                 yield _json(fmt.finish_chunk(index, output))

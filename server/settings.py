@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.tools.registry import parser_named
+
 MIB = 1 << 20
 
 
@@ -22,7 +24,9 @@ class ServerSettings:
     the API from a browser; ``("*",)`` allows any. Empty: same-origin pages only.
     ``stream_send_timeout_seconds``: a stream whose client reads nothing for this long
     is closed and its generations aborted (their admission given back).
-    ``body_read_timeout_seconds``: how long a request body may take to arrive (408)."""
+    ``body_read_timeout_seconds``: how long a request body may take to arrive (408).
+    ``tool_call_parser``: the format tool calls are parsed in (server/tools/registry.py);
+    None tells it from the chat template."""
 
     api_key: str | None = None
     served_model_name: str | None = None
@@ -34,6 +38,7 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     stream_send_timeout_seconds: float = 60.0
     body_read_timeout_seconds: float = 30.0
+    tool_call_parser: str | None = None
 
     def __post_init__(self) -> None:
         if self.api_key == "":
@@ -49,6 +54,8 @@ class ServerSettings:
         for name in ("stream_send_timeout_seconds", "body_read_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.tool_call_parser is not None:
+            parser_named(self.tool_call_parser)
         if self.shutdown_grace_seconds < 0:
             raise ValueError(
                 f"shutdown_grace_seconds must be >= 0, got {self.shutdown_grace_seconds}"

@@ -34,3 +34,8 @@ def parser_named(name: str) -> type[ToolParser]:
     if name not in PARSERS:
         raise ValueError(f"unknown tool-call parser {name!r}; choose one of {', '.join(PARSERS)}")
     return PARSERS[name]
+
+
+def choose_parser(flag: str | None, template: str | None) -> type[ToolParser]:
+    """``--tool-call-parser``'s parser when given, else the one the template shows."""
+    return parser_named(flag) if flag is not None else parser_for_template(template)

@@ -63,7 +63,7 @@ CHAT_400 = [
     ({}, "messages", None, "messages"),
     ({"messages": [{"content": "no role"}]}, "messages", None, "role"),
     ({"messages": [{"role": "narrator", "content": "x"}]}, "messages", None, "narrator"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, "messages", "unsupported_parameter", "tool"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages", None, "tool_call_id"),
     (
         {
             "messages": [
@@ -85,13 +85,8 @@ CHAT_400 = [
         None,
         "input_audio",
     ),
-    (
-        {"messages": USER, "tools": [{"type": "function"}]},
-        "tools",
-        "unsupported_parameter",
-        "tools",
-    ),
-    ({"messages": USER, "tool_choice": "auto"}, "tool_choice", "unsupported_parameter", "tool"),
+    ({"messages": USER, "tools": [{"type": "function"}]}, "tools", None, "function"),
+    ({"messages": USER, "tool_choice": "auto"}, "tool_choice", None, "needs tools"),
     ({"messages": USER, "functions": [{"name": "f"}]}, "functions", "unsupported_parameter", ""),
     ({"messages": USER, "function_call": "auto"}, "function_call", "unsupported_parameter", ""),
     (
