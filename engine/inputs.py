@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from engine.errors import InvalidRequestError, PromptTooLongError
 from engine.multimodal.images import ImageInput
+from engine.multimodal.mrope import MRopePositions
 from engine.multimodal.prompt import flatten_messages, render_chat
 from engine.multimodal.requests import ImageRequests, count_chars
 from engine.sampling import SamplingParams
@@ -37,6 +38,8 @@ class PreparedPrompt:
     token_ids: list[int]
     images: list[ImageInput] = field(default_factory=list)
     image_positions: list[int] = field(default_factory=list)
+    image_sizes: list[int] | None = None  # positions per image; None: all alike
+    mrope: MRopePositions | None = None  # M-RoPE models' positions of a prompt with images
 
     @property
     def num_tokens(self) -> int:
@@ -84,7 +87,7 @@ class InputProcessor:
             with self._tokenizer_lock:
                 token_ids = self.tokenizer(prompt).input_ids
             if images:
-                token_ids = self.vision.expand(token_ids)
+                token_ids = self.vision.expand(token_ids, images)
         else:
             token_ids = list(prompt)
             if not token_ids:
@@ -112,7 +115,7 @@ class InputProcessor:
             # The template writes any BOS itself, so the tokenizer must not add another.
             token_ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if images:
-            token_ids = self.vision.expand(token_ids)
+            token_ids = self.vision.expand(token_ids, images)
         return self._checked(token_ids, images)
 
     def _check_chars(self, num_chars: int) -> None:
@@ -129,7 +132,9 @@ class InputProcessor:
         if self.vision is None:
             return PreparedPrompt(token_ids)
         # NOTE: also without images: image tokens in a prompt must have images to match.
-        return PreparedPrompt(token_ids, images, self.vision.positions(token_ids, images))
+        positions = self.vision.positions(token_ids, images)
+        sizes, mrope = self.vision.image_sizes(images), self.vision.mrope(token_ids, images)
+        return PreparedPrompt(token_ids, images, positions, sizes, mrope)
 
     def check_params(
         self, prompt: PreparedPrompt, params: SamplingParams, fit_max_tokens: bool = False
@@ -160,4 +165,6 @@ class InputProcessor:
             prompt.images,
             prompt.image_positions,
             [image.content_hash for image in prompt.images],
+            image_sizes=prompt.image_sizes,
+            mrope=prompt.mrope,
         )

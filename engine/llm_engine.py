@@ -31,6 +31,7 @@ from engine.model_info import eos_token_ids, pick_device, pick_dtype
 from engine.models.interface import VisionLanguageModel
 from engine.multimodal.embed_cache import ImageEmbeddingCache
 from engine.multimodal.images import ImageInput
+from engine.multimodal.qwen_requests import QWEN_VL_MODEL_TYPES, QwenImageRequests
 from engine.multimodal.requests import ImageRequests
 from engine.output_processor import OutputProcessor, RequestState
 from engine.outputs import RequestOutput
@@ -80,7 +81,12 @@ class LLMEngine:
         self.vision: ImageRequests | None = None
         if is_vlm:
             processor_dir = getattr(hf_config, "processor_dir", self.model_dir)
-            self.vision = ImageRequests(
+            requests_class = (
+                QwenImageRequests
+                if getattr(hf_config, "model_type", None) in QWEN_VL_MODEL_TYPES
+                else ImageRequests
+            )
+            self.vision = requests_class(
                 processor_dir, hf_config, model, self.tokenizer, config.image_limits
             )
         self.inputs = InputProcessor(

@@ -36,15 +36,25 @@ class Sequence:
         images: list | None = None,
         image_positions: list[int] | None = None,
         image_keys: list[bytes] | None = None,
+        image_sizes: list[int] | None = None,
+        mrope: object | None = None,
     ):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
         self.params = params
         self.block_size = block_size
         # Opaque here (engine/multimodal's ImageInput): image i fills the prompt positions
-        # image_positions[i * n : (i + 1) * n], n = len(image_positions) // len(images).
+        # image_positions[image_starts[i] : image_starts[i + 1]]; image_sizes gives each
+        # image's count (None: all images take the same number).
         self.images = images or []
         self.image_positions = image_positions or []
+        if image_sizes is None and self.images:
+            image_sizes = [len(self.image_positions) // len(self.images)] * len(self.images)
+        self.image_starts = [0, *itertools.accumulate(image_sizes or [])]
+        assert self.image_starts[-1] == len(self.image_positions)
+        # M-RoPE models' prompt positions (engine/multimodal/mrope.py's MRopePositions),
+        # None for every other model and for prompts without images.
+        self.mrope = mrope
         # One content hash per image: the same placeholder tokens stand for any image, so
         # the prefix cache keys each block on the images it shows as well as its tokens.
         self.image_keys = image_keys or []
@@ -98,10 +108,11 @@ class Sequence:
         """Indices of the images with positions in ``[start, end)``."""
         if not self.images:
             return range(0)
-        positions = self.image_positions
+        positions, starts = self.image_positions, self.image_starts
         lo, hi = bisect.bisect_left(positions, start), bisect.bisect_left(positions, end)
-        per_image = len(positions) // len(self.images)
-        return range(lo // per_image, (hi - 1) // per_image + 1) if hi > lo else range(0)
+        if hi == lo:
+            return range(0)
+        return range(bisect.bisect_right(starts, lo) - 1, bisect.bisect_right(starts, hi - 1))
 
     def block_image_key(self, block_index: int) -> bytes:
         """The keys of the images block ``block_index`` shows part of, in order."""
@@ -116,9 +127,8 @@ class Sequence:
         preempted sequence gets them back from the image cache or the vision tower)."""
         if not self.image_embeds:
             return
-        per_image = len(self.image_positions) // len(self.images)
         for i in list(self.image_embeds):
-            if self.image_positions[(i + 1) * per_image - 1] < self.num_computed_tokens:
+            if self.image_positions[self.image_starts[i + 1] - 1] < self.num_computed_tokens:
                 del self.image_embeds[i]
 
     def reset_for_recompute(self) -> None:
