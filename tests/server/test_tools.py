@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from server.cli import main
 from tests.server.conftest import LiveServer, live_server
 from tests.server.tools_fixtures import (
     CALL_ANSWER,
@@ -233,3 +234,19 @@ def test_completions_refuse_tools(tools_server: LiveServer) -> None:
             model=tools_server.model, prompt="x", extra_body={"tools": TOOLS}
         )
     assert error.value.body["param"] == "tools"
+
+
+def test_parser_flag_overrides_the_template(tools_model: Path) -> None:
+    # The template shows <tool_call>; told that calls are bare JSON, the server leaves
+    # the tagged answer as text.
+    with live_server(tools_model, settings={"tool_call_parser": "json"}) as server:
+        response = create(
+            server, tools=TOOLS, logit_bias=forcing(tools_model, CALL_ANSWER), max_tokens=1
+        )
+    assert response.choices[0].message.content == CALL_ANSWER
+    assert response.choices[0].message.tool_calls is None
+
+
+def test_unknown_parser_flag_exits_2(capsys: pytest.CaptureFixture) -> None:
+    assert main(["serve", "--tool-call-parser", "xml"]) == 2
+    assert "unknown tool-call parser 'xml'" in capsys.readouterr().err
