@@ -8,7 +8,12 @@ tables are kept per sequence (``BlockTables``) and only their new blocks written
 
 VLM batches that reach image positions encode the images they lack (once per request,
 or not at all on an embedding-cache hit) and pass the features of the positions being
-computed to the model, which writes them over those tokens' embeddings."""
+computed to the model, which writes them over those tokens' embeddings.
+
+M-RoPE models (Qwen2.5-VL) give a prompt with images three position streams. Past its
+images a token's position is its index shifted by the prompt's delta: one stream, as
+for any model, so decode (and its graphs) stay as they are. Steps that compute prompt
+tokens of such a prompt pass the model ``[3, num_tokens]`` positions instead."""
 
 from __future__ import annotations
 
@@ -38,6 +43,12 @@ class _StepLists:
     width: int = 1  # the longest block table
     image_rows: list[int] = field(default_factory=list)
     image_embeds: list[torch.Tensor] = field(default_factory=list)
+    # M-RoPE: (index in the batch, sequence) for each sequence with prompt positions.
+    mrope_seqs: list[tuple[int, Sequence]] = field(default_factory=list)
+
+    def computes_mrope_prompt(self) -> bool:
+        """Whether the step computes prompt tokens of a prompt with M-RoPE positions."""
+        return any(self.starts[i] < seq.num_prompt_tokens for i, seq in self.mrope_seqs)
 
 
 class ModelRunner:
@@ -84,7 +95,11 @@ class ModelRunner:
         num_seqs, num_sampling = len(batch.seqs), len(batch.sampling)
         # A decode batch: one new token per sequence, and every sequence samples. (A
         # prompt's last token may be an image's, whose features the graphs cannot take.)
-        is_decode = len(step.token_ids) == num_sampling == num_seqs and not step.image_rows
+        is_decode = (
+            len(step.token_ids) == num_sampling == num_seqs
+            and not step.image_rows
+            and not step.computes_mrope_prompt()
+        )
         graphs = self.graphs
         if (
             graphs is not None
@@ -103,18 +118,19 @@ class ModelRunner:
             # prefilling a whole prompt at once); the graphs read the buffer they have.
             assert self.graphs is None, f"{layout} exceeds the limits the graphs were built for"
             self.inputs = StepInputs(layout, self.device)
-        self._stage(batch, step, layout)
+        host = self._stage(batch, step, layout)
         self.inputs.upload()
         inputs = self.inputs.device_arrays(layout)
+        positions = inputs.positions
+        if step.computes_mrope_prompt():
+            positions = self._mrope_positions(step, host).to(self.device)
         images = {}
         if step.image_rows:
             images = dict(
                 image_embeds=torch.cat(step.image_embeds),
                 image_rows=torch.tensor(step.image_rows, dtype=torch.int64, device=self.device),
             )
-        hidden = self.model(
-            inputs.input_ids, inputs.positions, inputs.attention_metadata(), **images
-        )
+        hidden = self.model(inputs.input_ids, positions, inputs.attention_metadata(), **images)
         logits = self.model.compute_logits(hidden[inputs.sample_rows[:num_sampling]])
         return logits.float()
 
@@ -133,6 +149,8 @@ class ModelRunner:
             step.lengths.append(len(seq))
             step.rows.append(self.block_tables.row_of(seq))
             step.width = max(step.width, len(seq.block_table))
+            if seq.mrope is not None:
+                step.mrope_seqs.append((len(step.starts) - 1, seq))
         return step
 
     def _stage(
@@ -157,11 +175,29 @@ class ModelRunner:
         tables[:] = self.block_tables.rows[step.rows, : layout.width]
         blocks = tables[np.repeat(np.arange(num_seqs), num_new), positions // block_size]
         host.slot_mapping[:num_tokens] = blocks * block_size + positions % block_size
+        if step.mrope_seqs:  # past the KV slots, positions are the rotary's
+            deltas = np.zeros(num_seqs, dtype=np.int64)
+            for i, seq in step.mrope_seqs:
+                deltas[i] = seq.mrope.delta
+            positions += np.repeat(deltas, num_new)
         host.seq_lens[:num_seqs] = ends
         # A sequence samples when the step reaches its last token (ScheduledBatch.sampling).
         sample_rows = query_start_loc[1:][ends == np.array(step.lengths)] - 1
         host.sample_rows[: len(sample_rows)] = sample_rows
         return host
+
+    @staticmethod
+    def _mrope_positions(step: _StepLists, host: StepArrays[np.ndarray]) -> torch.Tensor:
+        """``[3, num_tokens]`` positions: each M-RoPE prompt token's own, and every
+        other token's single position in all three streams."""
+        num_tokens = len(step.token_ids)
+        positions = np.repeat(host.positions[None, :num_tokens], 3, axis=0)
+        for i, seq in step.mrope_seqs:
+            start, row = step.starts[i], int(host.query_start_loc[i])
+            end = min(int(host.seq_lens[i]), seq.num_prompt_tokens)
+            if start < end:
+                positions[:, row : row + end - start] = seq.mrope.positions[:, start:end]
+        return torch.from_numpy(positions)
 
     def _encode_images(self, batch: ScheduledBatch) -> None:
         """Give every sequence the features of the images this step reaches: from the
@@ -181,13 +217,18 @@ class ModelRunner:
                     seq.image_embeds[i] = features
         if not missing:
             return
-        pixels = torch.stack([seq.images[i].pixel_values for seq, i in missing])
-        encoded = self.model.encode_images(pixels.to(self.device))
-        for (seq, i), features in zip(missing, encoded):
-            # A copy: a view would keep the whole batch's features alive in the cache.
-            seq.image_embeds[i] = features.clone()
-            if self.image_cache is not None:
-                self.image_cache.put(seq.images[i].content_hash, seq.image_embeds[i])
+        # One batch per pixel shape: dynamic-resolution models (Qwen2.5-VL) take any size.
+        by_shape: dict[tuple[int, ...], list[tuple[Sequence, int]]] = {}
+        for seq, i in missing:
+            by_shape.setdefault(tuple(seq.images[i].pixel_values.shape), []).append((seq, i))
+        for group in by_shape.values():
+            pixels = torch.stack([seq.images[i].pixel_values for seq, i in group])
+            encoded = self.model.encode_images(pixels.to(self.device))
+            for (seq, i), features in zip(group, encoded):
+                # A copy: a view would keep the whole batch's features alive in the cache.
+                seq.image_embeds[i] = features.clone()
+                if self.image_cache is not None:
+                    self.image_cache.put(seq.images[i].content_hash, seq.image_embeds[i])
 
     @staticmethod
     def _gather_images(
@@ -195,13 +236,11 @@ class ModelRunner:
     ) -> list[torch.Tensor]:
         """The features of ``seq``'s image positions in ``[start, end)``; appends their
         rows in the flat batch (whose row ``first_row`` is position ``start``)."""
-        positions = seq.image_positions
-        per_image = len(positions) // len(seq.images)
+        positions, starts = seq.image_positions, seq.image_starts
         lo, hi = bisect.bisect_left(positions, start), bisect.bisect_left(positions, end)
         image_rows += (first_row + p - start for p in positions[lo:hi])
         pieces = []
         for i in seq.images_in(start, end):
-            first = max(lo, i * per_image)
-            last = min(hi, (i + 1) * per_image)
-            pieces.append(seq.image_embeds[i][first - i * per_image : last - i * per_image])
+            first, last = max(lo, starts[i]), min(hi, starts[i + 1])
+            pieces.append(seq.image_embeds[i][first - starts[i] : last - starts[i]])
         return pieces

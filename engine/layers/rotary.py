@@ -1,4 +1,6 @@
-"""Rotary position embedding (RoPE), with the scaling schemes Llama-family checkpoints use."""
+"""Rotary position embedding (RoPE), with the scaling schemes Llama-family checkpoints use,
+and Qwen2-VL's multimodal RoPE (M-RoPE): three position streams (temporal, height,
+width), each rotating its own section of every head's frequencies."""
 
 from __future__ import annotations
 
@@ -54,15 +56,28 @@ def _llama3_scaled(inv_freq: torch.Tensor, params: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotates the two halves of each head (the HF "rotate_half" convention)."""
+    """Rotates the two halves of each head (the HF "rotate_half" convention).
+
+    With ``mrope_section`` in ``params`` (M-RoPE) positions may also be ``[3, num_tokens]``:
+    frequency ``j`` of each half turns by stream ``s``'s position, for the ``s`` whose
+    section holds ``j``. Tokens whose three positions are equal (all text) rotate as with
+    plain RoPE, so text-only batches and decode pass ``[num_tokens]`` positions."""
 
     def __init__(self, head_dim: int, max_position: int, params: dict):
         super().__init__()
         self.head_dim = head_dim
         self.max_position = max_position
         self.params = params
+        self.mrope_section = params.get("mrope_section")
+        if self.mrope_section is not None and sum(self.mrope_section) != head_dim // 2:
+            raise UnsupportedModelError(
+                f"mrope_section {self.mrope_section} does not cover half the head dim "
+                f"({head_dim // 2})"
+            )
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
+        # [head_dim // 2]: the stream each frequency turns by (M-RoPE only)
+        self.register_buffer("mrope_streams", None, persistent=False)
 
     def init_buffers(self, device: torch.device) -> None:
         """Build the cos/sin tables (not in checkpoints; the model is built on meta)."""
@@ -70,8 +85,27 @@ class RotaryEmbedding(nn.Module):
         positions = torch.arange(self.max_position, device=device, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)  # [max_position, head_dim // 2]
         self.cos, self.sin = freqs.cos(), freqs.sin()
+        if self.mrope_section is not None:
+            section = torch.tensor(self.mrope_section, device=device)
+            self.mrope_streams = torch.repeat_interleave(
+                torch.arange(len(section), device=device), section
+            )
 
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return kernels.rotary_embedding(positions, query, key, self.cos, self.sin)
+        if positions.dim() == 1:
+            return kernels.rotary_embedding(positions, query, key, self.cos, self.sin)
+        cos, sin = self.mrope_tables(positions)
+        rows = torch.arange(positions.shape[1], device=positions.device)
+        return kernels.rotary_embedding(rows, query, key, cos, sin)
+
+    def mrope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token cos/sin ``[num_tokens, head_dim // 2]`` for M-RoPE ``positions``
+        ``[3, num_tokens]``: the kernel then reads row ``t`` for token ``t``."""
+        assert self.mrope_streams is not None, "3-stream positions need mrope_section"
+        streams = self.mrope_streams
+        # [num_tokens, head_dim // 2]: the position each frequency of each token turns by
+        chosen = positions.t().gather(1, streams.expand(positions.shape[1], -1))
+        columns = torch.arange(len(streams), device=positions.device)
+        return self.cos[chosen, columns].contiguous(), self.sin[chosen, columns].contiguous()

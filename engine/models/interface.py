@@ -42,11 +42,13 @@ class TextModel(Protocol):
 @runtime_checkable
 class VisionLanguageModel(TextModel, Protocol):
     """A TextModel whose prompts hold images: each takes ``num_image_tokens`` positions
-    marked by ``image_token_id`` (None: the tokenizer lends a token), and ``forward``
-    takes ``image_embeds``/``image_rows`` to write features over those embeddings."""
+    (None: as many as its size gives, counted by the request side) marked by
+    ``image_token_id`` (None: the tokenizer lends a token), and ``forward`` takes
+    ``image_embeds``/``image_rows`` to write features over those embeddings. M-RoPE
+    models (Qwen2.5-VL) take ``positions`` ``[3, num_tokens]`` too."""
 
     image_token_id: int | None
-    num_image_tokens: int
+    num_image_tokens: int | None
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[num_images, 3, H, W]`` -> ``[num_images, num_image_tokens, hidden]``."""

@@ -7,6 +7,7 @@ from torch import nn
 from engine.errors import UnsupportedModelError
 from engine.models.llama import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 from engine.models.llava import LlavaForConditionalGeneration
+from engine.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from engine.models.vila import VilaForCausalLM
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
@@ -16,6 +17,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
     "LlavaLlamaModel": VilaForCausalLM,
+    "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLForConditionalGeneration,
 }
 
 

@@ -6,6 +6,10 @@ image was and parts joined by newlines, so any chat template (even one that only
 string content) keeps the images exactly where the user put them. After tokenization
 each placeholder token is expanded to one position per image feature, as Hugging Face's
 LLaVA processor does.
+
+Models whose chat template places images itself (Qwen2.5-VL) keep the parts instead:
+text parts as they are, each image as an ``{"type": "image"}`` part, for the template
+to join as it was written to.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ def flatten_messages(
     load_image: Callable[[str], ImageInput] | None,
     placeholder: str | None,
     max_images: int,
+    keep_parts: bool = False,
 ) -> tuple[list[dict], list[ImageInput]]:
-    """Messages with string content, and their images in order. ``load_image`` is None
-    for text-only models, which then refuse image parts."""
+    """Messages with string content (with ``keep_parts``, content given as parts stays
+    parts), and their images in order. ``load_image`` is None for text-only models,
+    which then refuse image parts."""
     if not isinstance(messages, list):
         raise InvalidRequestError("messages must be a list")
     flat: list[dict] = []
@@ -36,7 +42,7 @@ def flatten_messages(
         if not isinstance(content, list):
             flat.append(message)
             continue
-        texts = []
+        texts, parts = [], []
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
@@ -47,6 +53,7 @@ def flatten_messages(
                         f"message text must not contain the image placeholder {placeholder!r}"
                     )
                 texts.append(part["text"])
+                parts.append({"type": "text", "text": part["text"]})
             elif kind == "image_url":
                 if load_image is None:
                     raise InvalidRequestError("this model does not accept images")
@@ -54,11 +61,12 @@ def flatten_messages(
                     raise InvalidRequestError(f"a prompt may hold at most {max_images} images")
                 images.append(load_image(_url_of(part)))
                 texts.append(placeholder)
+                parts.append({"type": "image"})
             else:
                 raise InvalidRequestError(
                     f"unsupported content part type {kind!r}; use 'text' or 'image_url'"
                 )
-        flat.append({**message, "content": "\n".join(texts)})
+        flat.append({**message, "content": parts if keep_parts else "\n".join(texts)})
     return flat, images
 
 
@@ -71,7 +79,10 @@ def render_chat(
     """Render ``flat`` (``messages`` through ``flatten_messages``). Templates differ:
     ChatML-like ones take string content only, while llava-hf's iterate over parts and
     render nothing of a string. So: strings first, then each flattened message as one
-    text part; the first rendering that shows every flattened message's text wins."""
+    text part; the first rendering that shows every flattened message's text wins.
+    Messages whose parts ``flatten_messages`` kept are rendered as they are."""
+    if any(isinstance(m.get("content"), list) for m in flat):
+        return _render_parts(template, flat, tools)
     flattened = [i for i, m in enumerate(messages) if isinstance(m.get("content"), list)]
     as_parts = [
         {**m, "content": [{"type": "text", "text": m["content"]}]} if i in flattened else m
@@ -87,6 +98,18 @@ def render_chat(
         if all(flat[i]["content"].strip() in text for i in flattened):
             return text
     raise error
+
+
+def _render_parts(template: ChatTemplate, flat: list[dict], tools: list[dict] | None) -> str:
+    text = template.render(flat, tools)
+    for message in flat:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if part["type"] == "text" and part["text"].strip() not in text:
+                raise InvalidRequestError(
+                    "the chat template drops the text of messages given as parts"
+                )
+    return text
 
 
 def _url_of(part: dict) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.multimodal.images import ImageInput, ImageLimits, ImageProcessor
+from engine.multimodal.mrope import MRopePositions
 from engine.multimodal.prompt import expand_image_tokens, flatten_messages, image_positions
 
 if TYPE_CHECKING:
@@ -89,8 +90,18 @@ class ImageRequests:
             messages, self.processor.load, self.placeholder, self.limits.max_images
         )
 
-    def expand(self, token_ids: list[int]) -> list[int]:
+    def expand(self, token_ids: list[int], images: list[ImageInput]) -> list[int]:
+        """Each image token expanded to its image's positions (here all images take
+        ``num_image_tokens``)."""
         return expand_image_tokens(token_ids, self.image_token_id, self.num_image_tokens)
+
+    def image_sizes(self, images: list[ImageInput]) -> list[int] | None:
+        """Each image's number of positions; None when all take ``num_image_tokens``."""
+        return None
+
+    def mrope(self, token_ids: list[int], images: list[ImageInput]) -> MRopePositions | None:
+        """The prompt's M-RoPE positions, for models that use them (not these)."""
+        return None
 
     def check(self, images: list[ImageInput]) -> None:
         if len(images) > self.limits.max_images:

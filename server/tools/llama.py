@@ -36,11 +36,21 @@ _START = re.compile(r"<\|python_tag\|>|\{")
 class LlamaJsonParser(ToolParser):
     name = "llama3_json"
 
+    def __init__(self, tool_names: frozenset[str]):
+        super().__init__(tool_names)
+        # NOTE: no calls start before self._clear in any text that extends self._seen: a
+        # start refused once is refused for good. A stream re-splits a growing text, and
+        # without this would look at every brace of it again each time.
+        self._seen = ""
+        self._clear = 0
+
     def split(self, text: str, final: bool) -> list[Segment]:
-        for match in _START.finditer(text):
+        begin = self._clear if text.startswith(self._seen) else 0
+        for match in _START.finditer(text, begin):
             start = match.start()
             if not final:
                 if _may_start_calls(text[start:]):
+                    self._seen, self._clear = text, start
                     return [text[:start]]
                 continue
             if match.group() == PYTHON_TAG:
@@ -51,7 +61,8 @@ class LlamaJsonParser(ToolParser):
                 return [text[:start], *calls]
         if final:
             return [text]
-        return [text[: partial_marker_at_end(text, PYTHON_TAG)]]
+        self._seen, self._clear = text, partial_marker_at_end(text, PYTHON_TAG)
+        return [text[: self._clear]]
 
     def _calls(self, text: str, position: int) -> list[Call] | None:
         """The calls from ``position`` to the end, if that is all calls."""

@@ -21,7 +21,11 @@ def test_every_registered_model_declares_the_text_model_interface():
 
 def test_vision_language_models_declare_image_encoding():
     vision = {name for name, cls in MODEL_CLASSES.items() if hasattr(cls, "encode_images")}
-    assert vision == {"LlavaForConditionalGeneration", "LlavaLlamaModel"}
+    assert vision == {
+        "LlavaForConditionalGeneration",
+        "LlavaLlamaModel",
+        "Qwen2_5_VLForConditionalGeneration",
+    }
     for name in vision:
         cls = MODEL_CLASSES[name]
         missing = {m for m in members(VisionLanguageModel) if not hasattr(cls, m)}

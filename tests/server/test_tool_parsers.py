@@ -293,3 +293,11 @@ def test_parser_chosen_from_the_template(template: str | None, parser: str) -> N
 def test_unknown_parser_name() -> None:
     with pytest.raises(ValueError, match="unknown tool-call parser 'xml'"):
         parser_named("xml")
+
+
+def test_llama_parser_rescans_a_text_that_does_not_extend_the_last() -> None:
+    parser = parser_named("llama3_json")(TOOLS)
+    assert parser.split("{x} {y} and more text", final=False) == ["{x} {y} and more text"]
+    call = '{"name": "get_time", "parameters": {"zone": "Europe/Paris"}}'
+    [content, found] = parser.split("{" + call[1:], final=True)
+    assert content == "" and found.name == "get_time"

@@ -1,0 +1,72 @@
+"""Qwen2.5-VL in Hugging Face format (``Qwen2_5_VLForConditionalGeneration``): the
+dynamic-resolution vision tower of qwen_vision.py and a Qwen2 language model whose
+rotary is M-RoPE (``mrope_section`` in its RoPE parameters; engine/layers/rotary.py).
+
+An image takes as many tokens as its size gives (engine/multimodal/qwen_images.py), so
+``num_image_tokens`` is None: the request side counts each image's. The positions of a
+prompt's tokens come from the request side too (engine/multimodal/mrope.py), and reach
+``forward`` as ``[3, num_tokens]`` when a step computes prompt tokens of a prompt with
+images; the language model takes them as they come.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from engine.errors import UnsupportedModelError
+from engine.models.llama import Qwen2ForCausalLM
+from engine.models.llava import VisionLanguageModelBase
+from engine.models.qwen_vision import QwenVisionTower
+
+# Checkpoint prefix -> ours. transformers >= 4.52 nests everything under ``model.``; the
+# Hub's checkpoints (saved by older versions) keep ``visual.`` and ``model.`` (the LM).
+PREFIXES = [
+    ("model.visual.", "visual."),
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("visual.", "visual."),
+    ("model.", "language_model.model."),
+]
+
+
+class Qwen2_5_VLForConditionalGeneration(VisionLanguageModelBase):
+    num_image_tokens = None  # it varies with each image's size
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        text_config = config.text_config
+        if "mrope_section" not in (getattr(text_config, "rope_parameters", None) or {}):
+            raise UnsupportedModelError("Qwen2.5-VL's text config names no mrope_section")
+        if text_config.hidden_size != config.vision_config.out_hidden_size:
+            raise UnsupportedModelError(
+                f"the vision merger makes {config.vision_config.out_hidden_size} features, "
+                f"the language model takes {text_config.hidden_size}"
+            )
+        self.image_token_id: int = config.image_token_id
+        self.visual = QwenVisionTower(config.vision_config)
+        self.language_model = Qwen2ForCausalLM(_with_tied_embeddings(text_config, config))
+
+    def checkpoint_name(self, name: str) -> str | None:
+        """Our name for a checkpoint tensor; None for one we do not use."""
+        for old, new in PREFIXES:
+            if name.startswith(old):
+                return new + name[len(old) :]
+        return name
+
+    @torch.inference_mode()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[num_images, 1, grid_h / 2, grid_w / 2, 4, patch_dim]`` (images of one size,
+        as engine/multimodal/qwen_images.py lays them out) -> ``[num_images,
+        num_tokens, hidden]``: one tower pass each (attention never crosses images)."""
+        return torch.stack([self.visual(image) for image in pixel_values])
+
+
+def _with_tied_embeddings(text_config, config):
+    """A copy of ``text_config`` that says whether the LM head is the embedding: Qwen2.5-VL
+    keeps ``tie_word_embeddings`` (True for the 3B) in the outer config only."""
+    text_config = copy.copy(text_config)
+    text_config.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+    return text_config
