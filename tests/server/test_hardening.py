@@ -249,23 +249,29 @@ def silent_host() -> Iterator[tuple[str, list[socket.socket]]]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
+    stopping = threading.Event()
 
     def accept() -> None:
         while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return  # closed
+            sock = listener.accept()[0]
+            if stopping.is_set():
+                sock.close()
+                return
+            accepted.append(sock)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}/cat.png", accepted
     finally:
+        # Closing a socket does not wake a thread blocked in accept(): one last
+        # connection of our own does.
+        stopping.set()
+        socket.create_connection(listener.getsockname()).close()
+        thread.join(timeout=10)
         listener.close()
         for sock in accepted:
             sock.close()
-        thread.join(timeout=10)
 
 
 def test_images_from_a_host_that_never_answers_do_not_hold_up_text(tiny_llava) -> None:
