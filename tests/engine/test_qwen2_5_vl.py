@@ -1,0 +1,237 @@
+"""Qwen2.5-VL against transformers' Qwen2_5_VLForConditionalGeneration on the same random
+weights and pixel values, in fp32 on CPU: logits of prefill and decode, greedy tokens,
+and the engine's ways of computing a prompt (chunks, batches, preemption, the prefix
+cache), each of which must keep the M-RoPE positions of images of different sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from engine.llm_engine import LLMEngine
+from engine.scheduler import ScheduledBatch
+from tests.engine.qwen2_5_vl_fixtures import build_tiny_qwen2_5_vl, load_qwen2_5_vl_reference
+from tests.engine.vlm_fixtures import data_url, image_part, random_image, text_part
+
+NUM_DECODE = 8
+GREEDY = SamplingParams(max_tokens=NUM_DECODE, temperature=0, ignore_eos=True)
+# Both need resizing: 97x233 -> 84x224 (24 tokens), 200x150 -> 196x140 (35 tokens).
+TALL = data_url(random_image(1, (97, 233)))
+WIDE = data_url(random_image(2, (200, 150)))
+SMALL = data_url(random_image(3, (60, 50)))
+# 168x112: 6 x 4 tokens, as many as TALL's 3 x 8 (8 x 3 once resized: 84 wide, 224 high).
+SAME_COUNT = data_url(random_image(4, (168, 112)))
+
+
+def one_image(url: str = TALL) -> list[dict]:
+    return [{"role": "user", "content": [text_part("What is this?"), image_part(url)]}]
+
+
+def two_images() -> list[dict]:
+    parts = [image_part(TALL), text_part("and"), image_part(WIDE), text_part("?")]
+    return [{"role": "user", "content": parts}]
+
+
+def image_text_image() -> list[dict]:
+    return [
+        {"role": "system", "content": "You look at pictures."},
+        {"role": "user", "content": [image_part(WIDE), text_part("Describe it.")]},
+        {"role": "assistant", "content": "A picture."},
+        {"role": "user", "content": [text_part("Now this one:"), image_part(TALL)]},
+    ]
+
+
+def text_only() -> list[dict]:
+    return [{"role": "user", "content": [text_part("Say"), text_part(" something.")]}]
+
+
+CONVERSATIONS = {
+    "one-image": one_image(),
+    "two-images": two_images(),
+    "image-text-image": image_text_image(),
+    "text-only": text_only(),
+}
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"))
+
+
+@pytest.fixture(scope="module")
+def reference(qwen_dir):
+    return load_qwen2_5_vl_reference(qwen_dir)
+
+
+@pytest.fixture(scope="module")
+def llm(qwen_dir) -> LLM:
+    # A small token budget: prompts are prefilled in chunks that split image spans.
+    return LLM(str(qwen_dir), kv_cache_memory=0.01, max_num_batched_tokens=40, max_num_seqs=4)
+
+
+def reference_inputs(reference, token_ids: list[int], images) -> dict:
+    input_ids = torch.tensor([token_ids])
+    inputs = dict(input_ids=input_ids)
+    if images:
+        inputs.update(
+            pixel_values=torch.cat([image.pixel_values.flatten(0, 3) for image in images]),
+            image_grid_thw=torch.tensor(
+                [
+                    [1, 2 * image.pixel_values.shape[1], 2 * image.pixel_values.shape[2]]
+                    for image in images
+                ]
+            ),
+            mm_token_type_ids=(input_ids == reference.config.image_token_id).int(),
+        )
+    return inputs
+
+
+def reference_greedy(reference, token_ids, images) -> list[int]:
+    with torch.no_grad():
+        out = reference.generate(
+            **reference_inputs(reference, token_ids, images),
+            max_new_tokens=NUM_DECODE,
+            min_new_tokens=NUM_DECODE,
+            do_sample=False,
+        )
+    return out[0, len(token_ids) :].tolist()
+
+
+def reference_logits(reference, token_ids, images) -> torch.Tensor:  # [len, vocab]
+    with torch.no_grad():
+        return reference(**reference_inputs(reference, token_ids, images)).logits[0]
+
+
+def our_logits(engine: LLMEngine, token_ids, images, chunk: int) -> tuple[torch.Tensor, list[int]]:
+    """Our logits at the prompt's last position and after each of NUM_DECODE greedy
+    tokens, the prompt computed ``chunk`` tokens per step; and those tokens."""
+    seq = engine.make_sequence("parity", token_ids, SamplingParams(), images)
+    # The engine's own blocks (freed after), so later requests never read KV this wrote.
+    bm = engine.core.block_manager
+    rows = []
+    while True:
+        num_new = min(chunk, seq.num_uncomputed_tokens)
+        bm.allocate(seq, seq.num_computed_tokens + num_new)
+        batch = ScheduledBatch()
+        batch.add(seq, num_new)
+        logits = engine.core.runner.run(batch)
+        seq.num_computed_tokens += num_new
+        if seq.num_uncomputed_tokens:
+            continue
+        rows.append(logits[0])
+        if len(rows) == NUM_DECODE + 1:
+            bm.free(seq)
+            engine.core.runner.remove_request(seq.seq_id)
+            return torch.stack(rows), seq.output_token_ids
+        seq.append_token(int(logits[0].argmax()))
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_logits_and_greedy_tokens_match_transformers(llm, reference, name):
+    engine = llm.engine
+    token_ids, images = engine.chat_request(CONVERSATIONS[name])
+    ours, tokens = our_logits(engine, token_ids, images, chunk=1000)
+    theirs = reference_logits(reference, token_ids + tokens, images)[len(token_ids) - 1 :]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert tokens == reference_greedy(reference, token_ids, images)
+    assert llm.chat(CONVERSATIONS[name], GREEDY).token_ids == tokens
+
+
+def test_prompts_hold_each_image_as_its_size_gives(llm):
+    engine = llm.engine
+    token_ids, images = engine.chat_request(two_images())
+    pad = engine.vision.image_token_id
+    assert token_ids.count(pad) == 24 + 35
+    text = engine.tokenizer.decode(token_ids)
+    # The template joins the parts itself: no newline added between them.
+    assert "<|vision_end|>and<|vision_start|>" in text
+    assert "<|vision_end|>?<|im_end|>" in text
+
+
+@pytest.mark.parametrize("name", ["two-images", "image-text-image"])
+def test_chunk_boundaries_inside_images(llm, reference, name):
+    engine = llm.engine
+    token_ids, images = engine.chat_request(CONVERSATIONS[name])
+    first_image = token_ids.index(engine.vision.image_token_id)
+    theirs = reference_logits(reference, token_ids, images)[-1]
+    for chunk in (first_image + 5, 7):
+        ours, _ = our_logits(engine, token_ids, images, chunk)
+        torch.testing.assert_close(ours[0], theirs, atol=1e-4, rtol=1e-4)
+
+
+def run_together(engine: LLMEngine, conversations, params) -> list[list[int]]:
+    for i, messages in enumerate(conversations):
+        token_ids, images = engine.chat_request(messages)
+        engine.add_request(f"together-{i}", token_ids, params, images)
+    finished = {}
+    while engine.has_unfinished:
+        for output in engine.step():
+            if output.finished:
+                finished[output.request_id] = output.token_ids
+    return [finished[f"together-{i}"] for i in range(len(conversations))]
+
+
+def test_batched_with_other_requests(llm):
+    conversations = list(CONVERSATIONS.values()) + [one_image(SMALL)]
+    alone = [llm.chat(messages, GREEDY).token_ids for messages in conversations]
+    assert run_together(llm.engine, conversations, GREEDY) == alone
+
+
+def test_preemption_changes_nothing(qwen_dir, llm):
+    """A pool too small for every request at once: sequences preempted (mid-image and
+    mid-decode) are recomputed with the same positions and give the same tokens."""
+    block_bytes = 2 * 2 * 2 * 16 * 16 * 4  # K+V, 2 layers, 2 kv heads, head_dim 16, fp32
+    small = LLM(
+        str(qwen_dir),
+        kv_cache_memory=14 * block_bytes / 2**30,
+        max_num_batched_tokens=48,
+        max_num_seqs=4,
+    )
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    conversations = list(CONVERSATIONS.values())
+    want = [llm.chat(messages, params).token_ids for messages in conversations]
+    engine = small.engine
+    assert run_together(engine, conversations, params) == want
+    assert engine.core.scheduler.num_preemptions > 0
+    assert engine.core.block_manager.num_free_blocks == engine.core.block_manager.num_blocks
+
+
+def test_second_turn_from_the_prefix_cache(qwen_dir, reference):
+    llm = LLM(str(qwen_dir), kv_cache_memory=0.01)
+    engine = llm.engine
+    first = image_text_image()[:2]
+    reply = llm.chat(first, GREEDY)
+    second = [
+        *first,
+        {"role": "assistant", "content": engine.tokenizer.decode(reply.token_ids)},
+        {"role": "user", "content": [text_part("Now this one:"), image_part(TALL)]},
+    ]
+    hits = engine.stats().num_prefix_hit_tokens
+    token_ids, images = engine.chat_request(second)
+    output = llm.chat(second, GREEDY)
+    first_ids = engine.chat_request(first)[0]
+    block_size = engine.config.block_size
+    assert engine.stats().num_prefix_hit_tokens - hits >= len(first_ids) // block_size * block_size
+    assert output.token_ids == reference_greedy(reference, token_ids, images)
+
+
+def test_images_of_different_sizes_never_share_the_blocks_after_them(qwen_dir):
+    """The same tokens, images of different grids (8 x 3 and 4 x 6 tokens) first: the
+    only blocks shared are those before the image (its own blocks key on its content,
+    and the text after it takes positions that depend on its grid)."""
+    llm = LLM(str(qwen_dir), kv_cache_memory=0.01)
+    engine = llm.engine
+    block_size = engine.config.block_size
+    prompts = [image_text_image(), image_text_image()]
+    for prompt, url in zip(prompts, (TALL, SAME_COUNT)):
+        prompt[1] = {"role": "user", "content": [image_part(url), text_part("Describe it.")]}
+    assert engine.chat_request(prompts[0])[0] == engine.chat_request(prompts[1])[0]
+    llm.chat(prompts[0], GREEDY)
+    hits = engine.stats().num_prefix_hit_tokens
+    token_ids, _ = engine.chat_request(prompts[1])
+    output = llm.chat(prompts[1], GREEDY)
+    first_image = token_ids.index(engine.vision.image_token_id)
+    assert engine.stats().num_prefix_hit_tokens - hits == first_image // block_size * block_size
+    fresh = LLM(str(qwen_dir), kv_cache_memory=0.01).chat(prompts[1], GREEDY)
+    assert output.token_ids == fresh.token_ids
