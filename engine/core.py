@@ -17,6 +17,7 @@ from engine.runner import ModelRunner
 from engine.sampler import Sampler, SampleResult
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
+from engine.structured.masks import MaskFiller
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class EngineCore:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
         self.requests: dict[str, Sequence] = {}
+        self.masks = MaskFiller(sampler.device)
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
 
@@ -125,7 +127,12 @@ class EngineCore:
         # random draws of its sampled rows), so a batch that raises can be run again.
         logits = self.runner.run(batch)
         # A step of prompt chunks only (a long prompt alone) has nothing to sample.
-        return self.sampler.sample(logits, batch.sampling) if batch.sampling else []
+        if not batch.sampling:
+            return []
+        # NOTE: after run() has queued the forward pass: on a GPU the constrained rows'
+        # masks are filled while the model runs (the sampler waits for the logits).
+        masks = self.masks.fill(batch.sampling)
+        return self.sampler.sample(logits, batch.sampling, masks)
 
     def _run_one_by_one(
         self, batch: ScheduledBatch, deltas: list[TokenDelta]
@@ -150,12 +157,17 @@ class EngineCore:
         if seq.num_output_tokens == 0:
             self.num_prompt_tokens += seq.num_prompt_tokens
         token_id = result.token_id
+        if seq.grammar is not None:
+            seq.grammar.accept(token_id)
         seq.append_token(token_id)
         self.num_generation_tokens += 1
         params = seq.params
         reason = None
-        if token_id in params.stop_token_ids or (
-            not params.ignore_eos and token_id in self.eos_token_ids
+        # A grammar ends on its EOS even under ignore_eos: nothing may follow it.
+        if (
+            token_id in params.stop_token_ids
+            or (not params.ignore_eos and token_id in self.eos_token_ids)
+            or (seq.grammar is not None and seq.grammar.is_finished)
         ):
             reason = "stop"
         elif seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
@@ -173,6 +185,7 @@ class EngineCore:
         self.scheduler.finish(seq, reason)
         self.sampler.remove_request(seq.seq_id)
         self.runner.remove_request(seq.seq_id)
+        seq.grammar = None
         del self.requests[seq.request_id]
 
     def stats(self) -> EngineStats:

@@ -22,6 +22,8 @@ from engine.multimodal.prompt import flatten_messages, render_chat
 from engine.multimodal.requests import ImageRequests, count_chars
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
+from engine.structured.compiler import CompiledGrammar, GrammarCompiler
+from engine.structured.spec import StructuredOutputSpec
 from engine.tokenizer import ChatTemplate
 
 # Text this many times longer than the context (in characters per token) cannot fit it:
@@ -56,6 +58,7 @@ class InputProcessor:
         vocab_size: int,
         max_model_len: int,
         block_size: int,
+        grammars: GrammarCompiler | None = None,
     ):
         self.model_name = model_name
         self.tokenizer = tokenizer
@@ -67,6 +70,8 @@ class InputProcessor:
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.block_size = block_size
+        # None when the tokenizer cannot drive a grammar (structured outputs refused).
+        self.grammars = grammars
 
     def prepare(
         self, prompt: str | list[int], images: list[ImageInput] | None = None
@@ -139,7 +144,8 @@ class InputProcessor:
     def check_params(
         self, prompt: PreparedPrompt, params: SamplingParams, fit_max_tokens: bool = False
     ) -> None:
-        """Check ``params`` against the model. With ``fit_max_tokens`` the prompt and
+        """Check ``params`` against the model, compiling a structured output's grammar
+        (cached: a new schema costs milliseconds). With ``fit_max_tokens`` the prompt and
         ``max_tokens`` together must fit the context (OpenAI's API is that strict; the
         engine alone would stop at the context's end)."""
         if not isinstance(params, SamplingParams):
@@ -151,12 +157,24 @@ class InputProcessor:
             )
         if fit_max_tokens and prompt.num_tokens + params.max_tokens > self.max_model_len:
             raise PromptTooLongError(prompt.num_tokens, self.max_model_len, params.max_tokens)
+        if params.structured is not None:
+            self._grammar(params.structured)
+
+    def _grammar(self, spec: StructuredOutputSpec) -> CompiledGrammar:
+        if self.grammars is None:
+            raise InvalidRequestError(
+                f"model {self.model_name!r} has no fast tokenizer (tokenizer.json), which "
+                "structured outputs need"
+            )
+        return self.grammars.compile(spec)
 
     def make_sequence(
         self, request_id: str, prompt: PreparedPrompt, params: SamplingParams
     ) -> Sequence:
-        """The core's record of one generation from ``prompt`` (params checked here)."""
+        """The core's record of one generation from ``prompt`` (params checked here), with
+        a grammar matcher of its own for a structured output."""
         self.check_params(prompt, params)
+        spec = params.structured
         return Sequence(
             request_id,
             prompt.token_ids,
@@ -165,6 +183,7 @@ class InputProcessor:
             prompt.images,
             prompt.image_positions,
             [image.content_hash for image in prompt.images],
+            None if spec is None else self._grammar(spec).new_matcher(),
             image_sizes=prompt.image_sizes,
             mrope=prompt.mrope,
         )

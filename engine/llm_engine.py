@@ -40,6 +40,7 @@ from engine.sampler import Sampler
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.structured.compiler import grammar_compiler
 from engine.tokenizer import ChatTemplate, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class LLMEngine:
             self.vision = requests_class(
                 processor_dir, hf_config, model, self.tokenizer, config.image_limits
             )
+        eos_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
         self.inputs = InputProcessor(
             self.model_name,
             self.tokenizer,
@@ -97,10 +99,10 @@ class LLMEngine:
             text_config.vocab_size,
             self.max_model_len,
             config.block_size,
+            grammar_compiler(self.tokenizer, text_config.vocab_size, eos_ids),
         )
         # NOTE: a tokenizer of its own, so decoding never waits on intake's tokenizing.
         self.outputs = OutputProcessor(load_tokenizer(tokenizer_dir))
-        eos_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
         self.core = self._build_core(model, num_blocks, image_cache_bytes, eos_ids)
         # The synchronous front's live requests (AsyncLLM keeps one per stream instead).
         self._states: dict[str, RequestState] = {}

@@ -12,6 +12,7 @@ import torch
 
 from engine.penalties import TokenPenalties
 from engine.sampling import SamplingParams
+from engine.structured.masks import TokenMasks
 
 
 class SampleRequest(Protocol):
@@ -37,10 +38,11 @@ class Sampler:
     """Chooses each request's next token from its row of logits.
 
     Order, all in fp32: logit_bias, repetition penalty (prompt + output tokens),
-    presence/frequency penalties (output tokens); then greedy rows take the argmax and
-    the others go through temperature, top-k, top-p, min-p and one random draw. Logprobs
-    are those of the model's RAW logits (log_softmax before any bias, penalty,
-    temperature or filter), as OpenAI reports them.
+    presence/frequency penalties (output tokens), the grammar's token mask on the
+    constrained rows (``masks``); then greedy rows take the argmax and the others go
+    through temperature, top-k, top-p, min-p and one random draw. Logprobs are those of
+    the model's RAW logits (log_softmax before any bias, penalty, mask, temperature or
+    filter), as OpenAI reports them.
 
     Greedy rows draw nothing. A seeded request draws from its own generator, exactly one
     draw per sampled token, so it gets the same tokens whatever shares its batch, and a
@@ -77,9 +79,15 @@ class Sampler:
         self._requests.pop(seq_id, None)
         self.penalties.remove(seq_id)
 
-    def sample(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+    def sample(
+        self,
+        logits: torch.Tensor,
+        requests: Sequence[SampleRequest],
+        masks: TokenMasks | None = None,
+    ) -> list[SampleResult]:
         """``logits`` [num_requests, vocab_size]: row i belongs to ``requests[i]``. Every
-        request that is not greedy must have been added with ``add_request``."""
+        request that is not greedy must have been added with ``add_request``. ``masks``
+        limits the rows it names to the tokens their grammars allow."""
         assert logits.dim() == 2 and logits.shape[0] == len(requests), (
             f"logits {tuple(logits.shape)} for {len(requests)} requests"
         )
@@ -90,6 +98,8 @@ class Sampler:
         raw_logprobs = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
 
         logits = self.penalties.apply(logits, requests)
+        if masks is not None:
+            logits = masks.apply(logits)
         sampled_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
         if len(sampled_rows) == len(requests):
             token_ids = self._sample_rows(logits, requests)

@@ -7,6 +7,7 @@ import enum
 import itertools
 
 from engine.sampling import SamplingParams
+from engine.structured.matcher import GrammarMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -36,6 +37,7 @@ class Sequence:
         images: list | None = None,
         image_positions: list[int] | None = None,
         image_keys: list[bytes] | None = None,
+        grammar: GrammarMatcher | None = None,
         image_sizes: list[int] | None = None,
         mrope: object | None = None,
     ):
@@ -62,6 +64,8 @@ class Sequence:
         # Features of the images encoded so far, by index: chunked prefill may reach an
         # image's positions over several steps. Dropped once they are in the KV cache.
         self.image_embeds: dict[int, object] = {}
+        # Set for a structured output: where its output tokens stand in its grammar.
+        self.grammar = grammar
         self.prompt_token_ids = list(prompt_token_ids)
         self.token_ids = list(prompt_token_ids)
         self.status = SequenceStatus.WAITING
