@@ -1,0 +1,102 @@
+"""Qwen2.5-VL over HTTP: one and two images of different sizes with the official client,
+streamed equal to unstreamed equal to the in-process engine; usage counts each image's
+own tokens (expanded); /v1/models says it takes images; a bad image is still a 400."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from engine import LLM, SamplingParams
+from tests.engine.qwen2_5_vl_fixtures import build_tiny_qwen2_5_vl
+from tests.engine.vlm_fixtures import data_url, image_part, random_image, text_part
+from tests.server.conftest import LiveServer, live_server
+
+pytestmark = pytest.mark.timeout(120)
+
+MAX_TOKENS = 8
+TALL, WIDE = data_url(random_image(1, (97, 233))), data_url(random_image(2, (200, 150)))
+CONVERSATIONS = {
+    "one-image": [{"role": "user", "content": [text_part("What is this?"), image_part(TALL)]}],
+    "two-images": [
+        {"role": "system", "content": "You look at pictures."},
+        {
+            "role": "user",
+            # The second image_url a plain string: OpenAI's shorter form.
+            "content": [
+                image_part(WIDE),
+                text_part("What differs from"),
+                {"type": "image_url", "image_url": TALL},
+            ],
+        },
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"))
+
+
+@pytest.fixture(scope="module")
+def qwen_server(qwen_dir) -> Iterator[LiveServer]:
+    with live_server(qwen_dir) as live:
+        yield live
+
+
+# TALL is resized to 84x224 (3 x 8 tokens of 28 px), WIDE to 196x140 (7 x 5).
+IMAGE_TOKENS = {"one-image": 24, "two-images": 24 + 35}
+
+
+@pytest.fixture(scope="module")
+def local(qwen_dir) -> dict[str, tuple[str, int]]:
+    """The in-process engine's text and prompt length for each conversation."""
+    llm = LLM(str(qwen_dir), kv_cache_memory=0.05)
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True)
+    pad = llm.engine.vision.image_token_id
+    local = {}
+    for name, messages in CONVERSATIONS.items():
+        output = llm.chat(messages, params)
+        assert output.prompt_token_ids.count(pad) == IMAGE_TOKENS[name]
+        local[name] = (output.text, len(output.prompt_token_ids))
+    return local
+
+
+def create(server: LiveServer, messages: list[dict], stream: bool = False):
+    return server.openai().chat.completions.create(
+        model=server.model,
+        messages=messages,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=stream,
+        extra_body={"ignore_eos": True},
+    )
+
+
+def test_models_lists_accepts_images(qwen_server: LiveServer) -> None:
+    [card] = qwen_server.openai().models.list().data
+    assert card.accepts_images is True
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_streamed_equals_unstreamed_equals_in_process(qwen_server: LiveServer, local, name):
+    text, num_prompt_tokens = local[name]
+    response = create(qwen_server, CONVERSATIONS[name])
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in create(qwen_server, CONVERSATIONS[name], stream=True)
+    )
+    assert streamed == response.choices[0].message.content == text
+    assert response.usage.prompt_tokens == num_prompt_tokens
+    assert qwen_server.all_blocks_free()
+
+
+def test_a_bad_image_is_a_400(qwen_server: LiveServer) -> None:
+    bad = [{"role": "user", "content": [image_part("data:image/png;base64,!!"), text_part("?")]}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        create(qwen_server, bad)
+    error = caught.value.body
+    assert error["param"] == "messages" and "corrupt base64" in error["message"]
+    assert create(qwen_server, CONVERSATIONS["one-image"]).choices[0].message.content
