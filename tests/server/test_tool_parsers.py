@@ -301,3 +301,45 @@ def test_llama_parser_rescans_a_text_that_does_not_extend_the_last() -> None:
     call = '{"name": "get_time", "parameters": {"zone": "Europe/Paris"}}'
     [content, found] = parser.split("{" + call[1:], final=True)
     assert content == "" and found.name == "get_time"
+
+
+# Pieces of every format, to be shuffled into texts no model would write but a parser
+# must still split the same way streamed or whole.
+FRAGMENTS = [
+    hermes_call("get_time", {"zone": "UTC"}),
+    '[TOOL_CALLS][{"name": "get_time", "arguments": {}}]',
+    "[TOOL_CALLS]get_time[ARGS]{}",
+    "<tool_call>",
+    "</tool_call>",
+    "[TOOL_CALLS]",
+    "<|python_tag|>",
+    "[ARGS]",
+    "get_time",
+    '{"name": "get_time", "arguments": {"zone": "UTC"}}',
+    '{"name": "get_time", "parameters": {}}',
+    '[{"name": "get_time", "arguments": {}}]',
+    '{"zone": "UTC"}',
+    "{",
+    "}",
+    "[",
+    "]",
+    ";",
+    '"',
+    " ",
+    "\n",
+    "Some text",
+    "<tool",
+]
+
+
+@pytest.mark.parametrize("parser_name", [*PARSERS, "required", "named"])
+def test_shuffled_fragments_stream_as_whole(parser_name: str) -> None:
+    rng = random.Random(parser_name)
+    for _ in range(300):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 8)))
+        whole = parse_answer(make_parser(parser_name), text)
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 8))))
+        chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        content, calls = streamed(make_parser(parser_name), chunks)
+        assert content == whole.content, text
+        assert named_arguments(calls) == named_arguments(whole.calls), text
