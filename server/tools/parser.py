@@ -58,11 +58,12 @@ def random_id(length: int) -> str:
 
 def decode_json(text: str, start: int) -> tuple[Any, int] | None:
     """The JSON value at ``text[start:]`` (after whitespace) and where it ends; None if
-    there is none there, or it has not ended yet."""
+    there is none there, it has not ended yet, or it nests deeper than Python's parser
+    recurses (a model may write thousands of brackets)."""
     start = skip_space(text, start)
     try:
         return _DECODER.raw_decode(text, start)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
 
 

@@ -255,6 +255,12 @@ def test_streamed_in_any_chunks_equals_whole(case: str) -> None:
         assert named_arguments(got_calls) == calls, chunks
 
 
+@pytest.mark.parametrize("parser_name", [*PARSERS, "required", "named"])
+def test_brackets_nested_past_the_recursion_limit_stay_text(parser_name: str) -> None:
+    for text in ("[" * 100_000, "<tool_call>" + "[" * 100_000 + "</tool_call>"):
+        assert parse_answer(make_parser(parser_name), text).content == text
+
+
 def test_content_streams_before_a_call_ends() -> None:
     stream = ToolCallStream(parser_named("hermes")(TOOLS))
     assert stream.feed("Let me check. ", final=False) == ("Let me check.", [])
