@@ -90,4 +90,5 @@ def _functions(body: ChatCompletionRequest) -> list[dict]:
 
 
 def _spec(schema: dict) -> StructuredOutputSpec:
-    return StructuredOutputSpec(json_schema=json.dumps(schema))
+    # The schema is built from the tools' parameters: what the library refuses is theirs.
+    return StructuredOutputSpec(json_schema=json.dumps(schema), source="tools")
