@@ -7,7 +7,12 @@ class EngineError(ValueError):
 
 
 class InvalidRequestError(EngineError):
-    """A request the engine cannot serve as given (bad prompt, bad sampling parameters)."""
+    """A request the engine cannot serve as given (bad prompt, bad sampling parameters).
+    ``param`` names the SamplingParams field at fault, when one is."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class PromptTooLongError(InvalidRequestError):

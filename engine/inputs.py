@@ -153,7 +153,8 @@ class InputProcessor:
         bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidRequestError(
-                f"logit_bias token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
+                f"logit_bias token ids must be in [0, {self.vocab_size}); got {bad[:5]}",
+                "logit_bias",
             )
         if fit_max_tokens and prompt.num_tokens + params.max_tokens > self.max_model_len:
             raise PromptTooLongError(prompt.num_tokens, self.max_model_len, params.max_tokens)

@@ -51,33 +51,40 @@ class SamplingParams:
 
     def _validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}")
+            raise InvalidRequestError(
+                f"max_tokens must be at least 1, got {self.max_tokens}", "max_tokens"
+            )
         if self.temperature < 0:
-            raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}")
+            raise InvalidRequestError(
+                f"temperature must be >= 0, got {self.temperature}", "temperature"
+            )
         if not 0 < self.top_p <= 1:
-            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
         if not isinstance(self.top_k, int):
-            raise InvalidRequestError(f"top_k must be an integer, got {self.top_k!r}")
+            raise InvalidRequestError(f"top_k must be an integer, got {self.top_k!r}", "top_k")
         if not 0 <= self.min_p <= 1:
-            raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p}", "min_p")
         if self.repetition_penalty <= 0:
             raise InvalidRequestError(
-                f"repetition_penalty must be > 0, got {self.repetition_penalty}"
+                f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+                "repetition_penalty",
             )
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not -2 <= value <= 2:
-                raise InvalidRequestError(f"{name} must be in [-2, 2], got {value}")
+                raise InvalidRequestError(f"{name} must be in [-2, 2], got {value}", name)
         if self.logprobs is not None and not 0 <= self.logprobs <= self.MAX_LOGPROBS:
             raise InvalidRequestError(
-                f"logprobs must be in [0, {self.MAX_LOGPROBS}], got {self.logprobs}"
+                f"logprobs must be in [0, {self.MAX_LOGPROBS}], got {self.logprobs}",
+                "logprobs",
             )
         if any(not s for s in self.stop):
-            raise InvalidRequestError("stop strings must not be empty")
+            raise InvalidRequestError("stop strings must not be empty", "stop")
         for token_id, bias in self.logit_bias.items():
             if not isinstance(token_id, int) or not -100 <= bias <= 100:
                 raise InvalidRequestError(
-                    f"logit_bias maps token ids to values in [-100, 100], got {token_id}: {bias}"
+                    f"logit_bias maps token ids to values in [-100, 100], got {token_id}: {bias}",
+                    "logit_bias",
                 )
 
     @property
@@ -90,5 +97,5 @@ def _as_tuple(value, item_type: type, name: str) -> tuple:
         value = (value,)
     items = tuple(value)
     if not all(isinstance(item, item_type) for item in items):
-        raise InvalidRequestError(f"{name} must hold only {item_type.__name__} values")
+        raise InvalidRequestError(f"{name} must hold only {item_type.__name__} values", name)
     return items

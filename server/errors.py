@@ -61,7 +61,9 @@ def engine_error(error: EngineError, prompt_param: str | None = None) -> APIErro
     ``prompt_param`` names the field that held the prompt, if this one is about it."""
     if isinstance(error, PromptTooLongError):
         return bad_request(str(error), prompt_param, "context_length_exceeded")
-    return bad_request(str(error))
+    # A sampling parameter's name is the request field's (server/params.py keeps them so).
+    param = getattr(error, "param", None)
+    return bad_request(str(error), param or prompt_param)
 
 
 def internal_error(request_id: str) -> APIError:

@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from engine import SamplingParams
 from server.errors import bad_request
 
 MAX_N = 16
@@ -101,6 +102,39 @@ class StreamOptions(Body):
     include_usage: StrictBool = False
 
 
+# A JSON schema, as an object or as its JSON text (vLLM takes both).
+JsonText = _shaped(lambda v: v is None or isinstance(v, (dict, str)), "an object or a string")
+
+
+class JsonSchemaFormat(Body):
+    # OpenAI's rule for the name (the openai client sends a pydantic model's).
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    # NOTE: an alias: a field named "schema" would shadow BaseModel.schema.
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    # Decoding always holds the schema, strict or not.
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(Body):
+    """vLLM's ``structured_outputs``: exactly one of these (checked by server.params)."""
+
+    # Options of vLLM's we do not implement are refused, not ignored.
+    model_config = ConfigDict(extra="forbid")
+
+    # NOTE: an alias: a field named "json" would shadow BaseModel.json.
+    json_schema: JsonText = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: StrictBool | None = None
+
+
 class SamplingFields(Body):
     """What chat and text completions share."""
 
@@ -123,6 +157,13 @@ class SamplingFields(Body):
     min_p: StrictFloat = 0.0
     repetition_penalty: StrictFloat = 1.0
     ignore_eos: StrictBool = False
+    # Structured outputs: OpenAI's response_format, or vLLM's spellings (server.params).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: JsonText = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 class CalledFunction(Body):
@@ -183,7 +224,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool = False
-    top_logprobs: StrictInt | None = Field(None, ge=0)
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=SamplingParams.MAX_LOGPROBS)
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice = None
     parallel_tool_calls: StrictBool = True
@@ -192,7 +233,7 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     # Normalised by server.prompts.
     prompt: Prompt
-    logprobs: StrictInt | None = Field(None, ge=0)
+    logprobs: StrictInt | None = Field(None, ge=0, le=SamplingParams.MAX_LOGPROBS)
 
 
 def _absent(value: Any) -> bool:
@@ -208,10 +249,6 @@ REFUSED_COMMON = {
     # The deprecated spelling of tools (chat's "tools" and "tool_choice" are served).
     "functions": (_absent, "functions are not supported; use tools"),
     "function_call": (_is("none"), "function_call is not supported; use tool_choice"),
-    "response_format": (
-        _is({"type": "text"}),
-        "response_format other than {'type': 'text'} is not supported",
-    ),
 }
 REFUSED_CHAT = {
     **REFUSED_COMMON,
