@@ -1,5 +1,6 @@
 """VLM time to first token and decode tokens/s: edgechat vs transformers
-(`LlavaForConditionalGeneration.generate`) on the same small random LLaVA.
+(`LlavaForConditionalGeneration.generate`, or with `--model qwen2_5_vl`
+`Qwen2_5_VLForConditionalGeneration.generate`) on the same small random model.
 
 Both sides start from the same OpenAI-style user message: a short text and 1 or 4 random
 RGB PNGs (640x480) as base64 data URLs. Each timed call includes turning those URLs into
@@ -8,9 +9,10 @@ pixel values, because that is part of a real request's TTFT:
 * edgechat: `engine.chat_request(messages)` (data-URL and PNG decode, resize, crop,
   normalise, chat template, image-token expansion), `add_sequence`, then `step()` until
   the first output that carries a token; the same request runs on to 64 tokens.
-* transformers: base64 + PIL decode of the same URLs, `CLIPImageProcessorPil` (same
-  preprocessor_config.json), then `generate(max_new_tokens=64, min_new_tokens=64)` with a
-  streamer that timestamps each token. The prompt's token ids are edgechat's (the same
+* transformers: base64 + PIL decode of the same URLs, `CLIPImageProcessorPil` (Qwen2.5-VL:
+  `Qwen2VLImageProcessorPil`; same preprocessor_config.json), then
+  `generate(max_new_tokens=64, min_new_tokens=64)` with a streamer that timestamps each
+  token. The prompt's token ids are edgechat's (the same
   chat template; tokenizing ~40 text tokens is not timed on that side).
 
 TTFT = start of the call -> first new token; decode tok/s = 63 / (last token - first
@@ -19,7 +21,11 @@ Every repeat uses fresh images (edgechat caches image embeddings and KV prefixes
 content; prefix caching is also switched off) so no side reuses earlier work. Median of
 `--repeats` after one warm-up; both sides run in this one process, interleaved.
 
-    .venv/bin/python benchmarks/bench_vlm.py [--repeats 3] [--new-tokens 64] [--device cuda]
+Qwen2.5-VL resizes each 640x480 image within max_pixels 28 x 28 x 256 to 504x364: 234
+tokens (LLaVA's 224 px crop: 256).
+
+    .venv/bin/python benchmarks/bench_vlm.py [--model qwen2_5_vl] [--repeats 3]
+        [--new-tokens 64] [--device cuda]
 """
 
 from __future__ import annotations
@@ -32,12 +38,20 @@ import platform
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import transformers
 from PIL import Image
+from qwen_vl_checkpoint import (
+    QWEN_PREPROCESSOR,
+    QWEN_VISION,
+    build_qwen_checkpoint,
+    qwen_pixel_inputs,
+)
 from transformers.generation.streamers import BaseStreamer
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from engine import LLM, SamplingParams
 from engine.demo import write_tokenizer
@@ -66,6 +80,10 @@ TEXT = dict(
     tie_word_embeddings=False,
 )
 PROMPT = "Describe these images in detail, then compare them."
+
+
+def llava_pixel_inputs(processor, images, token_ids) -> dict:
+    return dict(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"])
 
 
 def build_checkpoint(out_dir: Path) -> transformers.LlavaForConditionalGeneration:
@@ -152,18 +170,23 @@ def run_edgechat(llm: LLM, urls: list[str], new_tokens: int) -> tuple[float, flo
     return result(start, stamps, new_tokens)
 
 
-def run_transformers(model, processor, token_ids, urls, new_tokens, device, dtype):
+def run_transformers(model, pixel_inputs, token_ids, urls, new_tokens, device, dtype):
+    """``pixel_inputs(images, token_ids)``: generate's image arguments, from the model's
+    PIL processor."""
     streamer = Stamps()
     start = time.perf_counter()
     images = [
         Image.open(io.BytesIO(base64.b64decode(url.partition(",")[2]))).convert("RGB")
         for url in urls
     ]
-    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    inputs = {
+        name: tensor.to(device, dtype) if tensor.is_floating_point() else tensor.to(device)
+        for name, tensor in pixel_inputs(images, token_ids).items()
+    }
     with torch.inference_mode():
         model.generate(
             input_ids=torch.tensor([token_ids], device=device),
-            pixel_values=pixel_values.to(device, dtype),
+            **inputs,
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
@@ -185,6 +208,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llava", choices=["llava", "qwen2_5_vl"])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, nargs="+", default=[1, 4])
@@ -196,10 +220,20 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     seeds = iter(range(10_000))  # fresh images for every call: no cache hits on either side
     with tempfile.TemporaryDirectory() as tmp:
-        hf_model = build_checkpoint(Path(tmp)).to(args.device, dtype)
-        vision_params = sum(p.numel() for p in hf_model.model.vision_tower.parameters())
+        if args.model == "qwen2_5_vl":
+            hf_model = build_qwen_checkpoint(Path(tmp), TEXT).to(args.device, dtype)
+            vision = hf_model.model.visual
+            processor = Qwen2VLImageProcessorPil(**QWEN_PREPROCESSOR)
+            pixel_inputs = partial(
+                qwen_pixel_inputs, processor, image_token_id=hf_model.config.image_token_id
+            )
+        else:
+            hf_model = build_checkpoint(Path(tmp)).to(args.device, dtype)
+            vision = hf_model.model.vision_tower
+            processor = transformers.CLIPImageProcessorPil.from_pretrained(tmp)
+            pixel_inputs = partial(llava_pixel_inputs, processor)
+        vision_params = sum(p.numel() for p in vision.parameters())
         total_params = sum(p.numel() for p in hf_model.parameters())
-        processor = transformers.CLIPImageProcessorPil.from_pretrained(tmp)
         llm = LLM(
             tmp,
             kv_cache_memory=1.0,
@@ -214,7 +248,7 @@ def main() -> None:
             # Same prompt ids for transformers (pixel values from its own preprocessing).
             token_ids, images = llm.engine.chat_request(messages_for(urls))
             theirs = run_transformers(
-                hf_model, processor, token_ids, urls, new_tokens, args.device, dtype
+                hf_model, pixel_inputs, token_ids, urls, new_tokens, args.device, dtype
             )
             return ours, theirs, len(token_ids), images, urls
 
@@ -227,7 +261,10 @@ def main() -> None:
                 for u in urls
             ]
             hf_pixels = processor(images=decoded, return_tensors="pt")["pixel_values"]
-            ours_pixels = torch.stack([image.pixel_values for image in images])
+            # Qwen2.5-VL's patches are [1, h, w, 4, patch_dim] an image, transformers' flat.
+            ours_pixels = torch.cat(
+                [image.pixel_values.reshape(-1, *hf_pixels.shape[1:]) for image in images]
+            )
             max_diff = (hf_pixels - ours_pixels).abs().max().item()
             assert max_diff < 0.05, f"preprocessing differs by {max_diff}"
 
@@ -243,10 +280,19 @@ def main() -> None:
         if args.device == "cuda"
         else f"{cpu_name()}, {torch.get_num_threads()} threads"
     )
+    if args.model == "qwen2_5_vl":
+        tower = (
+            f"windowed ViT: hidden {QWEN_VISION['hidden_size']}, {QWEN_VISION['depth']} "
+            f"layers, patch 14, 2x2 merge; Qwen2 with M-RoPE"
+        )
+    else:
+        tower = (
+            f"CLIP ViT: hidden {VISION['hidden_size']}, {VISION['num_hidden_layers']} layers, "
+            f"{IMAGE_SIZE}px / patch 14; Llama"
+        )
     print(
-        f"model: random LLaVA, {total_params / 1e6:.0f}M params ({vision_params / 1e6:.0f}M "
-        f"CLIP ViT: hidden {VISION['hidden_size']}, {VISION['num_hidden_layers']} layers, "
-        f"{IMAGE_SIZE}px / patch 14; Llama: hidden {TEXT['hidden_size']}, "
+        f"model: random {args.model}, {total_params / 1e6:.0f}M params "
+        f"({vision_params / 1e6:.0f}M {tower}: hidden {TEXT['hidden_size']}, "
         f"{TEXT['num_hidden_layers']} layers, GQA {TEXT['num_attention_heads']}/"
         f"{TEXT['num_key_value_heads']}, vocab {TEXT['vocab_size']}), {args.dtype}, "
         f"{args.device}"
