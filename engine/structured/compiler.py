@@ -33,11 +33,11 @@ JSON_OPTIONS = {"whitespace_flexible": False}
 
 class StructuredOutputError(InvalidRequestError):
     """A constraint the grammar library cannot compile (an invalid schema, regex or
-    grammar, or one it does not implement). ``source`` is the spec's."""
+    grammar, or one it does not implement). ``param`` is the spec's ``source``: the
+    request field a server names in its error."""
 
     def __init__(self, message: str, source: str | None = None):
-        super().__init__(f"{source}: {message}" if source else message)
-        self.source = source
+        super().__init__(f"{source}: {message}" if source else message, source)
 
 
 class CompiledGrammar:
