@@ -18,6 +18,7 @@ from server.middleware import (
     APIKeyMiddleware,
     BodyLimitMiddleware,
     JSONOnlyMiddleware,
+    RequestIdMiddleware,
 )
 from server.routes import health, list_models, metrics, retrieve_model
 from server.settings import ServerSettings
@@ -66,6 +67,8 @@ def create_app(
     app.add_middleware(JSONOnlyMiddleware)
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key, public_paths=public_paths)
+    # Outside the key check: a 401 carries the id too.
+    app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         # Outermost: a browser's preflight carries no key and must be answered first.
         app.add_middleware(

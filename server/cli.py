@@ -224,7 +224,10 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     add_option(serve, "--port", "port to listen on (0: any free port)", type=int, default=8000)
     add_option(serve, "--api-key", "require 'Authorization: Bearer KEY' (all but /health)")
     add_option(
-        serve, "--served-model-name", "model id for clients (default: --model, or edgechat-demo)"
+        serve,
+        "--served-model-name",
+        "model id for clients (default: the checkpoint directory's name, the Hub ID, or "
+        "edgechat-demo)",
     )
     add_option(
         serve,

@@ -6,7 +6,9 @@ import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from importlib.metadata import version
+from pathlib import Path
 
 from fastapi import Request
 
@@ -28,7 +30,7 @@ class ServerContext:
     @property
     def model_name(self) -> str:
         """The id clients use; raises a 503 until the engine is loaded."""
-        return self.settings.served_model_name or self.holder.llm.model_name
+        return self.settings.served_model_name or served_name(self.holder.llm.model_name)
 
     @property
     def fingerprint(self) -> str:
@@ -83,3 +85,11 @@ class ServerContext:
             self.metrics,
             request.state.arrival,
         )
+
+
+@lru_cache(maxsize=8)
+def served_name(model: str) -> str:
+    """A local checkpoint is served under its directory's name (clients should not see,
+    nor have to send, a path on the server); a Hub ID as it is."""
+    path = Path(model)
+    return path.resolve().name if path.is_dir() else model

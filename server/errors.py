@@ -92,7 +92,9 @@ def openai_endpoint(id_prefix: str) -> Callable[[Endpoint], Endpoint]:
             except EngineError as e:
                 error = engine_error(e)
             except Exception:
-                logger.exception("request %s failed", request_id)
+                client_id = getattr(request.state, "client_request_id", None)
+                sent = f" (X-Request-Id {client_id})" if client_id else ""
+                logger.exception("request %s%s failed", request_id, sent)
                 error = internal_error(request_id)
             response = error.response()
             response.headers["X-Request-Id"] = request_id

@@ -1,4 +1,5 @@
-"""ASGI middleware: the API key, JSON bodies only, and the body's size and read time.
+"""ASGI middleware: request ids, the API key, JSON bodies only, and the body's size and
+read time.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, which buffers and re-wraps
 responses: these must not get between an SSE stream and its client, nor hide the
@@ -8,6 +9,8 @@ client's disconnect from the stream.
 from __future__ import annotations
 
 import hmac
+import re
+import uuid
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +19,51 @@ from server.errors import APIError
 
 # Reachable without the key: load balancers and orchestrators probe it.
 PUBLIC_PATHS = frozenset({"/health"})
+# What a client may send as X-Request-Id: the characters of ids people use (UUIDs,
+# "req_...", trace ids), bounded so that it is safe to log and to echo.
+CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Every response carries ``X-Request-Id``: the client's own, echoed (a malformed one
+    is a 400), else the id the endpoint gave (a completion's id) or a new ``req-<hex>``.
+    A client's id is in ``request.state.client_request_id`` for the logs."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id")
+        valid = given is not None and CLIENT_REQUEST_ID.fullmatch(given) is not None
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                own = [v for k, v in headers if k == b"x-request-id"]
+                request_id = given if valid else own[0] if own else new_request_id()
+                headers = [(k, v) for k, v in headers if k != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+            await send(message)
+
+        if given is not None and not valid:
+            error = APIError(
+                400,
+                "the X-Request-Id header must be 1 to 128 characters of letters, digits "
+                "and ._:/+=-",
+                param="X-Request-Id",
+            )
+            await error.response()(scope, receive, send_with_id)
+            return
+        if valid:
+            scope.setdefault("state", {})["client_request_id"] = given.decode()
+        await self.app(scope, receive, send_with_id)
+
+
+def new_request_id() -> bytes:
+    return f"req-{uuid.uuid4().hex}".encode()
 
 
 class APIKeyMiddleware:

@@ -47,6 +47,15 @@ def test_served_model_name_and_demo_flag(tiny_llama) -> None:
         assert (card["id"], card["demo"]) == ("edgechat-demo", True)
 
 
+def test_a_local_checkpoint_is_served_under_its_directory_name(tiny_llama) -> None:
+    config = EngineConfig(model=str(tiny_llama), **ENGINE_DEFAULTS)
+    with running(create_app(ServerSettings(), lambda: AsyncLLM(config))) as url:
+        card = httpx.get(f"{url}/v1/models").json()["data"][0]
+        assert (card["id"], card["root"]) == (tiny_llama.name, str(tiny_llama))
+        body = {"model": tiny_llama.name, "prompt": "x", "max_tokens": 1}
+        assert httpx.post(f"{url}/v1/completions", json=body).status_code == 200
+
+
 ROUTES = [
     ("GET", "/v1/models"),
     ("GET", "/v1/models/anything"),
