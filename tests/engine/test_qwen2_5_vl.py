@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
+from engine import LLM, InvalidRequestError, SamplingParams
 from engine.llm_engine import LLMEngine
 from engine.scheduler import ScheduledBatch
 from tests.engine.qwen2_5_vl_fixtures import build_tiny_qwen2_5_vl, load_qwen2_5_vl_reference
@@ -235,3 +235,22 @@ def test_images_of_different_sizes_never_share_the_blocks_after_them(qwen_dir):
     assert engine.stats().num_prefix_hit_tokens - hits == first_image // block_size * block_size
     fresh = LLM(str(qwen_dir), kv_cache_memory=0.01).chat(prompts[1], GREEDY)
     assert output.token_ids == fresh.token_ids
+
+
+def test_bad_prompts_are_refused_before_any_work(llm):
+    engine = llm.engine
+    with pytest.raises(InvalidRequestError, match="image placeholder"):
+        engine.chat_request([{"role": "user", "content": [text_part("a <|image_pad|> b")]}])
+    token_ids, images = engine.chat_request(one_image())
+    with pytest.raises(InvalidRequestError, match="24 image tokens but its 0 images take 0"):
+        engine.add_request("no-images", token_ids, GREEDY)
+    with pytest.raises(InvalidRequestError, match="take 35"):
+        engine.add_request(
+            "other-image",
+            token_ids,
+            GREEDY,
+            engine.chat_request([{"role": "user", "content": [image_part(WIDE)]}])[1],
+        )
+    with pytest.raises(InvalidRequestError, match="1 image tokens for 2 images"):
+        engine.inputs.prepare("<|image_pad|> twice?", images * 2)
+    assert not engine.has_unfinished
