@@ -35,6 +35,8 @@ from engine.multimodal.images import (
 # transformers' defaults for Qwen2-VL's processor, where preprocessor_config.json is silent.
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 28 * 28 * 1280
+# Steps the processor always takes; a preprocessor_config.json may turn each off.
+SKIPPABLE_STEPS = ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class QwenImageProcessor:
             vision.temporal_patch_size,
         ):
             raise ModelLoadError(f"{path} cuts patches other than the vision tower takes")
+        skipped = [step for step in SKIPPABLE_STEPS if pp.get(step) is False]
+        if skipped:
+            raise ModelLoadError(f"{path} turns off {', '.join(skipped)}: not supported")
         size = pp.get("size") or {}
         self.min_pixels = int(pp.get("min_pixels") or size.get("shortest_edge", DEFAULT_MIN_PIXELS))
         self.max_pixels = int(pp.get("max_pixels") or size.get("longest_edge", DEFAULT_MAX_PIXELS))

@@ -89,3 +89,8 @@ def test_non_rgb_modes(tmp_path, mode):
 def test_inverted_bounds_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="not a range"):
         processors(tmp_path, min_pixels=28 * 28 * 40, max_pixels=28 * 28 * 4)
+
+
+def test_a_config_that_skips_a_step_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="turns off do_normalize"):
+        processors(tmp_path, do_normalize=False)
