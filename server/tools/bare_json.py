@@ -12,7 +12,7 @@ ARGUMENTS_KEYS = ("arguments", "parameters")
 def whole_answer_call(text: str, tool_names: frozenset[str]) -> tuple[str, Call | None]:
     """``("call", call)`` when ``text`` is one call object so far, ``("maybe", None)``
     while it may still become one, ``("no", None)`` when it cannot."""
-    state, value = leading_value(text, "{")
+    state, value = leading_value(text, "{", '"')
     if state != "value":
         return state, None
     call = as_call(value, tool_names, ARGUMENTS_KEYS)

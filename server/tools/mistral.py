@@ -40,7 +40,7 @@ class MistralParser(ToolParser):
         return random_id(9)
 
     def split(self, text: str, final: bool) -> list[Segment]:
-        state, value = leading_value(text, "[")
+        state, value = leading_value(text, "[", "{")
         if state == "value":
             calls = as_calls(value, self.tool_names, ARGUMENTS_KEYS)
             if calls is not None:

@@ -100,16 +100,20 @@ def partial_marker_at_end(text: str, marker: str) -> int:
     return len(text)
 
 
-def leading_value(text: str, opener: str) -> tuple[str, Any]:
+def leading_value(text: str, opener: str, first: str) -> tuple[str, Any]:
     """For calls that may be the whole answer, with no markup: ``("no", None)`` when the
-    answer cannot be one JSON value opened by ``opener`` (it starts with other text, or
-    its value has ended and more text follows); ``("value", value)`` when it is one
-    finished value so far; ``("maybe", None)`` while the value is still being written
-    (or is malformed, which only the end of the text tells)."""
+    answer cannot be one JSON value opened by ``opener`` whose first item starts with
+    ``first`` (it starts with other text, such as code in braces, or its value has ended
+    and more text follows); ``("value", value)`` when it is one finished value so far;
+    ``("maybe", None)`` while the value is still being written (or is malformed, which
+    only the end of the text tells)."""
     start = skip_space(text, 0)
     if start == len(text):
         return "maybe", None
     if not text.startswith(opener, start):
+        return "no", None
+    inside = skip_space(text, start + len(opener))
+    if inside < len(text) and not text.startswith(first, inside):
         return "no", None
     decoded = decode_json(text, start)
     if decoded is None:

@@ -261,6 +261,13 @@ def test_brackets_nested_past_the_recursion_limit_stay_text(parser_name: str) ->
         assert parse_answer(make_parser(parser_name), text).content == text
 
 
+@pytest.mark.parametrize("parser_name", ["hermes", "json", "mistral"])
+def test_answer_in_braces_that_is_no_call_streams_at_once(parser_name: str) -> None:
+    for text in ("{ int x = 1; } and more", "[ x ] and more"):
+        stream = ToolCallStream(make_parser(parser_name))
+        assert stream.feed(text, final=False) == (text, [])
+
+
 def test_content_streams_before_a_call_ends() -> None:
     stream = ToolCallStream(parser_named("hermes")(TOOLS))
     assert stream.feed("Let me check. ", final=False) == ("Let me check.", [])
