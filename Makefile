@@ -49,8 +49,11 @@ gpu-check:
 	$(if $(OUT),,$(error usage: make gpu-check OUT=DIR [WHEELS=DIR]))
 	PYTHONPATH=. $(PYTHON) benchmarks/gpu_check.py --out "$(OUT)" $(if $(WHEELS),--wheels "$(WHEELS)")
 
+# `make serve [MODEL=PATH_OR_HUB_ID] [HOST=...] [PORT=...] [ARGS="--api-key KEY ..."]`
+HOST ?= 127.0.0.1
+PORT ?= 8000
 serve: $(STAMP)
-	$(VENV)/bin/edgechat serve --host 127.0.0.1 --port 8000
+	$(VENV)/bin/edgechat serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model "$(MODEL)") $(ARGS)
 
 # The web page's libraries (client/web/vendor/), fetched with npm at their pinned versions.
 web-vendor:

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from tqdm import tqdm
 
 from engine.config import EngineConfig
+from engine.inputs import PreparedPrompt
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling import SamplingParams
@@ -27,6 +28,11 @@ class LLM:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether ``chat`` and ``stream_chat`` have a template to render messages with."""
+        return self.engine.inputs.chat_template.available
 
     @property
     def is_demo(self) -> bool:
@@ -56,7 +62,7 @@ class LLM:
         return self._run([seq.request_id for seq in seqs], use_tqdm)
 
     def stream(
-        self, prompt: Prompt, params: SamplingParams | None = None
+        self, prompt: Prompt | PreparedPrompt, params: SamplingParams | None = None
     ) -> Iterator[RequestOutput]:
         """One prompt's outputs as they come (``new_text`` is what each step added)."""
         request_id = f"llm-{next(self._ids)}"
@@ -69,6 +75,12 @@ class LLM:
                         return
         finally:
             self.engine.abort(request_id)  # a no-op once it has finished
+
+    def stream_chat(
+        self, messages: list[dict], params: SamplingParams | None = None
+    ) -> Iterator[RequestOutput]:
+        """``stream`` for a conversation, rendered with the chat template."""
+        return self.stream(self.engine.inputs.prepare_chat(messages), params)
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
         """Answer one conversation (OpenAI-style messages, with ``image_url`` parts for

@@ -14,8 +14,9 @@ import logging
 import os
 import signal
 import sys
+from importlib.metadata import version
 
-from client import chat
+from server.cli_generate import add_generate_command
 from server.cli_quant import add_quant_commands
 from server.tools.registry import PARSERS
 
@@ -31,6 +32,18 @@ SHUTDOWN_SLACK_SECONDS = 5.0
 KEEP_ALIVE_SECONDS = 5
 # A request head (request line and headers) must arrive whole within this.
 HEAD_TIMEOUT_SECONDS = 10.0
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        unset = action.default is None or action.default == argparse.SUPPRESS
+        # A flag (--raw, --no-warmup) has no value to show.
+        if unset or action.nargs == 0 or "%(default)" in help:
+            return help
+        return f"{help} (default: %(default)s)"
 
 
 def add_option(parser: argparse.ArgumentParser, flag: str, help: str, **kwargs) -> None:
@@ -52,6 +65,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--max-model-len", "cap on the context length", type=int)
     add_option(parser, "--max-num-seqs", "requests run at once", type=int, default=64)
     add_option(parser, "--chat-template", "Jinja chat template file")
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        default=bool(os.environ.get("EDGECHAT_NO_WARMUP")),
+        help="on a GPU, skip compiling every kernel at start (the first requests then "
+        "compile them) [env EDGECHAT_NO_WARMUP]",
+    )
+
+
+def add_media_args(parser: argparse.ArgumentParser) -> None:
+    """What a server lets its clients send as images."""
     # NOTE: the image defaults repeat ImageLimits' own, since importing the engine here
     # would slow `edgechat chat`'s start.
     add_option(
@@ -89,13 +113,6 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refuse http(s) image URLs (data: URLs only)",
     )
-    parser.add_argument(
-        "--no-warmup",
-        action="store_true",
-        default=bool(os.environ.get("EDGECHAT_NO_WARMUP")),
-        help="on a GPU, skip compiling every kernel at start (the first requests then "
-        "compile them) [env EDGECHAT_NO_WARMUP]",
-    )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -106,6 +123,12 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         chat_template=args.chat_template,
+        warm_up=not args.no_warmup,
+    )
+
+
+def media_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
         limit_images_per_prompt=args.limit_images_per_prompt,
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
@@ -114,27 +137,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         allowed_media_domains=_comma_list(args.allowed_media_domains),
         allow_private_media_urls=args.allow_private_media_urls,
         allow_http_media=not args.no_http_media,
-        warm_up=not args.no_warmup,
     )
 
 
 def _comma_list(value: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in (value or "").split(",") if item.strip())
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from engine import LLM, SamplingParams
-
-    llm = LLM(args.model, **engine_kwargs(args))
-    if llm.is_demo:
-        print("[demo model: random weights, the output is meaningless]", file=sys.stderr)
-    params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
-    )
-    for output in llm.stream(args.prompt, params):
-        print(output.new_text, end="", flush=True)
-    print()
-    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -160,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             body_read_timeout_seconds=args.body_read_timeout,
             tool_call_parser=args.tool_call_parser,
         )
-        config = EngineConfig(model=args.model, **engine_kwargs(args))
+        config = EngineConfig(model=args.model, **engine_kwargs(args), **media_kwargs(args))
     except ValueError as e:  # both validate in __post_init__ (EngineError is a ValueError)
         return _error(e)
     if args.model is None:
@@ -206,6 +213,8 @@ def _error(error: Exception) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from client import chat  # the openai client: only this command needs it
+
     return chat.main(
         args.url,
         args.api_key,
@@ -218,8 +227,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+    serve = commands.add_parser(
+        "serve", help="serve the OpenAI-compatible HTTP API", formatter_class=HelpFormatter
+    )
     add_engine_args(serve)
+    add_media_args(serve)
     add_option(serve, "--host", "address to listen on", default="127.0.0.1")
     add_option(serve, "--port", "port to listen on (0: any free port)", type=int, default=8000)
     add_option(serve, "--api-key", "require 'Authorization: Bearer KEY' (all but /health)")
@@ -284,7 +296,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_chat_parser(commands: argparse._SubParsersAction) -> None:
-    chat_parser = commands.add_parser("chat", help="chat with a server on the terminal")
+    chat_parser = commands.add_parser(
+        "chat", help="chat with a server on the terminal", formatter_class=HelpFormatter
+    )
     add_option(chat_parser, "--url", "server address", default="http://127.0.0.1:8000")
     add_option(chat_parser, "--api-key", "the server's API key")
     # NOTE: not from $EDGECHAT_MODEL, which names the checkpoint `serve` loads.
@@ -301,28 +315,45 @@ def add_chat_parser(commands: argparse._SubParsersAction) -> None:
     chat_parser.set_defaults(func=cmd_chat)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgechat", description=__doc__)
-    add_option(parser, "--log-level", "DEBUG, INFO, WARNING or ERROR")
+    parser = argparse.ArgumentParser(
+        prog="edgechat",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgechat {version('edgechat')}")
+    add_log_level(parser, default=os.environ.get(ENV_PREFIX + "LOG_LEVEL"))
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(commands)
     add_chat_parser(commands)
-    generate = commands.add_parser("generate", help="generate text for one prompt, streamed")
-    add_engine_args(generate)
-    generate.add_argument("--prompt", required=True)
-    generate.add_argument("--max-tokens", type=int, default=64)
-    generate.add_argument("--temperature", type=float, default=0.0)
-    generate.add_argument("--seed", type=int, default=None)
-    generate.set_defaults(func=cmd_generate)
+    add_generate_command(commands, add_engine_args, HelpFormatter)
     add_quant_commands(commands)
+    for command in commands.choices.values():
+        # Also after the command (`edgechat serve --log-level DEBUG`); SUPPRESS keeps a
+        # subcommand that was not given the flag from overwriting the one before it.
+        add_log_level(command, default=argparse.SUPPRESS)
     return parser
+
+
+def add_log_level(parser: argparse.ArgumentParser, default: str | None) -> None:
+    name = ENV_PREFIX + "LOG_LEVEL"
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=default,
+        help=f"{', '.join(LOG_LEVELS)} (default: INFO for serve, WARNING otherwise) [env {name}]",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A server tells what it is doing; the one-shot commands stay quiet.
     level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
-    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except KeyboardInterrupt:

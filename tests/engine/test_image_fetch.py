@@ -23,7 +23,7 @@ from engine import LLM, EngineConfig, EngineError, InvalidRequestError, Sampling
 from engine.multimodal import fetch
 from engine.multimodal.fetch import MediaURLPolicy
 from engine.multimodal.images import ImageLimits, ImageProcessor
-from server.cli import build_parser, engine_kwargs
+from server.cli import build_parser, engine_kwargs, media_kwargs
 from tests.engine.image_server import (
     HUGE_BYTES,
     SLOW_SECONDS,
@@ -306,19 +306,19 @@ def test_flag_defaults_are_the_engines(monkeypatch):
     for name in FLAG_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     args = build_parser().parse_args(["serve"])
-    assert EngineConfig(**engine_kwargs(args)).image_limits == ImageLimits()
+    assert EngineConfig(**media_kwargs(args)).image_limits == ImageLimits()
 
 
 def test_flags_and_environment_reach_the_engine(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECHAT_IMAGE_FETCH_TIMEOUT", "2.5")
     monkeypatch.setenv("EDGECHAT_ALLOWED_LOCAL_MEDIA_PATH", str(tmp_path))
-    argv = ["generate", "--prompt", "x", "--kv-cache-memory", "0.01"]
+    argv = ["serve", "--kv-cache-memory", "0.01"]
     args = build_parser().parse_args([*argv, "--limit-images-per-prompt", "1"])
     flags = ["--allowed-media-domains", "a.com, b.org", "--allow-private-media-urls"]
-    policy = EngineConfig(**engine_kwargs(build_parser().parse_args([*argv, *flags])))
+    policy = EngineConfig(**media_kwargs(build_parser().parse_args([*argv, *flags])))
     assert policy.image_limits.url_policy == MediaURLPolicy(True, ("a.com", "b.org"), True)
     model_dir = build_tiny_llava(tmp_path / "llava")
-    llm = LLM(str(model_dir), **engine_kwargs(args))
+    llm = LLM(str(model_dir), **engine_kwargs(args), **media_kwargs(args))
     limits = llm.engine.vision.limits
     assert (limits.max_images, limits.fetch_timeout) == (1, 2.5)
     assert limits.local_media_dir == tmp_path

@@ -13,12 +13,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import BinaryIO
 
 import httpx
 import pytest
+from PIL import Image
 
+from client.chat import image_data_url
+from engine import LLM, SamplingParams
 from server.cli import build_parser, engine_kwargs, main
 from tests.server.gated_serve import GATE_FD_VARIABLE, ONE_STEP, OPEN
 
@@ -56,20 +60,78 @@ def test_no_warmup_reaches_the_engine_config(monkeypatch: pytest.MonkeyPatch) ->
     assert engine_kwargs(build_parser().parse_args(["serve", "--no-warmup"]))["warm_up"] is False
 
 
-def test_generate_still_works(tiny_llama: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = [
-        "generate",
-        "--model",
-        str(tiny_llama),
-        "--prompt",
-        "Hello",
-        "--max-tokens",
-        "4",
-        "--kv-cache-memory",
-        "0.05",
-    ]
+GENERATE = ["generate", "--prompt", "Hello", "--max-tokens", "4", "--kv-cache-memory", "0.05"]
+
+
+@pytest.mark.parametrize("mode", ["--chat", "--raw"])
+def test_generate_applies_the_chat_template_or_not(
+    tiny_llama: Path, mode: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main([*GENERATE, "--model", str(tiny_llama), mode]) == 0
+    out, err = capsys.readouterr()
+    llm = LLM(str(tiny_llama), kv_cache_memory=0.05)
+    greedy = SamplingParams(max_tokens=4, temperature=0)
+    if mode == "--chat":
+        expected = llm.chat([{"role": "user", "content": "Hello"}], greedy)
+    else:
+        [expected] = llm.generate("Hello", greedy)
+    assert out == expected.text + "\n"
+    assert re.search(r"\[4 tokens in [0-9.]+ s: [0-9.]+ tok/s, finish_reason length\]", err)
+
+
+def test_generate_chats_by_default_with_a_template(
+    tiny_llama: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main([*GENERATE, "--model", str(tiny_llama)]) == 0
+    by_default = capsys.readouterr().out
+    assert main([*GENERATE, "--model", str(tiny_llama), "--chat"]) == 0
+    assert capsys.readouterr().out == by_default
+
+
+def test_generate_takes_images_on_a_vlm(
+    tiny_llava: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    argv = [*GENERATE, "--model", str(tiny_llava), "--image", str(image)]
     assert main(argv) == 0
-    assert capsys.readouterr().out.strip()
+    llm = LLM(str(tiny_llava), kv_cache_memory=0.05)
+    parts = [
+        {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+        {"type": "text", "text": "Hello"},
+    ]
+    expected = llm.chat([{"role": "user", "content": parts}], SamplingParams(4, temperature=0))
+    assert capsys.readouterr().out == expected.text + "\n"
+    assert main([*argv[:-1], str(tmp_path / "missing.png")]) == 2
+    assert "cannot read the image" in capsys.readouterr().err
+
+
+def test_generate_refuses_what_raw_text_cannot_take(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):  # the server's media options are not generate's
+        build_parser().parse_args([*GENERATE, "--no-http-media"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*GENERATE, "--chat", "--raw"])
+    assert main([*GENERATE, "--raw", "--system", "be brief"]) == 2
+    assert "--chat" in capsys.readouterr().err
+
+
+def test_log_level_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = build_parser().parse_args
+    assert parse(["serve", "--log-level", "debug"]).log_level == "DEBUG"
+    assert parse(["--log-level", "ERROR", "serve"]).log_level == "ERROR"
+    assert parse(["chat"]).log_level is None
+    monkeypatch.setenv("EDGECHAT_LOG_LEVEL", "warning")
+    assert build_parser().parse_args(["serve"]).log_level == "WARNING"
+    assert build_parser().parse_args(["serve", "--log-level", "INFO"]).log_level == "INFO"
+    with pytest.raises(SystemExit):
+        parse(["serve", "--log-level", "LOUD"])
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out == f"edgechat {version('edgechat')}\n"
 
 
 def test_bad_settings_exit_2(capsys: pytest.CaptureFixture) -> None:
