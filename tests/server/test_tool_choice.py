@@ -100,3 +100,15 @@ def test_cut_short_call_is_text_with_length(server: LiveServer) -> None:
     [choice] = response.choices
     assert choice.finish_reason == "length"
     assert choice.message.tool_calls is None and choice.message.content.startswith("[")
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "f"}}])
+def test_parameters_schema_the_library_refuses_is_a_400(server: LiveServer, choice) -> None:
+    parameters = {"type": "object", "properties": {"a": {"type": "bogus"}}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    body = {"messages": USER, "tools": tools, "tool_choice": choice, "max_tokens": 2}
+    with server.http() as http:
+        response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "tools" and "bogus" in error["message"]
