@@ -112,3 +112,16 @@ def test_parameters_schema_the_library_refuses_is_a_400(server: LiveServer, choi
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "tools" and "bogus" in error["message"]
+
+
+def test_forced_call_and_response_format_is_a_400(server: LiveServer) -> None:
+    body = {
+        "messages": USER,
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "response_format": {"type": "json_object"},
+    }
+    with server.http() as http:
+        response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tool_choice"
