@@ -247,6 +247,7 @@ def test_each_choice_has_its_own_matcher_and_abort_frees_it(llm):
         (StructuredOutputSpec(json_schema='{"type": "object"'), "not valid JSON"),
         (StructuredOutputSpec(json_schema="[1, 2]"), "is an object"),
         (StructuredOutputSpec(json_schema='{"type": "string", "format": "nope"}'), "nope"),
+        (StructuredOutputSpec(json_schema='{"type": "array", "uniqueItems": true}'), "unique"),
         (StructuredOutputSpec(regex="(unclosed"), "unclosed"),
         (StructuredOutputSpec(grammar="start: undefined_rule"), "undefined_rule"),
         (StructuredOutputSpec(grammar='root ::= "a" missing'), "missing"),
