@@ -102,7 +102,9 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             "cannot decode an image: it is not a PNG, JPEG, WebP or GIF file"
         ) from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InvalidRequestError(f"cannot decode an image: {e}") from None
+        raise InvalidRequestError(
+            f"cannot decode an image: its bytes are not valid ({e})"
+        ) from None
     with image:
         if image.format not in FORMATS:
             raise InvalidRequestError(
@@ -113,7 +115,9 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise InvalidRequestError(f"cannot decode an image: {e}") from None
+            raise InvalidRequestError(
+                f"cannot decode an image: its bytes are not valid ({e})"
+            ) from None
 
 
 def check_size(width: int, height: int, max_pixels: int, after: str = "") -> None:

@@ -35,7 +35,7 @@ def flatten_messages(
         raise InvalidRequestError("messages must be a list")
     flat: list[dict] = []
     images: list[ImageInput] = []
-    for message in messages:
+    for message_index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequestError("each message must be an object")
         content = message.get("content")
@@ -43,7 +43,7 @@ def flatten_messages(
             flat.append(message)
             continue
         texts, parts = [], []
-        for part in content:
+        for part_index, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
                 if not isinstance(part.get("text"), str):
@@ -59,7 +59,12 @@ def flatten_messages(
                     raise InvalidRequestError("this model does not accept images")
                 if len(images) == max_images:
                     raise InvalidRequestError(f"a prompt may hold at most {max_images} images")
-                images.append(load_image(_url_of(part)))
+                try:
+                    images.append(load_image(_url_of(part)))
+                except InvalidRequestError as e:
+                    # Which of several images is at fault; the engine's messages say why.
+                    where = f"messages[{message_index}].content[{part_index}]"
+                    raise InvalidRequestError(f"{where}: {e}") from None
                 texts.append(placeholder)
                 parts.append({"type": "image"})
             else:

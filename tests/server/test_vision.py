@@ -142,14 +142,15 @@ def test_an_http_image_url_answers_as_the_same_image_inline(vlm_server: LiveServ
 @pytest.mark.parametrize(
     ("url", "match"),
     [
-        ("data:image/png;base64,!!not*base64!!", "corrupt base64"),
+        ("data:image/png;base64,!!not*base64!!", "an image data: URL holds corrupt base64"),
         (f"data:image/png;base64,{base64.b64encode(b'not an image').decode()}", "cannot decode"),
         (f"http://127.0.0.1:{closed_port()}/cat.png", "cannot fetch"),
     ],
     ids=["corrupt-base64", "not-an-image", "unreachable-url"],
 )
 def test_bad_images_are_400s(vlm_server: LiveServer, url: str, match: str) -> None:
-    check_refused(vlm_server, two_images(URL_A, url), match)
+    # The message names which image is at fault: the second message's third part.
+    check_refused(vlm_server, two_images(URL_A, url), f"messages[1].content[2]: {match}")
 
 
 def test_too_many_images_is_a_400(vlm_server: LiveServer) -> None:
