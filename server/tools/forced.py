@@ -5,12 +5,14 @@ schema of a valid call (vLLM's schemas), so the answer is the call itself, no ma
   at least one, at most one unless ``parallel_tool_calls``;
 - a named function: that function's arguments object alone.
 
-An answer that does not parse (``max_tokens`` cut it short) stays text.
+A required answer that does not parse (``max_tokens`` cut it short) stays text. A named
+one is always the call: its arguments are the text as the grammar made it, so a stream
+sends them as they come, and a ``max_tokens`` cut leaves them cut short (with
+``finish_reason: "length"``, as OpenAI's are).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from server.tools.parser import Call, Segment, ToolParser, as_calls, decode_json, skip_space
@@ -62,15 +64,11 @@ class RequiredCallsParser(ToolParser):
 
 
 class NamedCallParser(ToolParser):
-    """The answer of a request naming one function: its arguments, once whole."""
+    """The answer of a request naming one function: its arguments."""
 
     name = "named"
+    arguments_only = True
 
     def split(self, text: str, final: bool) -> list[Segment]:
-        if not final:
-            return []
-        arguments = _whole_value(text)
-        if not isinstance(arguments, dict):
-            return [text]
         [function] = self.tool_names
-        return [Call(function, json.dumps(arguments, ensure_ascii=False))]
+        return [Call(function, text)] if final else []

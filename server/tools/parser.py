@@ -40,6 +40,9 @@ class ToolParser(ABC):
 
     # The name used by --tool-call-parser (vLLM's name for the same format).
     name = ""
+    # The whole answer is the arguments of a call of the one tool (a named tool_choice),
+    # which a stream sends as they come.
+    arguments_only = False
 
     def __init__(self, tool_names: frozenset[str]):
         self.tool_names = tool_names

@@ -5,7 +5,9 @@ Content is the answer's text outside the calls; with calls, trailing whitespace 
 dropped, and empty content is None. A stream sends content as it settles (whitespace at
 its end waits for what follows), and each call once its markup has closed and parsed:
 ``{"index", "id", "type", "function": {"name", "arguments": ""}}``, then its arguments.
-So a malformed call is never half-sent as a call: it arrives as content.
+So a malformed call is never half-sent as a call: it arrives as content. The one
+exception is a named ``tool_choice`` (``arguments_only``), whose whole answer is the
+call's arguments: its id and name go first, then each piece of text as it comes.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class ToolCallStream:
     def feed(self, new_text: str, final: bool) -> tuple[str, list[list[dict]]]:
         """The content to send now, and the ``tool_calls`` list of each delta to send
         after it (two per new call)."""
+        if self.parser.arguments_only:
+            return "", self._arguments(new_text)
         self._text += new_text
         content, calls = _content(self.parser.split(self._text, final))
         if not final:
@@ -74,3 +78,13 @@ class ToolCallStream:
             deltas.append([{"index": index, "function": {"arguments": call.arguments}}])
             self._num_calls += 1
         return new_content, deltas
+
+    def _arguments(self, new_text: str) -> list[list[dict]]:
+        deltas = []
+        if not self._num_calls:
+            [name] = self.parser.tool_names
+            deltas.append([{"index": 0, **_call_object(self.parser, Call(name, ""))}])
+            self._num_calls = 1
+        if new_text:
+            deltas.append([{"index": 0, "function": {"arguments": new_text}}])
+        return deltas

@@ -125,3 +125,17 @@ def test_forced_call_and_response_format_is_a_400(server: LiveServer) -> None:
         response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tool_choice"
+
+
+def test_named_arguments_stream_in_fragments(server: LiveServer) -> None:
+    named = {"type": "function", "function": {"name": "get_time"}}
+    whole = create(server, tool_choice=named, seed=3)
+    chunks = list(create(server, tool_choice=named, seed=3, stream=True))
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    head, *fragments = deltas
+    assert head.id.startswith("call_") and head.function.name == "get_time"
+    assert len(fragments) > 1, "the arguments stream as they are generated"
+    [call] = whole.choices[0].message.tool_calls
+    assert "".join(f.function.arguments for f in fragments) == call.function.arguments
+    check_arguments("get_time", call.function.arguments)
+    assert chunks[-1].choices[0].finish_reason == "stop"
