@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ def _get(
     if policy.allowed_domains and host not in policy.allowed_domains:
         raise FetchFailed(f"the host {host!r} is not among the allowed media domains")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    address = _resolve(host, port, policy)
+    address = _resolve(host, port, policy, deadline)
     connection_class = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
     connection = connection_class(host, port, timeout=_left(deadline))
     connection.address = address
@@ -125,16 +126,37 @@ def _get(
         connection.close()
 
 
-def _resolve(host: str, port: int, policy: MediaURLPolicy) -> str:
+def _resolve(host: str, port: int, policy: MediaURLPolicy, deadline: float) -> str:
     """The address to connect to: the first ``host`` resolves to, every one of them
     checked (one bad address in the answer refuses the host)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses = [info[4][0] for info in infos]
+    addresses = _lookup(host, port, deadline)
     if not policy.allow_private:
         for address in addresses:
             if is_internal(ipaddress.ip_address(address)):
                 raise FetchFailed(f"{host!r} resolves to the internal address {address}")
     return addresses[0]
+
+
+def _lookup(host: str, port: int, deadline: float) -> list[str]:
+    """The addresses of ``host``, or TimeoutError at the deadline. getaddrinfo takes no
+    timeout, so it runs in a thread of its own: a resolver that never answers holds that
+    (daemon) thread until the resolver gives up, not the fetch."""
+    answer: list = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as e:
+            answer.append(e)
+        done.set()
+
+    threading.Thread(target=look_up, name="edgechat-dns", daemon=True).start()
+    if not done.wait(_left(deadline)):
+        raise TimeoutError(f"resolving {host!r} took too long")
+    if isinstance(answer[0], OSError):
+        raise answer[0]
+    return [info[4][0] for info in answer[0]]
 
 
 def is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -211,6 +212,24 @@ def test_the_connection_goes_to_the_address_checked(tmp_path, base_url, monkeypa
     monkeypatch.setattr(fetch.socket, "getaddrinfo", resolve_once)
     assert_same_image(f"http://media.test:{port}/image.png", tmp_path)
     assert lookups == ["media.test"]
+
+
+def test_a_resolver_that_never_answers_is_cut_off_at_the_deadline(tmp_path, monkeypatch):
+    release = threading.Event()
+    lookups = []
+
+    def never_answers(host, *args, **kwargs):
+        lookups.append(host)
+        release.wait()
+        raise socket.gaierror("released by the test")
+
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", never_answers)
+    try:
+        with pytest.raises(InvalidRequestError, match=CANNOT_FETCH):
+            processor(tmp_path, fetch_timeout=0.2).load("http://dns.test/image.png")
+        assert lookups == ["dns.test"]
+    finally:
+        release.set()
 
 
 def test_allowed_domains_and_no_http(tmp_path, base_url):
