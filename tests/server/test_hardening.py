@@ -78,7 +78,7 @@ def test_text_far_longer_than_the_context_is_refused_untokenized(
     server.llm.engine.inputs.tokenizer = lambda *a, **kw: calls.append(a) or tokenizer(*a, **kw)
     try:
         response = http.post("/v1/completions", json={"prompt": text})
-        assert_error(response, 400, None, None, "characters")
+        assert_error(response, 400, "prompt", None, "characters")
         chat = {"messages": [{"role": "user", "content": [text_part(text)]}]}
         assert_error(http.post("/v1/chat/completions", json=chat), 400, "messages", None, "char")
     finally:
