@@ -14,6 +14,28 @@ import time
 # NOTE: the engine (torch) is imported by the commands themselves, so that registering
 # them does not slow down `edgechat chat`, which never needs it.
 
+# The one measured time (benchmarks/bench_awq.py, docs/benchmarks.md); the rest scale it by
+# the search's arithmetic per layer (block losses on at most 4096 tokens, the Gram matrices
+# and recorded inputs on all of them, the clip search on 512).
+AWQ_TIME = (
+    "How long AWQ takes on a 2-core x86 CPU: SmolLM2-135M (30 layers, hidden 576) with "
+    "--num-samples 4 took 224 s, about 7 s a layer (measured, quiet machine). Extrapolated "
+    "from that by operation count, not measured: about 13 min for SmolLM2-135M at the "
+    "defaults (128 x 512 tokens); for a 0.5B model (Qwen2.5-0.5B: 24 layers, hidden 896, "
+    "intermediate 4864) about 55 min at the defaults, 16 min with --num-samples 4. On a GPU: "
+    "not measured yet. RTN takes seconds."
+)
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, except where there is none to show:
+    required options, flags, and options whose help says what their absence means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.nargs == 0 or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def add_quant_commands(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser(
@@ -22,6 +44,8 @@ def add_quant_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Quantize a model to 4 bits, one decoder layer at a time, in the "
         "AutoAWQ GEMM format (loads in edgechat and other AWQ-aware tools). Of a LLaVA, "
         "the language model is quantized; the vision tower and projector stay 16-bit.",
+        epilog=AWQ_TIME,
+        formatter_class=DefaultsFormatter,
     )
     q.add_argument("--model", required=True, help="checkpoint directory or Hub ID")
     q.add_argument("--out", required=True, help="output directory (must not exist yet)")
@@ -29,21 +53,36 @@ def add_quant_commands(subparsers: argparse._SubParsersAction) -> None:
         "--method",
         choices=["awq", "rtn"],
         default="awq",
-        help="awq: activation-aware search (default); rtn: plain rounding",
+        help="awq: activation-aware search; rtn: plain rounding",
     )
-    q.add_argument("--group-size", type=int, default=128)
+    q.add_argument(
+        "--group-size",
+        type=int,
+        default=128,
+        help="input channels per int4 scale and zero point; must divide every linear's "
+        "in-features (64 or 32 where 128 does not)",
+    )
     q.add_argument(
         "--calib-data",
         default=None,
         help="a text file, a .jsonl with a 'text' field, or a directory of "
         ".txt/.md files (default: the Pile validation set from the Hub)",
     )
-    q.add_argument("--num-samples", type=int, default=128, help="calibration windows")
+    q.add_argument(
+        "--num-samples",
+        type=int,
+        default=128,
+        help="calibration windows of --seq-len tokens, cut from the texts laid end to end "
+        "(AutoAWQ's 128 counts documents of at most 512 tokens, which usually makes fewer "
+        "windows)",
+    )
     q.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
     q.add_argument(
         "--no-clip", dest="clip", action="store_false", help="skip AWQ's weight clipping search"
     )
-    q.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    q.add_argument(
+        "--device", default="auto", help="where the search runs: auto (a GPU if any), cpu, cuda[:N]"
+    )
     q.set_defaults(func=cmd_quantize)
 
     p = subparsers.add_parser(

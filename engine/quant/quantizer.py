@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,8 +185,11 @@ def _quantize_layers(
         x = source.embed(ids)  # [num_samples, seq_len, hidden]
         runner = BlockRunner(source.rotary(), ids.shape[1], source.dtype, source.device)
         logger.info("calibrating on %d samples of %d tokens", *ids.shape)
+    # tqdm's rate and remaining time are the mean time per layer and the estimated total;
+    # the postfix shows the last layer's own time.
     bar = tqdm(range(source.num_layers), desc=f"quantizing ({config.method})", unit="layer")
     for index in bar:
+        start = time.perf_counter()
         name = source.layer_name(index)
         layer = source.materialize(name)
         if ids is not None:
@@ -196,6 +200,7 @@ def _quantize_layers(
         prefix = source.checkpoint_name(name)
         writer.add(_layer_tensors(layer, layout, prefix, config.group_size))
         source.release(layer)
+        bar.set_postfix_str(f"layer {index}: {time.perf_counter() - start:.1f} s")
 
 
 def _layer_tensors(

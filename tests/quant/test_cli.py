@@ -78,3 +78,14 @@ def test_defaults_are_the_usual_awq_settings():
         True,
     )
     assert parser.parse_args(["eval-ppl", "--model", "m", "--data", "d"]).seq_len == 2048
+
+
+def test_quantize_help_shows_every_default_and_how_long_awq_takes(capsys):
+    parser = argparse.ArgumentParser(prog="edgechat")
+    add_quant_commands(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["quantize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: awq)", "(default: 128)", "(default: 512)", "(default: auto)"):
+        assert default in text
+    assert "How long AWQ takes" in text and "Extrapolated" in text
