@@ -58,7 +58,7 @@ class ToolCallStream:
 
     def feed(self, new_text: str, final: bool) -> tuple[str, list[list[dict]]]:
         """The content to send now, and the ``tool_calls`` list of each delta to send
-        after it (two per new call)."""
+        after it: a new call's id and name, then its arguments."""
         if self.parser.arguments_only:
             return "", self._arguments(new_text)
         self._text += new_text
