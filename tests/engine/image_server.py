@@ -1,5 +1,6 @@
 """A tiny HTTP server on 127.0.0.1 (a free port, a background thread) serving an image
-and the ways fetching one goes wrong; and a port nothing listens on."""
+and the ways fetching one goes wrong; a redirecting server; a port nothing listens on,
+and one that records whether anything connected."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -92,3 +93,40 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextmanager
+def trap(host: str = "127.0.0.1") -> Iterator[tuple[str, Callable[[], bool]]]:
+    """A listening socket on ``host`` that is never served: yields its URL and a check
+    of whether any connection reached it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        sock.listen(8)
+        sock.setblocking(False)
+
+        def reached() -> bool:
+            try:
+                sock.accept()[0].close()
+            except BlockingIOError:
+                return False
+            return True
+
+        yield f"http://{host}:{sock.getsockname()[1]}/cat.png", reached
+
+
+@contextmanager
+def redirecting_to(target: str) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every GET with a redirect to ``target``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with serving(Handler) as base_url:
+        yield f"{base_url}/start"

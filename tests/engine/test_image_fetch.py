@@ -11,9 +11,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +28,8 @@ from tests.engine.image_server import (
     SLOW_SECONDS,
     closed_port,
     image_server,
-    serving,
+    redirecting_to,
+    trap,
 )
 from tests.engine.vlm_fixtures import (
     IMAGE_SIZE,
@@ -134,43 +133,6 @@ def test_other_schemes_are_refused(tmp_path, url):
 
 
 # -- internal addresses ----------------------------------------------------------------
-
-
-@contextmanager
-def trap() -> Iterator[tuple[str, Callable[[], bool]]]:
-    """A listening socket on 127.0.0.1 that is never served: yields its URL and a check
-    of whether any connection reached it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
-
-        def reached() -> bool:
-            try:
-                sock.accept()[0].close()
-            except BlockingIOError:
-                return False
-            return True
-
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/cat.png", reached
-
-
-@contextmanager
-def redirecting_to(target: str) -> Iterator[str]:
-    """A server on 127.0.0.1 that answers every GET with a redirect to ``target``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", target)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    with serving(Handler) as base_url:
-        yield f"{base_url}/start"
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,11 @@ import pytest
 from engine import AsyncLLM, EngineConfig
 from engine.async_llm import NUM_MEDIA_INTAKE_THREADS
 from engine.inputs import MAX_CHARS_PER_TOKEN
+from engine.multimodal import fetch
 from server.app import create_app
 from server.http_protocol import head_timeout_protocol
 from server.settings import ServerSettings
+from tests.engine.image_server import redirecting_to, trap
 from tests.engine.vlm_fixtures import image_part, text_part
 from tests.server.conftest import API_KEY, LiveServer, live_server, running, wait_until
 from tests.server.test_errors import JSON, USER, assert_error
@@ -311,6 +313,24 @@ def test_image_urls_inside_the_network_are_refused_unfetched(vlm_server: LiveSer
             response = client.post("/v1/chat/completions", json=chat)
             assert_error(response, 400, "messages", None, "cannot fetch image")
         assert accepted == []
+
+
+def test_a_redirect_into_the_network_is_refused_unfollowed(
+    vlm_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The redirecting host (127.0.0.1) passes for a public one here; the address it sends
+    # the fetch on to (127.0.0.2) is judged as it is: internal, so nothing may reach it.
+    judged = fetch.is_internal
+    monkeypatch.setattr(
+        fetch, "is_internal", lambda address: str(address) != "127.0.0.1" and judged(address)
+    )
+    with trap("127.0.0.2") as (target, reached), redirecting_to(target) as url:
+        parts = [image_part(url), text_part("What is it?")]
+        chat = {"messages": [{"role": "user", "content": parts}], "max_tokens": 1}
+        with vlm_server.http() as client:
+            response = client.post("/v1/chat/completions", json=chat)
+        assert_error(response, 400, "messages", None, "cannot fetch image")
+        assert not reached()
 
 
 def test_a_request_head_that_never_finishes_is_cut_off(tiny_llama) -> None:
