@@ -188,7 +188,7 @@ def test_preemption_changes_nothing(qwen_dir, llm):
         max_num_batched_tokens=48,
         max_num_seqs=4,
     )
-    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
     conversations = list(CONVERSATIONS.values())
     want = [llm.chat(messages, params).token_ids for messages in conversations]
     engine = small.engine
