@@ -179,8 +179,8 @@ def test_batched_with_other_requests(llm):
 
 
 def test_preemption_changes_nothing(qwen_dir, llm):
-    """A pool too small for every request at once: sequences preempted (mid-image and
-    mid-decode) are recomputed with the same positions and give the same tokens."""
+    """A pool too small for every request at once: preempted sequences are recomputed
+    (prompt and generated tokens) with the same positions and give the same tokens."""
     block_bytes = 2 * 2 * 2 * 16 * 16 * 4  # K+V, 2 layers, 2 kv heads, head_dim 16, fp32
     small = LLM(
         str(qwen_dir),
