@@ -128,21 +128,30 @@ def _linear_errors(
     weight: torch.Tensor, x: torch.Tensor, candidates: torch.Tensor, group_size: int
 ) -> torch.Tensor:
     """A linear's output MSE over all tokens of ``x`` for each candidate, [num_candidates]:
-    with ``D = Q(W * s) / s - W``, it is ``sum(D G * D) / (tokens * N)`` for the Gram
-    matrix ``G = x^T x``, so the grid costs N*K*K per candidate, not tokens*N*K; the
-    candidates are evaluated in batches of one matmul."""
+    ``mean((x D^T)^2)`` with ``D = Q(W * s) / s - W``. With more tokens than in-features it
+    is ``sum(D G * D) / (tokens * N)`` for the Gram matrix ``G = x^T x``, which costs N*K*K
+    per candidate instead of tokens*N*K; with fewer, the outputs are cheaper. Either way
+    the candidates are evaluated in batches of one matmul."""
     flat = x.reshape(-1, x.shape[-1])
-    gram = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float32, device=x.device)
-    for chunk in flat.split(MAX_LOSS_TOKENS):
-        chunk = chunk.float()
-        gram += chunk.t() @ chunk
+    tokens, in_features = flat.shape
+    if tokens >= in_features:
+        gram = torch.zeros(in_features, in_features, dtype=torch.float32, device=x.device)
+        for chunk in flat.split(MAX_LOSS_TOKENS):
+            chunk = chunk.float()
+            gram += chunk.t() @ chunk
+    else:
+        flat = flat.float()
     w = weight.float()
-    per_batch = max(1, MAX_BATCH_ELEMENTS // w.numel())
+    outputs = 0 if tokens >= in_features else tokens * w.shape[0]  # per candidate
+    per_batch = max(1, MAX_BATCH_ELEMENTS // (w.numel() + outputs))
     errors = []
     for batch in candidates.split(per_batch):
         delta = torch.cat([fake_quantize(w * s, group_size) / s - w for s in batch])
-        squared = ((delta @ gram) * delta).reshape(len(batch), -1).sum(1)
-        errors.append(squared / (flat.shape[0] * w.shape[0]))
+        if tokens >= in_features:
+            squared = ((delta @ gram) * delta).reshape(len(batch), -1).sum(1)
+        else:
+            squared = (flat @ delta.t()).pow(2).reshape(tokens, len(batch), -1).sum((0, 2))
+        errors.append(squared / (tokens * w.shape[0]))
     return torch.cat(errors)
 
 

@@ -154,10 +154,16 @@ def test_candidates_are_no_scaling_then_autoawqs_normalised_grid():
     torch.testing.assert_close(candidates[1 + NUM_GRID // 2], expected, rtol=1e-3, atol=1e-4)
 
 
-def test_linear_errors_from_the_gram_matrix_are_the_output_errors(first_layer):
+@pytest.mark.parametrize("tokens", ["fewer", "more"])
+def test_linear_errors_are_the_output_errors(first_layer, tokens):
+    """Computed from the outputs with fewer tokens than in-features, from the Gram matrix
+    with more: both must be the plain output MSE."""
     layer, _, _, inputs = first_layer
     weight, x = layer.mlp.down_proj.weight, inputs["mlp.down_proj"]
-    candidates = candidate_scales(x.abs().mean((0, 1)), weight.abs().mean(0))
+    flat = x.reshape(-1, x.shape[-1])
+    fewer = flat[: weight.shape[1] // 2]
+    x = fewer if tokens == "fewer" else torch.cat([flat] * (weight.shape[1] // len(flat) + 1))
+    candidates = candidate_scales(x.abs().mean(0), weight.abs().mean(0))
     errors = _linear_errors(weight, x, candidates, GROUP_SIZE)
     for scales, error in zip(candidates, errors):
         effective = fake_quantize(weight * scales, GROUP_SIZE) / scales
