@@ -6,6 +6,7 @@ A batch without constrained rows does none of this (``MaskFiller.fill`` returns 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,15 +36,23 @@ class TokenMasks:
         vocab_size = logits.shape[-1]
         assert self.bitmask.shape[1] * 32 >= vocab_size, "a mask narrower than the vocabulary"
         words = self.bitmask.to(logits.device, non_blocking=True)
-        shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
-        bits = (words.unsqueeze(-1) >> shifts) & 1  # [rows, words, 32]
-        allowed = bits.view(len(self.rows), -1)[:, :vocab_size].bool()
+        # Few, whole-tensor ops: on a CPU each costs more in dispatch than in arithmetic.
+        refused = (words.unsqueeze(-1) & _bits(logits.device)) == 0  # [rows, words, 32]
+        refused = refused.view(len(self.rows), -1)[:, :vocab_size]
         if len(self.rows) == logits.shape[0]:
-            return logits.masked_fill(~allowed, float("-inf"))
+            return logits.masked_fill(refused, float("-inf"))
         rows = torch.tensor(self.rows, device=logits.device)
         masked = logits.clone()
-        masked[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
+        masked[rows] = logits[rows].masked_fill(refused, float("-inf"))
         return masked
+
+
+@functools.cache
+def _bits(device: torch.device) -> torch.Tensor:
+    """[32] int32: bit i set in element i (bit 31 is the sign bit, -2**31)."""
+    return torch.tensor(
+        [1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int32, device=device
+    )
 
 
 class MaskFiller:
