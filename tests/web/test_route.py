@@ -81,14 +81,16 @@ def test_vendored_files_match_their_manifest() -> None:
     """Every vendored file is in vendor/MANIFEST.txt with its sha256 (as refresh.sh, the
     make web-vendor target, wrote it), and each package's licence ships beside it."""
     lines = (VENDOR_DIR / "MANIFEST.txt").read_text().splitlines()
-    packages = [line.split() for line in lines if line and not line.startswith("#")][:2]
-    assert [name for name, _ in packages] == ["markdown-it", "@highlightjs/cdn-assets"]
-    sums = dict(reversed(line.split()) for line in lines[3:])
+    packages = [line.split() for line in lines[1:4]]
+    names = ["markdown-it", "@highlightjs/cdn-assets", "swagger-ui-dist"]
+    assert [name for name, _ in packages] == names
+    sums = dict(reversed(line.split()) for line in lines[4:])
     on_disk = {p.name for p in VENDOR_DIR.iterdir()} - {"MANIFEST.txt", "refresh.sh"}
     assert set(sums) == on_disk
     for name, digest in sums.items():
         assert hashlib.sha256((VENDOR_DIR / name).read_bytes()).hexdigest() == digest, name
-    assert {"markdown-it.LICENSE.txt", "highlight.js.LICENSE.txt"} <= on_disk
+    licences = {"markdown-it.LICENSE.txt", "highlight.js.LICENSE.txt", "swagger-ui.LICENSE.txt"}
+    assert licences <= on_disk
 
 
 def test_page_files_have_no_external_urls() -> None:

@@ -10,6 +10,8 @@ MARKDOWN_IT=15.0.3
 HIGHLIGHT_JS=11.12.0
 # highlight.js grammars the page registers (client/web/markdown.js imports each one).
 LANGUAGES="bash c cpp css diff go java javascript json markdown python rust shell sql typescript xml yaml"
+# The server's /docs page (server/openapi.py), not the chat page's.
+SWAGGER_UI=5.35.0
 
 vendor=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
@@ -37,13 +39,21 @@ for language in $LANGUAGES; do
 done
 cp "$hl/styles/github-dark.min.css" "$vendor/highlight-github-dark.min.css"
 cp "$hl/LICENSE" "$vendor/highlight.js.LICENSE.txt"
+sw=$(unpack "swagger-ui-dist@$SWAGGER_UI")
+cp "$sw/swagger-ui-bundle.js" "$sw/swagger-ui.css" "$vendor/"
+cp "$sw/LICENSE" "$vendor/swagger-ui.LICENSE.txt"
+cp "$sw/NOTICE" "$vendor/swagger-ui.NOTICE.txt"
+# The notices of the libraries built into the bundle.
+cp "$sw/swagger-ui-bundle.js.LICENSE.txt" "$vendor/swagger-ui-bundle.js.LICENSE.txt"
 
 cd "$vendor"
 {
     echo "# Written by refresh.sh: package version, then sha256 and file as sha256sum writes them."
     echo "markdown-it $MARKDOWN_IT"
     echo "@highlightjs/cdn-assets $HIGHLIGHT_JS"
-    sha256sum markdown-it.* highlight*.*
+    echo "swagger-ui-dist $SWAGGER_UI"
+    sha256sum markdown-it.* highlight*.* swagger-ui*.*
 } >MANIFEST.txt
 newer markdown-it "$MARKDOWN_IT"
 newer @highlightjs/cdn-assets "$HIGHLIGHT_JS"
+newer swagger-ui-dist "$SWAGGER_UI"
