@@ -1,6 +1,7 @@
 """`make gpu-check`'s script end to end. Without CUDA (CI) it is the dry run: every step
-on tiny shapes, and the static report for Llama-3.2-3B's launches at M = 1, 8, 16 and 64 on
-sm_87 and sm_90, which must not spill. On a GPU it would be the whole check: skipped
+on tiny shapes, and the static report for Llama-3.2-3B's launches at M = 1, 16 and 64
+(the GEMV, split tl.dot and tl.dot buckets of the AWQ table) on sm_87 and sm_90, which
+must not spill. On a GPU it would be the whole check: skipped
 there (run `make gpu-check` instead)."""
 
 from __future__ import annotations
