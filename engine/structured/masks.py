@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from engine.structured.matcher import GrammarMatcher
@@ -35,16 +36,33 @@ class TokenMasks:
         -inf (out of place: the caller's tensor is left as it was)."""
         vocab_size = logits.shape[-1]
         assert self.bitmask.shape[1] * 32 >= vocab_size, "a mask narrower than the vocabulary"
-        words = self.bitmask.to(logits.device, non_blocking=True)
-        # Few, whole-tensor ops: on a CPU each costs more in dispatch than in arithmetic.
-        refused = (words.unsqueeze(-1) & _bits(logits.device)) == 0  # [rows, words, 32]
-        refused = refused.view(len(self.rows), -1)[:, :vocab_size]
+        if logits.device.type == "cpu":
+            allowed = unpack_on_host(self.bitmask, vocab_size)
+        else:
+            words = self.bitmask.to(logits.device, non_blocking=True)
+            allowed = unpack_on_device(words, vocab_size)
         if len(self.rows) == logits.shape[0]:
-            return logits.masked_fill(refused, float("-inf"))
+            return torch.where(allowed, logits, float("-inf"))
         rows = torch.tensor(self.rows, device=logits.device)
         masked = logits.clone()
-        masked[rows] = logits[rows].masked_fill(refused, float("-inf"))
+        masked[rows] = torch.where(allowed, logits[rows], float("-inf"))
         return masked
+
+
+def unpack_on_host(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, words] int32 bitmask (CPU) -> [rows, vocab_size] bool, token t allowed at t.
+    numpy's unpackbits does it in one pass, where torch takes three ops (and on a CPU
+    each op costs more to dispatch than to compute)."""
+    # NOTE: little-endian words (x86_64, aarch64): byte b of word w holds tokens
+    # 32w + 8b .. 32w + 8b + 7, lowest bit first, which is unpackbits' "little" order.
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=-1, bitorder="little")
+    return torch.from_numpy(bits[:, :vocab_size].view(np.bool_))
+
+
+def unpack_on_device(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``unpack_on_host`` in torch ops, for a bitmask already on the logits' device."""
+    allowed = (words.unsqueeze(-1) & _bits(words.device)) != 0  # [rows, words, 32]
+    return allowed.view(words.shape[0], -1)[:, :vocab_size]
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import torch
 from engine import LLM, InvalidRequestError, SamplingParams
 from engine.structured import StructuredOutputError, StructuredOutputSpec
 from engine.structured.compiler import GrammarCompiler
-from engine.structured.masks import TokenMasks
+from engine.structured.masks import TokenMasks, unpack_on_device, unpack_on_host
 
 PROMPT = "Answer in JSON:"
 
@@ -296,3 +296,13 @@ def test_token_masks_touch_only_their_rows():
     assert torch.isneginf(masked[1, others]).all()
     every_row = TokenMasks([0, 1, 2], bitmask.expand(3, 3).contiguous()).apply(logits)
     assert torch.isneginf(every_row[:, others]).all()
+
+
+def test_the_host_and_device_unpacking_agree_bit_for_bit():
+    words = torch.randint(-(2**31), 2**31 - 1, (3, 5), dtype=torch.int32)
+    host = unpack_on_host(words, 150)
+    assert torch.equal(host, unpack_on_device(words, 150))
+    expected = [
+        [bool(int(words[r, t // 32]) >> (t % 32) & 1) for t in range(150)] for r in range(3)
+    ]
+    assert host.tolist() == expected
