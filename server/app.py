@@ -20,6 +20,7 @@ from server.middleware import (
     JSONOnlyMiddleware,
     RequestIdMiddleware,
 )
+from server.openapi import CHAT_COMPLETIONS, COMPLETIONS, MODEL, MODELS, mount_docs
 from server.routes import health, list_models, metrics, retrieve_model
 from server.settings import ServerSettings
 from server.state import EngineHolder
@@ -42,19 +43,23 @@ def create_app(
         yield
         holder.shutdown()
 
-    # No /docs: the endpoints take raw bodies (to answer OpenAI-style errors), so the
-    # generated schema would be empty; OpenAI's API reference is the documentation.
+    # The endpoints take raw bodies (to answer OpenAI-style errors), so FastAPI's own
+    # schema would describe none: server.openapi serves one that does.
     app = FastAPI(
         title="edgechat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.ctx = ServerContext(settings, holder)
     install_error_handlers(app)
-    app.add_api_route("/v1/chat/completions", create_chat_completion, methods=["POST"])
-    app.add_api_route("/v1/completions", create_completion, methods=["POST"])
-    app.add_api_route("/v1/models", list_models, methods=["GET"])
-    app.add_api_route("/v1/models/{model:path}", retrieve_model, methods=["GET"])
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/metrics", metrics, methods=["GET"])
+    route = app.add_api_route
+    route("/v1/chat/completions", create_chat_completion, methods=["POST"], **CHAT_COMPLETIONS)
+    route("/v1/completions", create_completion, methods=["POST"], **COMPLETIONS)
+    route("/v1/models", list_models, methods=["GET"], **MODELS)
+    route("/v1/models/{model:path}", retrieve_model, methods=["GET"], **MODEL)
+    route("/health", health, methods=["GET"])
+    route("/metrics", metrics, methods=["GET"])
+    if settings.docs:
+        # The routes so far are the API (not the page's nor the docs' own files).
+        mount_docs(app, list(app.routes), api_key=settings.api_key is not None)
     public_paths = PUBLIC_PATHS
     if settings.web_ui:
         public_paths |= mount_web_ui(app)

@@ -162,6 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             keepalive_seconds=args.keepalive,
             shutdown_grace_seconds=args.shutdown_timeout,
             web_ui=not args.no_web_ui,
+            docs=not args.no_docs,
             cors_origins=_comma_list(args.cors_origins),
             stream_send_timeout_seconds=args.stream_send_timeout,
             body_read_timeout_seconds=args.body_read_timeout,
@@ -291,6 +292,11 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "--no-web-ui",
         action="store_true",
         help="do not serve the browser chat page at / (the API alone)",
+    )
+    serve.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="do not serve the API's description at /openapi.json and /docs",
     )
     serve.set_defaults(func=cmd_serve)
 

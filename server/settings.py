@@ -20,6 +20,8 @@ class ServerSettings:
     ``shutdown_grace_seconds``: on SIGTERM, how long running requests may go on before
     they are aborted.
     ``web_ui``: serve the browser chat page (client/web/) at ``/``.
+    ``docs``: serve the API's OpenAPI document at ``/openapi.json`` and Swagger UI at
+    ``/docs``.
     ``cors_origins``: web origins (e.g. ``http://robot.local:3000``) whose pages may call
     the API from a browser; ``("*",)`` allows any. Empty: same-origin pages only.
     ``stream_send_timeout_seconds``: a stream whose client reads nothing for this long
@@ -35,6 +37,7 @@ class ServerSettings:
     keepalive_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
     web_ui: bool = True
+    docs: bool = True
     cors_origins: tuple[str, ...] = ()
     stream_send_timeout_seconds: float = 60.0
     body_read_timeout_seconds: float = 30.0
