@@ -91,22 +91,32 @@ class AsyncLLM:
         return await self._intake(self._text_intake, self.engine.inputs.prepare, prompt, images)
 
     async def prepare_chat(
-        self, messages: list[dict], tools: list[dict] | None = None
+        self,
+        messages: list[dict],
+        tools: list[dict] | None = None,
+        continue_final_message: bool = False,
     ) -> PreparedPrompt:
-        """Render (with ``tools``, OpenAI tool definitions, if given), tokenize and
-        validate OpenAI-style messages, fetching and decoding their images, in an
-        intake thread."""
+        """Render (with ``tools``, OpenAI tool definitions, if given; continuing the
+        final message if asked), tokenize and validate OpenAI-style messages, fetching
+        and decoding their images, in an intake thread."""
         pool = self._media_intake if has_images(messages) else self._text_intake
-        return await self._intake(pool, self.engine.inputs.prepare_chat, messages, tools)
+        work = self.engine.inputs.prepare_chat
+        return await self._intake(pool, work, messages, tools, continue_final_message)
 
     @staticmethod
     async def _intake(pool: ThreadPoolExecutor, work: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
 
-    def check_params(self, prompt: PreparedPrompt, params: SamplingParams) -> None:
+    async def check_params(self, prompt: PreparedPrompt, params: SamplingParams) -> None:
         """Check ``params`` for ``prompt`` as strictly as OpenAI's API does: the prompt
-        and ``max_tokens`` together must fit the context. Cheap: call it anywhere."""
-        self.engine.inputs.check_params(prompt, params, fit_max_tokens=True)
+        and ``max_tokens`` together must fit the context. A structured output's grammar
+        is compiled here, in an intake thread (a new schema takes milliseconds, which the
+        event loop should not spend); other checks are cheap and run inline."""
+        check = self.engine.inputs.check_params
+        if params.structured is None:
+            check(prompt, params, fit_max_tokens=True)
+        else:
+            await self._intake(self._text_intake, check, prompt, params, True)
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """Token ids of text-only ``messages`` (blocking; see ``LLMEngine.chat_prompt``)."""

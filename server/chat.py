@@ -14,7 +14,7 @@ from server.errors import bad_request, engine_error, openai_endpoint
 from server.logprobs import chat_logprobs
 from server.params import sampling_params
 from server.prompts import chat_messages
-from server.protocol import REFUSED_CHAT, ChatCompletionRequest, parse_body
+from server.protocol import REFUSED_CHAT, ChatCompletionRequest, check_continuation, parse_body
 from server.serving import ResponseFormat, respond
 from server.tools.registry import choose_parser
 from server.tools.request import ToolRequest, tool_request
@@ -101,11 +101,14 @@ async def create_chat_completion(request: Request) -> Response:
     model = ctx.check_model(body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs to be true", param="top_logprobs")
+    check_continuation(body)
     tools = tool_request(body, choose_parser(ctx.settings.tool_call_parser, llm.chat_template))
     messages = chat_messages(body.messages, ctx.accepts_images)
     with ctx.admitted(body.n) as ticket:
         try:
-            prompt = await llm.prepare_chat(messages, tools.definitions)
+            prompt = await llm.prepare_chat(
+                messages, tools.definitions, body.continue_final_message
+            )
         except PromptTooLongError as e:
             raise engine_error(e, "messages") from None
         except EngineError as e:  # an image or the chat template refused
@@ -119,7 +122,7 @@ async def create_chat_completion(request: Request) -> Response:
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = _constrained(sampling_params(body, max_tokens, logprobs), tools)
         try:
-            llm.check_params(prompt, params[0])
+            await llm.check_params(prompt, params[0])
         except EngineError as e:
             raise engine_error(e, "messages") from None
         generation = ctx.start(request, [prompt], params, ticket)

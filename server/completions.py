@@ -64,7 +64,7 @@ async def create_completion(request: Request) -> Response:
         for prompt in raw_prompts:
             try:
                 prepared = await llm.prepare(prompt)
-                llm.check_params(prepared, params[0])
+                await llm.check_params(prepared, params[0])
             except EngineError as e:
                 raise engine_error(e, "prompt") from None
             prompts.append(prepared)

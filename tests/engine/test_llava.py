@@ -214,7 +214,7 @@ def test_async_llm_streams_a_request_with_images(llava_dir, llm):
         engine = AsyncLLM(EngineConfig(model=str(llava_dir), kv_cache_memory=0.01))
         try:
             prompt = await engine.prepare_chat(messages)
-            engine.check_params(prompt, GREEDY)
+            await engine.check_params(prompt, GREEDY)
             assert prompt.token_ids == llm.engine.chat_request(messages)[0]
             outputs = [out async for out in engine.generate("a", prompt, GREEDY)]
             return outputs[-1].token_ids
