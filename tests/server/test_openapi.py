@@ -26,6 +26,7 @@ from server.openapi import (
 from server.settings import ServerSettings
 from tests.server.conftest import LiveServer, live_server, sse_chunks
 from tests.server.tools_fixtures import TOOLS
+from tests.web.conftest import browser  # noqa: F401  (the Chromium fixture)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -180,3 +181,22 @@ def test_real_responses_are_what_the_schema_says(demo_server: LiveServer) -> Non
     held(ModelList, http.get("/v1/models").json())
     held(ModelCard, http.get(f"/v1/models/{demo_server.model}").json())
     held(ErrorResponse, http.get("/v1/models/nope").json())
+
+
+def test_swagger_ui_renders_the_api_from_the_server_alone(browser) -> None:  # noqa: F811
+    """In Chromium the page lists the API's operations, having loaded nothing but the
+    server's own files (the network here is closed: a CDN would leave it blank)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with live_server(demo_model_dir(), api_key=None) as live:
+        browser.get(f"{live.url}/docs")
+        find = (By.CSS_SELECTOR, ".opblock-summary-path")
+        WebDriverWait(browser, 60).until(lambda driver: driver.find_elements(*find))
+        paths = {element.get_attribute("data-path") for element in browser.find_elements(*find)}
+        assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= paths
+        loaded = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(entry => entry.name)"
+        )
+        assert f"{live.url}/openapi.json" in loaded
+        assert all(url.startswith(f"{live.url}/") for url in loaded), loaded
