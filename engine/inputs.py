@@ -104,11 +104,17 @@ class InputProcessor:
                 )
         return self._checked(token_ids, images)
 
-    def prepare_chat(self, messages: list[dict], tools: list[dict] | None = None) -> PreparedPrompt:
+    def prepare_chat(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None = None,
+        continue_final_message: bool = False,
+    ) -> PreparedPrompt:
         """OpenAI-style ``messages`` (content a string, or ``text`` and ``image_url``
         parts in any order) rendered by the chat template, with ``tools`` (OpenAI tool
         definitions) for templates that write them in, and tokenized, each image
-        fetched, decoded and preprocessed (blocking)."""
+        fetched, decoded and preprocessed (blocking). ``continue_final_message``: see
+        ``ChatTemplate.render``."""
         self._check_chars(count_chars(messages))
         if self.vision is None:
             flat, images = flatten_messages(messages, None, None, 0)
@@ -116,7 +122,7 @@ class InputProcessor:
             flat, images = self.vision.flatten(messages)
             self.vision.check(images)
         with self._tokenizer_lock:
-            text = render_chat(self.chat_template, messages, flat, tools)
+            text = render_chat(self.chat_template, messages, flat, tools, continue_final_message)
             # The template writes any BOS itself, so the tokenizer must not add another.
             token_ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if images:

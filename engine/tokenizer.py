@@ -47,8 +47,16 @@ class ChatTemplate:
         template = self.template or self.tokenizer.chat_template
         return "\n".join(template.values()) if isinstance(template, dict) else template
 
-    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
-        """``tools``: OpenAI tool definitions, for templates that write them in."""
+    def render(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None = None,
+        continue_final_message: bool = False,
+    ) -> str:
+        """``tools``: OpenAI tool definitions, for templates that write them in. With
+        ``continue_final_message`` the last message (an assistant's) is left open, its
+        text the start of the answer (transformers cuts the rendering after it), instead
+        of a generation prompt opening a new one."""
         if not self.available:
             raise InvalidRequestError(
                 "this model has no chat template; start the engine with a template file "
@@ -61,8 +69,10 @@ class ChatTemplate:
                 messages,
                 tools=tools,
                 chat_template=self.template,
-                add_generation_prompt=True,
+                add_generation_prompt=not continue_final_message,
+                continue_final_message=continue_final_message,
                 tokenize=False,
             )
-        except jinja2.TemplateError as e:
+        # ValueError: a continued final message that the template does not write out.
+        except (jinja2.TemplateError, ValueError) as e:
             raise InvalidRequestError(f"the chat template rejected the messages: {e}") from None

@@ -228,6 +228,9 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice = None
     parallel_tool_calls: StrictBool = True
+    # vLLM's: continue the last (assistant) message's text instead of opening a new one.
+    add_generation_prompt: StrictBool = True
+    continue_final_message: StrictBool = False
 
 
 class CompletionRequest(SamplingFields):
@@ -345,6 +348,30 @@ def _validation_error(error: ValidationError) -> Exception:
     where = ".".join(str(part) for part in loc)
     message = first["msg"].removeprefix("Value error, ")
     return bad_request(f"{where}: {message}", param=str(loc[0]) if loc else None)
+
+
+def check_continuation(body: ChatCompletionRequest) -> None:
+    """The two ways a chat prompt may end: a generation prompt opening a new assistant
+    message (the default), or the last message, an assistant's, left open to continue."""
+    if not body.continue_final_message:
+        if not body.add_generation_prompt:
+            raise bad_request(
+                "add_generation_prompt false is only supported with continue_final_message",
+                param="add_generation_prompt",
+                code="unsupported_parameter",
+            )
+        return
+    if body.add_generation_prompt:
+        raise bad_request(
+            "continue_final_message needs add_generation_prompt false (the continued "
+            "message is the answer; no new one opens)",
+            param="add_generation_prompt",
+        )
+    if body.messages[-1].role != "assistant":
+        raise bad_request(
+            "continue_final_message needs the last message to be an assistant message",
+            param="continue_final_message",
+        )
 
 
 def _check_common(body: SamplingFields, data: dict) -> None:

@@ -80,6 +80,7 @@ def render_chat(
     messages: list[dict],
     flat: list[dict],
     tools: list[dict] | None = None,
+    continue_final_message: bool = False,
 ) -> str:
     """Render ``flat`` (``messages`` through ``flatten_messages``). Templates differ:
     ChatML-like ones take string content only, while llava-hf's iterate over parts and
@@ -87,7 +88,7 @@ def render_chat(
     text part; the first rendering that shows every flattened message's text wins.
     Messages whose parts ``flatten_messages`` kept are rendered as they are."""
     if any(isinstance(m.get("content"), list) for m in flat):
-        return _render_parts(template, flat, tools)
+        return _render_parts(template, flat, tools, continue_final_message)
     flattened = [i for i, m in enumerate(messages) if isinstance(m.get("content"), list)]
     as_parts = [
         {**m, "content": [{"type": "text", "text": m["content"]}]} if i in flattened else m
@@ -96,7 +97,7 @@ def render_chat(
     error = InvalidRequestError("the chat template drops the text of messages given as parts")
     for candidate in (flat, as_parts) if flattened else (flat,):
         try:
-            text = template.render(candidate, tools)
+            text = template.render(candidate, tools, continue_final_message)
         except InvalidRequestError as e:
             error = e
             continue
@@ -105,8 +106,13 @@ def render_chat(
     raise error
 
 
-def _render_parts(template: ChatTemplate, flat: list[dict], tools: list[dict] | None) -> str:
-    text = template.render(flat, tools)
+def _render_parts(
+    template: ChatTemplate,
+    flat: list[dict],
+    tools: list[dict] | None,
+    continue_final_message: bool,
+) -> str:
+    text = template.render(flat, tools, continue_final_message)
     for message in flat:
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
