@@ -255,7 +255,12 @@ def _generation(request: type[BaseModel], body: type[BaseModel], chunk: type[Bas
 
 CHAT_COMPLETIONS = _generation(ChatCompletionRequest, ChatCompletion, ChatCompletionChunk)
 COMPLETIONS = _generation(CompletionRequest, Completion, Completion)
-MODELS = {"responses": {200: {"description": "the served model", "content": _json(ModelList)}}}
+MODELS = {
+    "responses": {
+        200: {"description": "the served model", "content": _json(ModelList)},
+        **_errors(401),
+    }
+}
 MODEL = {
     "openapi_extra": {
         "parameters": [
