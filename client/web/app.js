@@ -113,6 +113,9 @@ function requestBody(reply) {
   const messages = requestMessages(conversation.messages, reply);
   const body = { messages: system ? [{ role: "system", content: system }, ...messages] : messages };
   if (model) body.model = model.id;
+  // A reply with text is taken up where it stopped: the server leaves it open (vLLM's
+  // continue_final_message) rather than answering it with a new message.
+  if (reply.text) Object.assign(body, { continue_final_message: true, add_generation_prompt: false });
   return { ...body, ...sampling };
 }
 

@@ -28,7 +28,8 @@ function openAIMessage({ role, text, images = [] }) {
 }
 
 // The OpenAI messages that ask for `reply`: those before it still in view, and the
-// reply itself when it is being continued (it has text), so the model goes on from it.
+// reply itself when it is being continued (it has text), as the message the server
+// continues.
 export function requestMessages(messages, reply) {
   const end = messages.indexOf(reply) + (reply.text ? 1 : 0);
   return messages.slice(0, end).filter(inView).map(openAIMessage);

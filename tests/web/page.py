@@ -134,3 +134,12 @@ def stats(message) -> str:
 def chat_requests(browser) -> list[dict]:
     recorded = browser.execute_script("return window.__requests")
     return [json.loads(r["body"]) for r in recorded if r["url"].endswith("/chat/completions")]
+
+
+def stored_messages(browser) -> list[dict]:
+    """The open conversation's messages as the page keeps them (raw text, not markdown)."""
+    return browser.execute_script(
+        "const id = localStorage.getItem('edgechat.current');"
+        "const all = JSON.parse(localStorage.getItem('edgechat.conversations'));"
+        "return all.find((c) => c.id === id).messages"
+    )

@@ -23,6 +23,7 @@ from tests.web.page import (
     send,
     set_value,
     stats,
+    stored_messages,
     wait_finished,
 )
 
@@ -34,6 +35,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 # Steps the engine may take before a test acts on a running reply (greedy, so the
 # same text every run): a few words, far from the reply's max_tokens.
 NUM_FIRST_STEPS = 20
+# Tokens of a reply cut off at max_tokens, and then of its continuation.
+NUM_CUT_TOKENS, NUM_CONTINUED_TOKENS = 4, 8
 # Text lengths of the newest reply, recorded at each change of the conversation.
 OBSERVE_REPLY = """
 window.__lengths = [];
@@ -186,22 +189,31 @@ def test_max_tokens_fills_the_context_and_stays_within_it(browser, web_server: L
 
 def test_a_reply_cut_off_at_max_tokens_offers_continue(browser, web_server: LiveServer) -> None:
     open_page(browser, web_server)
-    set_value(browser, "max-tokens", "4")
+    set_value(browser, "max-tokens", str(NUM_CUT_TOKENS))
     set_value(browser, "temperature", "0")
-    send(browser, "Count to ten")
+    # NOTE: a question whose greedy answer's first tokens are whole characters, so the
+    # cut text goes back as the same tokens (tests/server/test_continue.py says why).
+    send(browser, "Hello")
     reply = wait_finished(browser)
     assert "cut off" in stats(reply)
     before = reply_text_length(browser)
-    shown = reply.find_element(By.CLASS_NAME, "text").text
+    shown = stored_messages(browser)[-1]["text"]
+    set_value(browser, "max-tokens", str(NUM_CONTINUED_TOKENS))
     action(reply, "continue").click()
     reply = wait_finished(browser)
     assert len(messages(browser)) == 2  # the same bubble, longer
     assert reply_text_length(browser) > before
-    # The model is asked to go on from the reply as it stands.
+    # The model is asked to go on from the reply as it stands, leaving it open.
     first, then = chat_requests(browser)[-2:]
     assert then["messages"][:-1] == first["messages"]
-    assert then["messages"][-1]["role"] == "assistant"
-    assert then["messages"][-1]["content"].strip() == shown
+    assert then["messages"][-1] == {"role": "assistant", "content": shown}
+    assert then["continue_final_message"] and not then["add_generation_prompt"]
+    # Exact: the two parts are what one request for them all gives.
+    body = {**first, "max_tokens": NUM_CUT_TOKENS + NUM_CONTINUED_TOKENS}
+    body.update(stream=False, stream_options=None)
+    with web_server.http() as http:
+        whole = http.post("/v1/chat/completions", json=body).json()
+    assert stored_messages(browser)[-1]["text"] == whole["choices"][0]["message"]["content"]
 
 
 def test_every_asset_comes_from_the_server(browser, web_server: LiveServer) -> None:
