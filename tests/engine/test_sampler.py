@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from engine import sampler as sampler_module
 from engine.penalties import TokenPenalties
 from engine.sampler import Sampler
 from engine.sampling import SamplingParams
@@ -299,3 +300,30 @@ def test_incremental_penalty_counts_equal_recounted_ones():
         torch.testing.assert_close(sampler.penalties.apply(logits, requests), recounted)
         for request, token_id in zip(requests, tokens(sampler, logits, requests), strict=True):
             request.output_token_ids.append(token_id)
+
+
+def kept_by_sorting(logits: torch.Tensor, top_k: int, top_p: float) -> set[int]:
+    """The tokens top-k then top-p keep, by the textbook way: sort, cut, renormalise."""
+    order = logits.argsort(descending=True).tolist()
+    if 0 < top_k < len(order):
+        order = order[:top_k]
+    probs = logits[order].softmax(dim=-1).tolist()
+    kept, mass = [], 0.0
+    for token, p in zip(order, probs):
+        if top_p < 1 and mass >= top_p:
+            break
+        kept.append(token)
+        mass += p
+    return set(kept)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["numpy", "torch"])
+def test_top_k_and_top_p_keep_what_sorting_keeps(dtype: torch.dtype) -> None:
+    knobs = [(0, 0.9), (5, 1.0), (50, 0.5), (0, 0.05), (3, 0.99), (2000, 0.7), (0, 1.0)]
+    logits = (random_logits(len(knobs), 300, seed=3) * 3).to(dtype)
+    top_k = torch.tensor([[k] for k, _ in knobs], dtype=dtype)
+    top_p = torch.tensor([[p] for _, p in knobs], dtype=dtype)
+    cutoff = sampler_module._smallest_kept(logits, top_k, top_p, use_top_p=True)
+    for row, (k, p) in enumerate(knobs):
+        kept = set((logits[row] >= cutoff[row]).nonzero().flatten().tolist())
+        assert kept == kept_by_sorting(logits[row].double(), k, p), (k, p)
