@@ -34,6 +34,10 @@ export function fillMessage(element, message, actions = []) {
   element.dataset.state = message.state ?? "done";
   element.classList.toggle("dropped", Boolean(message.dropped));
   element.querySelector(".foot")?.remove();
+  element.querySelector(".corner")?.remove();
+  // Edit sits in the bubble's corner (shown on hover or focus), not on a line of its own.
+  if (actions.includes("edit")) element.append(actionButton("edit", "corner"));
+  actions = actions.filter((action) => action !== "edit");
   const notes = [
     message.dropped && "left out: the conversation no longer fits the model's context",
     message.notSent && "not sent",
@@ -47,14 +51,17 @@ export function fillMessage(element, message, actions = []) {
   stats.className = "stats";
   stats.textContent = notes.join(" · ");
   foot.append(stats);
-  for (const action of actions) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.dataset.action = action;
-    button.textContent = ACTIONS[action];
-    foot.append(button);
-  }
+  for (const action of actions) foot.append(actionButton(action));
   element.append(foot);
+}
+
+function actionButton(action, className = "") {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = className;
+  button.dataset.action = action;
+  button.textContent = ACTIONS[action];
+  return button;
 }
 
 // Swaps a user bubble's text for a box to edit it in; resolves to the new text, or
@@ -72,6 +79,7 @@ export function editInPlace(element, text) {
   cancel.type = "button";
   cancel.textContent = "Cancel";
   element.querySelector(".foot")?.remove();
+  element.querySelector(".corner")?.remove();
   body.replaceChildren(box, send, cancel);
   box.focus();
   return new Promise((resolve) => {

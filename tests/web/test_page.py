@@ -227,6 +227,27 @@ def test_every_asset_comes_from_the_server(browser, web_server: LiveServer) -> N
     assert all(url.startswith(web_server.url + "/") for url in loaded), loaded
 
 
+def test_edit_sits_in_the_bubble_corner(browser, web_server: LiveServer) -> None:
+    open_page(browser, web_server)
+    set_value(browser, "max-tokens", "4")
+    send(browser, "hi")
+    wait_finished(browser)
+    question = messages(browser)[0]
+    edit = action(question, "edit")
+    opacity = "return getComputedStyle(arguments[0]).opacity"
+    # On the text's line, inside the bubble: the bubble is one line tall.
+    text = question.find_element(By.CLASS_NAME, "text").rect
+    assert edit.rect["y"] < text["y"] + text["height"]
+    assert edit.rect["x"] + edit.rect["width"] <= question.rect["x"] + question.rect["width"]
+    assert question.rect["height"] < 3 * text["height"]
+    # A real button: focused (as Tab would), it shows and Enter opens the edit box. (Where
+    # a mouse can hover it is hidden until then; headless Chromium matches hover: none.)
+    browser.execute_script("arguments[0].focus()", edit)
+    assert browser.execute_script(opacity, edit) == "1"
+    edit.send_keys(Keys.ENTER)
+    assert question.find_element(By.CSS_SELECTOR, "textarea.edit").is_displayed()
+
+
 def test_screenshots(browser, web_server: LiveServer, tmp_path: Path) -> None:
     """A finished conversation, saved for a person to look at (desktop and phone width)."""
     with pretending_the_model_sees_images(browser):
