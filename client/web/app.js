@@ -11,7 +11,7 @@ import { addMessage, editInPlace, fillMessage, scrollToEnd } from "./render.js";
 import {
   askForApiKey, currentApiKey, requestSettings, restoreSettings, setContextLength,
 } from "./settings.js";
-import { loadConversations, loadCurrentId, saveConversations } from "./store.js";
+import { deleteImages, loadConversations, loadCurrentId, saveConversations } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,7 +21,7 @@ const ui = {
 };
 const ATTACH_TITLE = ui.attach.title;
 
-const conversations = loadConversations();
+const conversations = await loadConversations();
 let conversation = conversations.find((c) => c.id === loadCurrentId()) ?? newConversation();
 let attached = []; // data URLs waiting for the next message
 let model = null; // the card from /v1/models
@@ -93,6 +93,7 @@ function renderList() {
     remove: (c) => {
       if (!confirm(`Delete "${titleOf(c)}"?`)) return;
       conversations.splice(conversations.indexOf(c), 1);
+      deleteImages(c.id);
       if (c === conversation) switchTo(newConversation());
       else saveConversations(conversations, conversation.id);
       renderList();

@@ -1,6 +1,7 @@
 // A conversation as the page keeps it, and what of it the model is sent.
 //
-// A message: { role: "user" | "assistant" | "error", text, images (data URLs, user's),
+// A message: { role: "user" | "assistant" | "error", text, images (data URLs, user's;
+// imagesId: where store.js keeps them),
 // state ("streaming" | "done" | "stopped" | "error"), finish (the finish_reason),
 // stats (its small print), notSent (a user message whose request failed), dropped (left
 // out of the model's view because the context is full) }. Errors are the page's own

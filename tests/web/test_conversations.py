@@ -1,13 +1,18 @@
 """Conversations kept in the browser: they and the settings survive a reload, a list
 switches between them, renames and deletes them; a message can be edited and resent,
 the last answer regenerated, and a conversation too long for the context loses its
-oldest turns instead of failing."""
+oldest turns instead of failing; a message's images survive a reload too."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
+from pathlib import Path
 
-from tests.server.conftest import API_KEY, LiveServer
+import pytest
+from PIL import Image
+
+from tests.engine.vlm_fixtures import build_tiny_llava
+from tests.server.conftest import API_KEY, LiveServer, live_server
 from tests.web.page import (
     action,
     chat_requests,
@@ -27,6 +32,17 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 # Short greedy replies: the tests are about the conversation, not the text.
 SHORT = "6"
+# Calls back with the number of image records the page keeps in IndexedDB for the
+# conversation whose id is the argument.
+COUNT_IMAGES = """
+const [id, done] = arguments;
+const request = indexedDB.open("edgechat");
+request.onsuccess = () => {
+  const store = request.result.transaction("images").objectStore("images");
+  const count = store.count(IDBKeyRange.bound(`${id}/`, `${id}/\\uffff`));
+  count.onsuccess = () => done(count.result);
+};
+"""
 # Until the request has a single user message, answers it as the server would a
 # conversation longer than the context.
 OVERFLOW = """
@@ -149,3 +165,45 @@ def test_a_conversation_too_long_drops_its_oldest_turns(browser, web_server: Liv
     shown = messages(browser)
     assert ["dropped" in m.get_attribute("class") for m in shown] == [True] * 4 + [False] * 2
     assert "left out" in stats(shown[0])
+
+
+@pytest.fixture(scope="module")
+def vlm_server(tmp_path_factory) -> Iterator[LiveServer]:
+    """A server over a tiny LLaVA, so messages with images are answered."""
+    with live_server(build_tiny_llava(tmp_path_factory.mktemp("llava"))) as live:
+        yield live
+
+
+def test_images_survive_a_reload_and_regenerate_sends_them(
+    browser, vlm_server: LiveServer, tmp_path: Path
+) -> None:
+    open_page(browser, vlm_server)
+    set_value(browser, "max-tokens", SHORT)
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(image)
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#thumbs img"))
+    send(browser, "What is this?")
+    wait_finished(browser)
+    asked = chat_requests(browser)[-1]["messages"][-1]
+    sent = [part for part in asked["content"] if part["type"] == "image_url"]
+    assert len(sent) == 1 and sent[0]["image_url"]["url"].startswith("data:image/")
+    # Kept out of localStorage (too small for images), in IndexedDB instead.
+    assert "data:image" not in browser.execute_script(
+        "return localStorage.getItem('edgechat.conversations')"
+    )
+    browser.refresh()
+    wait_for_model(browser)
+    thumbnails = messages(browser)[0].find_elements(By.TAG_NAME, "img")
+    assert [t.get_attribute("src") for t in thumbnails] == [sent[0]["image_url"]["url"]]
+    assert browser.execute_script("return arguments[0].naturalWidth", thumbnails[0]) > 0
+    action(messages(browser)[1], "regenerate").click()
+    assert wait_finished(browser).get_attribute("data-state") == "done"
+    assert chat_requests(browser)[-1]["messages"][-1] == asked
+    # Deleting the conversation deletes its images.
+    conversation_id = browser.execute_script("return localStorage.getItem('edgechat.current')")
+    assert browser.execute_async_script(COUNT_IMAGES, conversation_id) == 1
+    browser.find_element(By.CSS_SELECTOR, "#history summary").click()
+    conversation_button(browser, "Delete What is this?").click()
+    browser.switch_to.alert.accept()
+    assert browser.execute_async_script(COUNT_IMAGES, conversation_id) == 0
