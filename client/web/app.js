@@ -195,8 +195,9 @@ function timings(started, firstToken, numTokens) {
   return `first token ${ttft} s · ${rate} tok/s · ${numTokens} tokens`;
 }
 
-function ask(text, images) {
-  conversation.messages.push({ role: "user", text, images });
+// `imagesId`: an edited question's, whose images are kept already.
+function ask(text, images, imagesId = undefined) {
+  conversation.messages.push({ role: "user", text, images, imagesId });
   elements.set(conversation.messages.at(-1), addMessage(ui.messages, conversation.messages.at(-1)));
   refresh(conversation.messages.at(-1));
   const reply = { role: "assistant", text: "" };
@@ -233,7 +234,7 @@ async function onAction(event) {
     if (text === null || controller) return refresh(message);
     messages.splice(messages.indexOf(message));
     renderConversation();
-    ask(text, message.images);
+    ask(text, message.images, message.imagesId);
   }
 }
 

@@ -200,10 +200,18 @@ def test_images_survive_a_reload_and_regenerate_sends_them(
     action(messages(browser)[1], "regenerate").click()
     assert wait_finished(browser).get_attribute("data-state") == "done"
     assert chat_requests(browser)[-1]["messages"][-1] == asked
+    # An edited question keeps its image, in the same record.
+    action(messages(browser)[0], "edit").click()
+    box = messages(browser)[0].find_element(By.CSS_SELECTOR, "textarea.edit")
+    box.clear()
+    box.send_keys("And now?")
+    messages(browser)[0].find_element(By.XPATH, ".//button[text()='Send']").click()
+    wait_finished(browser)
+    assert chat_requests(browser)[-1]["messages"][-1]["content"][1:] == sent
     # Deleting the conversation deletes its images.
     conversation_id = browser.execute_script("return localStorage.getItem('edgechat.current')")
     assert browser.execute_async_script(COUNT_IMAGES, conversation_id) == 1
     browser.find_element(By.CSS_SELECTOR, "#history summary").click()
-    conversation_button(browser, "Delete What is this?").click()
+    conversation_button(browser, "Delete And now?").click()
     browser.switch_to.alert.accept()
     assert browser.execute_async_script(COUNT_IMAGES, conversation_id) == 0
