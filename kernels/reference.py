@@ -133,6 +133,23 @@ def rotary_embedding(
     return _rotate(query, cos, sin), _rotate(key, cos, sin)
 
 
+def rotary_write_kv_cache(
+    positions: torch.Tensor,  # [num_tokens] int64: each token's row of cos and sin
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,
+    cos: torch.Tensor,  # [num_rows, head_dim // 2] fp32
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # [num_tokens] int64; negative slots are skipped
+) -> torch.Tensor:  # the rotated queries
+    """``rotary_embedding``, then ``write_kv_cache`` of the rotated keys (one launch on a GPU)."""
+    query, key = rotary_embedding(positions, query, key, cos, sin)
+    write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    return query
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
