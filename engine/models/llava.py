@@ -97,10 +97,17 @@ class VisionLanguageModelBase(nn.Module):
         ``image_rows[i]`` of the flat batch."""
         if image_embeds is None:
             return self.language_model(input_ids, positions, meta)
-        text = self.language_model.model
-        embeds = text.embed_tokens(input_ids)
+        embeds = self.embed_with_images(input_ids, image_embeds, image_rows)
+        return self.language_model.model(input_ids, positions, meta, input_embeds=embeds)
+
+    def embed_with_images(
+        self, input_ids: torch.Tensor, image_embeds: torch.Tensor, image_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """The token embeddings ``[num_tokens, hidden]``, ``image_embeds`` over rows
+        ``image_rows``."""
+        embeds = self.language_model.model.embed_tokens(input_ids)
         embeds[image_rows] = image_embeds.to(embeds.dtype)
-        return text(input_ids, positions, meta, input_embeds=embeds)
+        return embeds
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.language_model.compute_logits(hidden)

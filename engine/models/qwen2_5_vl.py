@@ -14,9 +14,10 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 
 from engine.errors import UnsupportedModelError
-from engine.models.llama import Qwen2ForCausalLM
+from engine.models.llama import LlamaForCausalLM, Qwen2ForCausalLM
 from engine.models.llava import VisionLanguageModelBase
 from engine.models.qwen_vision import QwenVisionTower
 
@@ -32,7 +33,11 @@ PREFIXES = [
 
 
 class Qwen2_5_VLForConditionalGeneration(VisionLanguageModelBase):
+    """Also the base of Qwen3-VL (qwen3_vl.py), which differs in its tower and text model."""
+
     num_image_tokens = None  # it varies with each image's size
+    vision_tower_class: type[nn.Module] = QwenVisionTower
+    text_model_class: type[LlamaForCausalLM] = Qwen2ForCausalLM
 
     def __init__(self, config):
         super().__init__()
@@ -46,8 +51,17 @@ class Qwen2_5_VLForConditionalGeneration(VisionLanguageModelBase):
                 f"the language model takes {text_config.hidden_size}"
             )
         self.image_token_id: int = config.image_token_id
-        self.visual = QwenVisionTower(config.vision_config)
-        self.language_model = Qwen2ForCausalLM(_with_tied_embeddings(text_config, config))
+        self.visual = self.vision_tower_class(config.vision_config)
+        self.language_model = self.text_model_class(self.language_config(config))
+
+    @staticmethod
+    def language_config(config):
+        """A copy of the text config that says whether the LM head is the embedding: the
+        Qwen-VL configs keep ``tie_word_embeddings`` (True for the small ones) in the outer
+        config only."""
+        text_config = copy.copy(config.text_config)
+        text_config.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        return text_config
 
     def checkpoint_name(self, name: str) -> str | None:
         """Our name for a checkpoint tensor; None for one we do not use."""
@@ -62,11 +76,3 @@ class Qwen2_5_VLForConditionalGeneration(VisionLanguageModelBase):
         as engine/multimodal/qwen_images.py lays them out) -> ``[num_images,
         num_tokens, hidden]``: one tower pass each (attention never crosses images)."""
         return torch.stack([self.visual(image) for image in pixel_values])
-
-
-def _with_tied_embeddings(text_config, config):
-    """A copy of ``text_config`` that says whether the LM head is the embedding: Qwen2.5-VL
-    keeps ``tie_word_embeddings`` (True for the 3B) in the outer config only."""
-    text_config = copy.copy(text_config)
-    text_config.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-    return text_config

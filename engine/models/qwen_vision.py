@@ -14,6 +14,8 @@ saying which patches share a window gives the same result over the patches as th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,18 +29,19 @@ VISION_EPS = 1e-6  # Qwen2.5-VL's vision RMSNorms, fixed in its code rather than
 
 class QwenPatchEmbed(nn.Module):
     """A Conv3d whose kernel is its stride and covers a whole patch: one linear map of
-    each flattened ``[channels, temporal, patch, patch]`` patch."""
+    each flattened ``[channels, temporal, patch, patch]`` patch (Qwen3-VL's has a bias)."""
 
-    def __init__(self, config):
+    def __init__(self, config, bias: bool = False):
         super().__init__()
         self.proj = nn.Module()
         shape = (config.hidden_size, config.in_channels, config.temporal_patch_size)
         shape += (config.patch_size, config.patch_size)
         self.proj.weight = nn.Parameter(torch.empty(shape))
+        self.proj.bias = nn.Parameter(torch.empty(config.hidden_size)) if bias else None
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:  # [num_patches, patch_dim]
         weight = self.proj.weight
-        return F.linear(patches.to(weight.dtype), weight.view(weight.shape[0], -1))
+        return F.linear(patches.to(weight.dtype), weight.view(weight.shape[0], -1), self.proj.bias)
 
 
 class QwenVisionAttention(nn.Module):
@@ -82,16 +85,50 @@ class QwenVisionMLP(nn.Module):
 
 
 class QwenVisionBlock(nn.Module):
-    def __init__(self, config):
+    """Pre-norm attention and MLP; ``norm(size)`` makes each norm (Qwen2.5-VL's RMSNorm,
+    Qwen3-VL's LayerNorm) and ``mlp`` is the block's own."""
+
+    def __init__(self, config, norm: Callable[[int], nn.Module], mlp: nn.Module):
         super().__init__()
-        self.norm1 = RMSNorm(config.hidden_size, VISION_EPS)
+        self.norm1 = norm(config.hidden_size)
         self.attn = QwenVisionAttention(config)
-        self.norm2 = RMSNorm(config.hidden_size, VISION_EPS)
-        self.mlp = QwenVisionMLP(config)
+        self.norm2 = norm(config.hidden_size)
+        self.mlp = mlp
 
     def forward(self, x, cos, sin, mask):
         x = x + self.attn(self.norm1(x), cos, sin, mask)
         return x + self.mlp(self.norm2(x))
+
+
+def patch_coordinates(
+    blocks_h: int, blocks_w: int, m: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each patch's row and column in the image's patch grid, in the processor's
+    block-major order (merged token by merged token, ``m`` x ``m`` patches each)."""
+    rows = torch.arange(blocks_h, device=device).view(-1, 1, 1, 1) * m
+    rows = rows + torch.arange(m, device=device).view(1, 1, -1, 1)
+    cols = torch.arange(blocks_w, device=device).view(1, -1, 1, 1) * m
+    cols = cols + torch.arange(m, device=device).view(1, 1, 1, -1)
+    shape = (blocks_h, blocks_w, m, m)
+    return rows.expand(shape).reshape(-1), cols.expand(shape).reshape(-1)
+
+
+class PatchRotary:
+    """The towers' 2-D rotary: half of each head turns by the patch's row, half by its
+    column, at the same frequencies."""
+
+    def __init__(self, config):
+        rope = getattr(config, "rope_parameters", None) or {}
+        self.theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+        self.num_frequencies = config.hidden_size // config.num_heads // 4
+
+    def __call__(self, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per patch cos/sin ``[num_patches, head_dim // 2]``: row angles, then column's."""
+        exponents = torch.arange(0, 2 * self.num_frequencies, 2, dtype=torch.float32)
+        inv_freq = 1.0 / (self.theta ** (exponents / (2 * self.num_frequencies)))
+        inv_freq = inv_freq.to(rows.device)
+        freqs = torch.cat([rows[:, None] * inv_freq, cols[:, None] * inv_freq], dim=-1)
+        return freqs.cos().contiguous(), freqs.sin().contiguous()
 
 
 class QwenPatchMerger(nn.Module):
@@ -124,48 +161,24 @@ class QwenVisionTower(nn.Module):
         # Window side in merged tokens (112 px windows of 28 px tokens: 4 x 4).
         self.window_tokens = config.window_size // self.merge_size // self.patch_size
         self.full_attention_layers = frozenset(config.fullatt_block_indexes)
-        head_dim = config.hidden_size // config.num_heads
-        rope = getattr(config, "rope_parameters", None) or {}
-        self.rope_theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
-        # Half the head rotates by the patch's row, half by its column.
-        self.num_frequencies = head_dim // 4
+        self.rotary = PatchRotary(config)
         self.patch_embed = QwenPatchEmbed(config)
-        self.blocks = nn.ModuleList(QwenVisionBlock(config) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            QwenVisionBlock(config, lambda size: RMSNorm(size, VISION_EPS), QwenVisionMLP(config))
+            for _ in range(config.depth)
+        )
         self.merger = QwenPatchMerger(config)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         grid_t, blocks_h, blocks_w = patches.shape[:3]
         assert grid_t == 1, "the tower encodes still images only"
-        rows, cols = self._patch_coordinates(blocks_h, blocks_w, patches.device)
-        cos, sin = self._rotary_tables(rows, cols)
+        rows, cols = patch_coordinates(blocks_h, blocks_w, self.merge_size, patches.device)
+        cos, sin = self.rotary(rows, cols)
         window = self._window_mask(rows, cols)
         x = self.patch_embed(patches.flatten(0, 3))
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if i in self.full_attention_layers else window)
         return self.merger(x)
-
-    def _patch_coordinates(
-        self, blocks_h: int, blocks_w: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each patch's row and column in the image's patch grid, in the processor's
-        block-major order (merged token by merged token)."""
-        m = self.merge_size
-        rows = torch.arange(blocks_h, device=device).view(-1, 1, 1, 1) * m
-        rows = rows + torch.arange(m, device=device).view(1, 1, -1, 1)
-        cols = torch.arange(blocks_w, device=device).view(1, -1, 1, 1) * m
-        cols = cols + torch.arange(m, device=device).view(1, 1, 1, -1)
-        shape = (blocks_h, blocks_w, m, m)
-        return rows.expand(shape).reshape(-1), cols.expand(shape).reshape(-1)
-
-    def _rotary_tables(
-        self, rows: torch.Tensor, cols: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per patch cos/sin ``[num_patches, head_dim // 2]``: row angles, then column's."""
-        exponents = torch.arange(0, 2 * self.num_frequencies, 2, dtype=torch.float32)
-        inv_freq = 1.0 / (self.rope_theta ** (exponents / (2 * self.num_frequencies)))
-        inv_freq = inv_freq.to(rows.device)
-        freqs = torch.cat([rows[:, None] * inv_freq, cols[:, None] * inv_freq], dim=-1)
-        return freqs.cos().contiguous(), freqs.sin().contiguous()
 
     def _window_mask(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``[num_patches, num_patches]``: True where two patches share an attention

@@ -8,6 +8,7 @@ from engine.errors import UnsupportedModelError
 from engine.models.llama import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 from engine.models.llava import LlavaForConditionalGeneration
 from engine.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+from engine.models.qwen3_vl import Qwen3VLForConditionalGeneration
 from engine.models.vila import VilaForCausalLM
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
@@ -18,6 +19,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
     "LlavaLlamaModel": VilaForCausalLM,
     "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLForConditionalGeneration,
+    "Qwen3VLForConditionalGeneration": Qwen3VLForConditionalGeneration,
 }
 
 

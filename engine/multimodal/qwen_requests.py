@@ -13,7 +13,7 @@ from engine.multimodal.prompt import flatten_messages
 from engine.multimodal.qwen_images import QwenImageProcessor
 from engine.multimodal.requests import ImageRequests
 
-QWEN_VL_MODEL_TYPES = ("qwen2_5_vl",)
+QWEN_VL_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl")
 
 
 class QwenImageRequests(ImageRequests):

@@ -62,36 +62,63 @@ PREPROCESSOR = dict(
 def build_tiny_qwen2_5_vl(out_dir: Path, seed: int = 0) -> Path:
     """A tiny random Qwen2_5_VLForConditionalGeneration with the demo tokenizer plus the
     vision tokens, Qwen2.5-VL's chat template and a preprocessor_config.json."""
+    # head_dim 16: 8 frequencies, 2 turned by time, 3 by height, 3 by width
+    rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3])
+    return build_tiny_qwen_vl(
+        out_dir,
+        transformers.Qwen2_5_VLConfig,
+        transformers.Qwen2_5_VLForConditionalGeneration,
+        dict(TINY, rope_parameters=rope),
+        VISION,
+        CHAT_TEMPLATE,
+        PREPROCESSOR,
+        seed,
+    )
+
+
+def build_tiny_qwen_vl(
+    out_dir: Path,
+    config_class,
+    model_class,
+    text: dict,
+    vision: dict,
+    chat_template: str,
+    preprocessor: dict,
+    seed: int,
+) -> Path:
+    """A tiny random Qwen-VL ``model_class``: the demo tokenizer plus the vision tokens,
+    ``chat_template``, a preprocessor_config.json; weights and biases of std 0.15 (peaked
+    logits, a sharp comparison), norm weights in [0.5, 1.5]."""
     tokenizer = write_tokenizer(out_dir)
     tokenizer.add_tokens(VISION_TOKENS, special_tokens=True)
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(out_dir, save_jinja_files=False)
     ids = dict(zip(VISION_TOKENS, tokenizer.convert_tokens_to_ids(VISION_TOKENS)))
     text = dict(
-        TINY,
+        text,
         vocab_size=len(tokenizer),
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        # head_dim 16: 8 frequencies, 2 turned by time, 3 by height, 3 by width
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
     )
-    config = transformers.Qwen2_5_VLConfig(
+    config = config_class(
         text_config=text,
-        vision_config=VISION,
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = transformers.Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    model = model_class(config).to(torch.float32)
     with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
+        for name, param in model.named_parameters():
+            if param.dim() > 1 or name.endswith("bias"):
                 param.normal_(0, 0.15)
+            else:  # norm weights away from 1, so a norm used wrongly shows
+                param.uniform_(0.5, 1.5)
     model.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return out_dir
 
 
