@@ -68,10 +68,11 @@ def _layer_elementwise(model: dict, num_rows: int, dtype: torch.dtype) -> None:
     query, key, value = _qkv_views(num_rows, heads, kv_heads, dtype)
     cos = torch.empty(MAX_MODEL_LEN, HEAD_DIM // 2)
     positions = torch.empty(num_rows, dtype=torch.int64)
-    triton_ops.rotary_embedding(positions, query, key, cos, cos)
     k_cache = torch.empty(4, BLOCK_SIZE, kv_heads, HEAD_DIM, dtype=dtype)
     slots = torch.empty(num_rows, dtype=torch.int64)
-    triton_ops.write_kv_cache(key, value, k_cache, k_cache, slots)
+    triton_ops.rotary_write_kv_cache(
+        positions, query, key, value, cos, cos, k_cache, k_cache, slots
+    )
 
 
 def _attention(model: dict, num_rows: int, dtype: torch.dtype, num_sms: int) -> None:

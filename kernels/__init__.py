@@ -24,9 +24,9 @@ __all__ = [
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
+    "rotary_write_kv_cache",
     "silu_and_mul",
     "triton_available",
-    "write_kv_cache",
 ]
 
 
@@ -52,14 +52,22 @@ def _ops(tensor: torch.Tensor) -> ModuleType:
     return reference
 
 
-def write_kv_cache(
+def rotary_write_kv_cache(
+    positions: torch.Tensor,  # [num_tokens] int64: each token's row of cos and sin
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     value: torch.Tensor,
+    cos: torch.Tensor,  # [num_rows, head_dim // 2] fp32
+    sin: torch.Tensor,
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,  # [num_tokens] int64
-) -> None:
-    _ops(key).write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    slot_mapping: torch.Tensor,  # [num_tokens] int64; negative slots are skipped
+) -> torch.Tensor:  # the rotated queries, [num_tokens, num_heads, head_dim]
+    """Rotate queries and keys, and store the rotated keys and the values at their
+    slots: what a decoder layer does before attention, in one launch."""
+    return _ops(query).rotary_write_kv_cache(
+        positions, query, key, value, cos, sin, k_cache, v_cache, slot_mapping
+    )
 
 
 def paged_attention(

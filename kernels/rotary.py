@@ -9,11 +9,19 @@ import triton.language as tl
 
 
 @triton.jit
-def _rotate_heads(
-    src_ptr,
-    dst_ptr,
-    stride_src,
-    token,
+def load_angles(cos_ptr, sin_ptr, position, HEAD_DIM: tl.constexpr, HALF_P: tl.constexpr):
+    """Row ``position`` of the [*, HEAD_DIM // 2] cos and sin tables, fp32."""
+    half = tl.arange(0, HALF_P)
+    mask = half < HEAD_DIM // 2
+    cos = tl.load(cos_ptr + position * (HEAD_DIM // 2) + half, mask=mask, other=0.0)
+    sin = tl.load(sin_ptr + position * (HEAD_DIM // 2) + half, mask=mask, other=0.0)
+    return cos, sin
+
+
+@triton.jit
+def rotate_heads(
+    src_ptr,  # one token's heads, packed: [num_heads, HEAD_DIM]
+    dst_ptr,  # where the rotated heads go, packed the same way
     cos,
     sin,
     num_heads,
@@ -24,13 +32,16 @@ def _rotate_heads(
     heads = tl.arange(0, HEADS_P)
     half = tl.arange(0, HALF_P)
     mask = (heads < num_heads)[:, None] & (half < HEAD_DIM // 2)[None, :]
-    src = src_ptr + token * stride_src + heads[:, None] * HEAD_DIM + half[None, :]
-    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + HEAD_DIM // 2, mask=mask, other=0.0).to(tl.float32)
-    dst = dst_ptr + token * num_heads * HEAD_DIM + heads[:, None] * HEAD_DIM + half[None, :]
+    offs = heads[:, None] * HEAD_DIM + half[None, :]
+    x1 = tl.load(src_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src_ptr + offs + HEAD_DIM // 2, mask=mask, other=0.0).to(tl.float32)
     out_dtype = dst_ptr.dtype.element_ty
-    tl.store(dst, (x1 * cos[None, :] - x2 * sin[None, :]).to(out_dtype), mask=mask)
-    tl.store(dst + HEAD_DIM // 2, (x2 * cos[None, :] + x1 * sin[None, :]).to(out_dtype), mask=mask)
+    tl.store(dst_ptr + offs, (x1 * cos[None, :] - x2 * sin[None, :]).to(out_dtype), mask=mask)
+    tl.store(
+        dst_ptr + offs + HEAD_DIM // 2,
+        (x2 * cos[None, :] + x1 * sin[None, :]).to(out_dtype),
+        mask=mask,
+    )
 
 
 @triton.jit
@@ -53,15 +64,26 @@ def _rotary_kernel(
 ):
     token = tl.program_id(0)
     position = tl.load(positions_ptr + token)
-    half = tl.arange(0, HALF_P)
-    half_mask = half < HEAD_DIM // 2
-    cos = tl.load(cos_ptr + position * (HEAD_DIM // 2) + half, mask=half_mask, other=0.0)
-    sin = tl.load(sin_ptr + position * (HEAD_DIM // 2) + half, mask=half_mask, other=0.0)
-    _rotate_heads(
-        query_ptr, query_out_ptr, stride_q, token, cos, sin, num_heads, HEAD_DIM, HEADS_P, HALF_P
+    cos, sin = load_angles(cos_ptr, sin_ptr, position, HEAD_DIM, HALF_P)
+    rotate_heads(
+        query_ptr + token * stride_q,
+        query_out_ptr + token * num_heads * HEAD_DIM,
+        cos,
+        sin,
+        num_heads,
+        HEAD_DIM,
+        HEADS_P,
+        HALF_P,
     )
-    _rotate_heads(
-        key_ptr, key_out_ptr, stride_k, token, cos, sin, num_kv_heads, HEAD_DIM, KV_HEADS_P, HALF_P
+    rotate_heads(
+        key_ptr + token * stride_k,
+        key_out_ptr + token * num_kv_heads * HEAD_DIM,
+        cos,
+        sin,
+        num_kv_heads,
+        HEAD_DIM,
+        KV_HEADS_P,
+        HALF_P,
     )
 
 

@@ -3,9 +3,9 @@
 from kernels.activation import silu_and_mul
 from kernels.attention import paged_attention
 from kernels.awq_gemm import awq_linear
-from kernels.kv_write import write_kv_cache
 from kernels.norm import add_rms_norm, rms_norm
 from kernels.rotary import rotary_embedding
+from kernels.rotary_kv import rotary_write_kv_cache
 
 __all__ = [
     "add_rms_norm",
@@ -13,6 +13,6 @@ __all__ = [
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
+    "rotary_write_kv_cache",
     "silu_and_mul",
-    "write_kv_cache",
 ]

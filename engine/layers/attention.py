@@ -1,5 +1,6 @@
-"""Attention over the paged KV cache: writes the step's new K/V into the pool, then
-attends every new query to its sequence's whole context."""
+"""Attention over the paged KV cache: rotates the step's new queries and keys and writes
+the keys and values into the pool (one kernel), then attends every new query to its
+sequence's whole context."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 import kernels
+from engine.layers.rotary import RotaryEmbedding
 
 
 @dataclass(frozen=True)
@@ -22,24 +24,29 @@ class AttentionMetadata:
 
 
 class PagedAttention(nn.Module):
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, rotary: RotaryEmbedding):
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = head_dim**-0.5
+        self.rotary = rotary  # NOTE: one module shared by every layer of a model
         # NOTE: bound by allocate_kv_cache once the pool is sized; not part of the checkpoint.
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 
     def forward(
         self,
-        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
-        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        positions: torch.Tensor,  # [num_tokens], or [3, num_tokens] for M-RoPE
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim], not yet rotated
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], not yet rotated
         value: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [num_tokens, num_heads * head_dim]
-        kernels.write_kv_cache(key, value, self.k_cache, self.v_cache, meta.slot_mapping)
+        rows, cos, sin = self.rotary.tables(positions)
+        query = kernels.rotary_write_kv_cache(
+            rows, query, key, value, cos, sin, self.k_cache, self.v_cache, meta.slot_mapping
+        )
         out = kernels.paged_attention(
             query,
             self.k_cache,

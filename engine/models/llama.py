@@ -33,8 +33,7 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], qkv_bias)
         o_bias = bool(getattr(config, "attention_bias", False))
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=o_bias)
-        self.rotary = rotary
-        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, rotary)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
 
@@ -48,8 +47,7 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None:
             q = self.q_norm(q.reshape(-1, self.head_dim)).view_as(q)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view_as(k)
-        q, k = self.rotary(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, meta))
+        return self.o_proj(self.attn(positions, q, k, v, meta))
 
 
 class LlamaMLP(nn.Module):
@@ -112,19 +110,13 @@ class LlamaModel(nn.Module):
         positions: torch.Tensor,
         meta: AttentionMetadata,
         input_embeds: torch.Tensor | None = None,
-        deepstack: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``input_embeds`` (``[num_tokens, hidden]``) replaces the embedding lookup: VLMs
-        pass the token embeddings with image features written over the image tokens.
-        ``deepstack`` (Qwen3-VL): rows ``[n]`` and features ``[num_layers, n, hidden]``,
-        ``features[i]`` added to those rows' hidden states after layer ``i``."""
+        pass the token embeddings with image features written over the image tokens."""
         hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
         residual = None
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual, meta)
-            if deepstack is not None and i < len(deepstack[1]):
-                # The layer's output is hidden + residual: adding to either part adds to it.
-                hidden = hidden.index_add(0, deepstack[0], deepstack[1][i].to(hidden.dtype))
         return self.norm.add_and_norm(hidden, residual)[0]
 
 

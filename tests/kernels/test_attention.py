@@ -1,5 +1,5 @@
-"""Paged attention and the KV write against their torch twins: GQA ratios 1, 4 and 8,
-block tables with holes (scattered blocks, padding) and prefix blocks shared between
+"""Paged attention against its torch twin (the KV write: test_rotary_kv.py): GQA ratios
+1, 4 and 8, block tables with holes (scattered blocks, padding) and prefix blocks shared between
 sequences, decode split across the context, and prefills that extend a cached prefix."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import torch
 
 from kernels import reference
 from kernels.attention import paged_attention
-from kernels.kv_write import write_kv_cache
 from kernels.paged_decode import decode_attention
 from tests.kernels.conftest import assert_close
 
@@ -84,26 +83,3 @@ def test_strided_queries(device):
         starts = torch.tensor(query_start_loc, dtype=torch.int32, device=device)
         args = (rows, k_cache, v_cache, block_tables, seq_lens, starts, 0.2)
         assert_close(paged_attention(*args), reference.paged_attention(*args))
-
-
-def test_write_kv_cache(device):
-    torch.manual_seed(0)
-    head_dim = 16
-    k_cache, v_cache = kv_pool(head_dim, torch.float16, device, [list(range(NUM_BLOCKS))])
-    expected_k, expected_v = k_cache.clone(), v_cache.clone()
-    kv = torch.randn(5, 2 * NUM_KV_HEADS * head_dim, device=device)  # fused k|v output
-    key, value = (t.view(5, NUM_KV_HEADS, head_dim) for t in kv.chunk(2, dim=-1))
-    slots = torch.tensor([37, 0, 95, 4, 38], device=device)
-    reference.write_kv_cache(key, value, expected_k, expected_v, slots)
-    write_kv_cache(key, value, k_cache, v_cache, slots)
-    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
-
-
-def test_write_kv_cache_skips_padding_slots(device):
-    k_cache = torch.zeros(2, BLOCK_SIZE, NUM_KV_HEADS, 8, device=device)
-    v_cache = torch.zeros_like(k_cache)
-    key = torch.ones(3, NUM_KV_HEADS, 8, device=device)
-    slots = torch.tensor([5, -1, 2], device=device)
-    write_kv_cache(key, key, k_cache, v_cache, slots)
-    written = k_cache.view(-1, NUM_KV_HEADS * 8).sum(-1).nonzero().flatten().tolist()
-    assert written == [2, 5]
