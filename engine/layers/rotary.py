@@ -54,14 +54,30 @@ def _llama3_scaled(inv_freq: torch.Tensor, params: dict) -> torch.Tensor:
     return torch.where(is_medium, blended, scaled)
 
 
+def mrope_streams(section: list[int], interleaved: bool) -> torch.Tensor:
+    """The stream (0 temporal, 1 height, 2 width) each frequency turns by
+    ``[sum(section)]``: ``section[s]`` frequencies in a row each, or interleaved
+    (Qwen3-VL: frequency ``j`` is height's when ``j % 3 == 1`` and ``j < 3 *
+    section[1]``, width's when ``j % 3 == 2`` and ``j < 3 * section[2]``, else time's)."""
+    if not interleaved:
+        return torch.repeat_interleave(torch.arange(len(section)), torch.tensor(section))
+    j = torch.arange(sum(section))
+    streams = torch.zeros_like(j)
+    for stream in (1, 2):
+        streams[(j % 3 == stream) & (j < 3 * section[stream])] = stream
+    return streams
+
+
 class RotaryEmbedding(nn.Module):
     """The cos/sin tables by which the kernels (``kernels.rotary_write_kv_cache``) rotate
     the two halves of each head (the HF "rotate_half" convention).
 
     With ``mrope_section`` in ``params`` (M-RoPE) positions may also be ``[3, num_tokens]``:
     frequency ``j`` of each half turns by stream ``s``'s position, for the ``s`` whose
-    section holds ``j``. Tokens whose three positions are equal (all text) rotate as with
-    plain RoPE, so text-only batches and decode pass ``[num_tokens]`` positions."""
+    section holds ``j`` (sections in a row, Qwen2-VL; or, with ``mrope_interleaved``,
+    Qwen3-VL's round robin: see ``mrope_streams``). Tokens whose three positions are
+    equal (all text) rotate as with plain RoPE, so text-only batches and decode pass
+    ``[num_tokens]`` positions."""
 
     def __init__(self, head_dim: int, max_position: int, params: dict):
         super().__init__()
@@ -86,10 +102,9 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(positions, inv_freq)  # [max_position, head_dim // 2]
         self.cos, self.sin = freqs.cos(), freqs.sin()
         if self.mrope_section is not None:
-            section = torch.tensor(self.mrope_section, device=device)
-            self.mrope_streams = torch.repeat_interleave(
-                torch.arange(len(section), device=device), section
-            )
+            self.mrope_streams = mrope_streams(
+                self.mrope_section, bool(self.params.get("mrope_interleaved"))
+            ).to(device)
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(rows, cos, sin)``: token ``t`` turns by ``cos[rows[t]]`` and ``sin[rows[t]]``

@@ -110,13 +110,19 @@ class LlamaModel(nn.Module):
         positions: torch.Tensor,
         meta: AttentionMetadata,
         input_embeds: torch.Tensor | None = None,
+        deepstack: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``input_embeds`` (``[num_tokens, hidden]``) replaces the embedding lookup: VLMs
-        pass the token embeddings with image features written over the image tokens."""
+        pass the token embeddings with image features written over the image tokens.
+        ``deepstack`` (Qwen3-VL): rows ``[n]`` and features ``[num_layers, n, hidden]``,
+        ``features[i]`` added to those rows' hidden states after layer ``i``."""
         hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
         residual = None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             hidden, residual = layer(positions, hidden, residual, meta)
+            if deepstack is not None and i < len(deepstack[1]):
+                # The layer's output is hidden + residual: adding to either part adds to it.
+                hidden = hidden.index_add(0, deepstack[0], deepstack[1][i].to(hidden.dtype))
         return self.norm.add_and_norm(hidden, residual)[0]
 
 
