@@ -2,9 +2,10 @@
 
 One program per (sequence, KV head, split of the context): the query heads that share the
 KV head are one tile, so each K/V row is read once for the whole group; softmax is online,
-in fp32 and base 2. A second kernel merges the splits' partial results. The split count
-depends only on tensor shapes (never on values), so decode needs no host sync and can be
-captured in a CUDA graph.
+in fp32 and base 2. A second kernel merges the splits' partial results; with one split
+the first writes the output itself (one launch). The split count depends only on tensor
+shapes (never on values), so decode needs no host sync and can be captured in a CUDA
+graph.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def _decode_split_kernel(
     part_out_ptr,  # [num_seqs, num_heads, num_splits, head_dim] fp32
     part_max_ptr,  # [num_seqs, num_heads, num_splits] fp32, base-2 log domain
     part_sum_ptr,
+    out_ptr,  # [num_seqs, num_heads, head_dim], rows stride_ot apart (ONE_SPLIT only)
     qk_scale,  # softmax scale * log2(e)
     stride_qt,
     stride_bt,
+    stride_ot,
     num_splits,
     NUM_HEADS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
@@ -47,6 +50,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
+    ONE_SPLIT: tl.constexpr,  # num_splits == 1: the result is final, no merge follows
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -91,12 +95,19 @@ def _decode_split_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
         m = m_new
 
-    # An empty split (start >= end) leaves m = -inf and denom = 0: the merge gives it no weight.
-    part = (seq * NUM_HEADS + heads) * num_splits + split  # [GROUP_ROWS]
-    tl.store(part_max_ptr + part, m, mask=row_mask)
-    tl.store(part_sum_ptr + part, denom, mask=row_mask)
-    out_ptrs = part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :]
-    tl.store(out_ptrs, acc, mask=row_mask[:, None] & dim_mask[None, :])
+    if ONE_SPLIT:
+        # seq_len >= 1, so the one split saw a real position and denom > 0.
+        out_ptrs = out_ptr + seq * stride_ot + heads[:, None] * HEAD_DIM + dims[None, :]
+        out = (acc / denom[:, None]).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, out, mask=row_mask[:, None] & dim_mask[None, :])
+    else:
+        # An empty split (start >= end) leaves m = -inf and denom = 0: the merge gives it
+        # no weight.
+        part = (seq * NUM_HEADS + heads) * num_splits + split  # [GROUP_ROWS]
+        tl.store(part_max_ptr + part, m, mask=row_mask)
+        tl.store(part_sum_ptr + part, denom, mask=row_mask)
+        out_ptrs = part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :]
+        tl.store(out_ptrs, acc, mask=row_mask[:, None] & dim_mask[None, :])
 
 
 @triton.jit
@@ -161,13 +172,17 @@ def decode_attention(
     group = num_heads // num_kv_heads
     head_dim_p = triton.next_power_of_2(head_dim)
     dot_dtype, precision = dot_operands(query.dtype)
-    part_out = torch.empty(
-        num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=query.device
-    )
-    part_max = torch.empty(
-        num_seqs, num_heads, num_splits, dtype=torch.float32, device=query.device
-    )
-    part_sum = torch.empty_like(part_max)
+    out = torch.empty(num_seqs, num_heads, head_dim, dtype=query.dtype, device=query.device)
+    one_split = num_splits == 1
+    part_out = part_max = part_sum = out  # unused with one split
+    if not one_split:
+        part_out = torch.empty(
+            num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=query.device
+        )
+        part_max = torch.empty(
+            num_seqs, num_heads, num_splits, dtype=torch.float32, device=query.device
+        )
+        part_sum = torch.empty_like(part_max)
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         query,
         k_cache,
@@ -177,9 +192,11 @@ def decode_attention(
         part_out,
         part_max,
         part_sum,
+        out,
         scale * LOG2E,
         query.stride(0),
         block_tables.stride(0),
+        out.stride(0),
         num_splits,
         NUM_HEADS=num_heads,
         NUM_KV_HEADS=num_kv_heads,
@@ -191,10 +208,12 @@ def decode_attention(
         BLOCK_N=BLOCK_N,
         DOT_DTYPE=dot_dtype,
         PRECISION=precision,
+        ONE_SPLIT=one_split,
         num_warps=4,
         num_stages=2,
     )
-    out = torch.empty(num_seqs, num_heads, head_dim, dtype=query.dtype, device=query.device)
+    if one_split:
+        return out
     _merge_splits_kernel[(num_seqs, num_heads)](
         part_out,
         part_max,

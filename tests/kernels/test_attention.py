@@ -37,7 +37,7 @@ BLOCK_ROWS = [[5, 9, 0, 17], [5, 9, 3], [12, 1, 20, 7, 14, 2], [11]]
 
 
 @pytest.mark.parametrize("group, head_dim, dtype", CASES)
-@pytest.mark.parametrize("num_splits", [None, 3])
+@pytest.mark.parametrize("num_splits", [None, 1, 3])  # 1: no merge kernel
 def test_decode(device, group, head_dim, dtype, num_splits):
     torch.manual_seed(group)
     k_cache, v_cache = kv_pool(head_dim, dtype, device, BLOCK_ROWS)
