@@ -33,7 +33,8 @@ class EngineConfig:
     fetched within ``image_fetch_timeout`` seconds, only from ``allowed_media_domains``
     when given, never from internal addresses unless ``allow_private_media_urls``, and not
     at all unless ``allow_http_media`` (see MediaURLPolicy); ``file:`` image URLs are read
-    only from inside ``allowed_local_media_path`` (refused when None).
+    only from inside ``allowed_local_media_path`` (refused when None). Videos come under
+    the same rules, each at most ``max_video_bytes`` encoded and ``max_video_frames`` long.
     """
 
     model: str | None = None
@@ -58,6 +59,8 @@ class EngineConfig:
     allow_private_media_urls: bool = False
     allow_http_media: bool = True
     image_cache_bytes: int = 64 * 2**20
+    max_video_bytes: int = ImageLimits.max_video_bytes
+    max_video_frames: int = ImageLimits.max_video_frames
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -77,7 +80,13 @@ class EngineConfig:
                 "max_num_batched_tokens must be at least max_num_seqs "
                 f"({self.max_num_batched_tokens} < {self.max_num_seqs})"
             )
-        for name in ("limit_images_per_prompt", "max_image_bytes", "max_image_pixels"):
+        for name in (
+            "limit_images_per_prompt",
+            "max_image_bytes",
+            "max_image_pixels",
+            "max_video_bytes",
+            "max_video_frames",
+        ):
             if getattr(self, name) < 1:
                 raise EngineError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.image_cache_bytes < 0:
@@ -100,4 +109,6 @@ class EngineConfig:
             url_policy=MediaURLPolicy(
                 self.allow_http_media, self.allowed_media_domains, self.allow_private_media_urls
             ),
+            max_video_bytes=self.max_video_bytes,
+            max_video_frames=self.max_video_frames,
         )

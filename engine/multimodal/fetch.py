@@ -50,19 +50,24 @@ class FetchFailed(Exception):
 
 
 def fetch_http(
-    url: str, max_bytes: int, timeout: float, policy: MediaURLPolicy = MediaURLPolicy()
+    url: str,
+    max_bytes: int,
+    timeout: float,
+    policy: MediaURLPolicy = MediaURLPolicy(),
+    media: str = "image",
 ) -> bytes:
     """The body of ``url`` after at most ``MAX_REDIRECTS`` redirects. ``timeout`` bounds
-    the whole fetch (resolving, connecting, redirects, reading), not each read."""
+    the whole fetch (resolving, connecting, redirects, reading), not each read.
+    ``media`` ("image", "video") names what is fetched in the errors."""
     if not policy.allow_http:
         raise InvalidRequestError(
-            "http(s) image URLs are refused on this server; send the image as a data: URL"
+            f"http(s) {media} URLs are refused on this server; send the {media} as a data: URL"
         )
     deadline = time.monotonic() + timeout
     first = url
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            status, location, body = _get(url, max_bytes, deadline, policy)
+            status, location, body = _get(url, max_bytes, deadline, policy, media)
             if status not in REDIRECT_STATUSES:
                 return body
             if location is None:
@@ -73,15 +78,15 @@ def fetch_http(
         cause: object = f"timed out after {timeout:g} s"
     except (FetchFailed, OSError, http.client.HTTPException) as e:
         cause = e
-    logger.info("cannot fetch image %s (at %s): %s", _short(first), _short(url), cause)
+    logger.info("cannot fetch %s %s (at %s): %s", media, _short(first), _short(url), cause)
     raise InvalidRequestError(
-        f"cannot fetch image {_short(first)}: refused, unreachable, too slow, or not "
-        "answered with an image"
+        f"cannot fetch {media} {_short(first)}: refused, unreachable, too slow, or not "
+        f"answered with {_a(media)}"
     ) from None
 
 
 def _get(
-    url: str, max_bytes: int, deadline: float, policy: MediaURLPolicy
+    url: str, max_bytes: int, deadline: float, policy: MediaURLPolicy, media: str
 ) -> tuple[int, str | None, bytes]:
     """(status, Location, body) of one GET; raises on statuses >= 400 (but redirects)."""
     parts = urlsplit(url)
@@ -111,7 +116,7 @@ def _get(
         # Content-Length refuses early; the count below holds when it lies or is absent.
         length = response.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            raise _too_large(max_bytes)
+            raise _too_large(max_bytes, media)
         chunks, num_bytes = [], 0
         while True:
             sock.settimeout(_left(deadline))
@@ -120,7 +125,7 @@ def _get(
                 return response.status, None, b"".join(chunks)
             num_bytes += len(chunk)
             if num_bytes > max_bytes:
-                raise _too_large(max_bytes)
+                raise _too_large(max_bytes, media)
             chunks.append(chunk)
     finally:
         connection.close()
@@ -186,27 +191,29 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def read_local_file(url: str, media_dir: Path | None, max_bytes: int) -> bytes:
+def read_local_file(
+    url: str, media_dir: Path | None, max_bytes: int, media: str = "image"
+) -> bytes:
     """The file of a ``file:`` URL whose real path (symlinks and ``..`` resolved) lies
     inside ``media_dir``; without ``media_dir`` every ``file:`` URL is refused."""
     if media_dir is None:
         raise InvalidRequestError(
-            "file: image URLs are refused (the server allows no local media directory); "
+            f"file: {media} URLs are refused (the server allows no local media directory); "
             "send a data: or http(s) URL"
         )
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise InvalidRequestError(f"file: image URLs must name a local path, not {_short(url)}")
+        raise InvalidRequestError(f"file: {media} URLs must name a local path, not {_short(url)}")
     path = Path(os.path.realpath(url2pathname(unquote(parts.path))))
     if not path.is_relative_to(Path(os.path.realpath(media_dir))):
-        raise InvalidRequestError(f"image {_short(url)} is outside the allowed media directory")
+        raise InvalidRequestError(f"{media} {_short(url)} is outside the allowed media directory")
     try:
         with path.open("rb") as f:
             data = f.read(max_bytes + 1)
     except OSError as e:
-        raise InvalidRequestError(f"cannot read image {_short(url)}: {e.strerror or e}") from None
+        raise InvalidRequestError(f"cannot read {media} {_short(url)}: {e.strerror or e}") from None
     if len(data) > max_bytes:
-        raise _too_large(max_bytes)
+        raise _too_large(max_bytes, media)
     return data
 
 
@@ -217,8 +224,12 @@ def _left(deadline: float) -> float:
     return left
 
 
-def _too_large(max_bytes: int) -> InvalidRequestError:
-    return InvalidRequestError(f"an image is larger than the limit of {max_bytes} bytes")
+def _too_large(max_bytes: int, media: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{_a(media)} is larger than the limit of {max_bytes} bytes")
+
+
+def _a(media: str) -> str:
+    return f"an {media}" if media[0] in "aeiou" else f"a {media}"
 
 
 def _short(url: str) -> str:

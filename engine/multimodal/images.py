@@ -40,6 +40,13 @@ class ImageLimits:
     # file: URLs are read only from inside this directory; None refuses them all.
     local_media_dir: Path | None = None
     url_policy: MediaURLPolicy = MediaURLPolicy()
+    # Videos (video.py) are fetched under the rules above, within limits of their own:
+    # bytes and the frame count are checked before any frame is decoded, each frame
+    # against max_pixels, and decoding the sampled frames within the timeout.
+    max_videos: int = 2
+    max_video_bytes: int = 64 * 1024 * 1024
+    max_video_frames: int = 18_000  # 10 minutes at 30 frames a second
+    video_decode_timeout: float = 30.0
 
 
 @dataclass(frozen=True, eq=False)
