@@ -7,6 +7,10 @@ and NaN JSON, text/plain POSTs, clients that never read their stream and bodies 
 never finish arriving. Reports the normal streams' inter-token latency p50/p99 in both
 runs (the goal: p99 with abuse within 1.5x of without) and what the abusers got back.
 
+The abusers run in a process of their own (an event loop of their own: the normal
+clients' gaps are not stretched by the abusers' client work) and connect from
+127.0.0.2, another client address, as hostile clients on a network would.
+
     .venv/bin/python benchmarks/bench_abuse.py [--requests 64] [--max-tokens 64]
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -27,6 +32,8 @@ from bench_server import Result, one_request, percentile, serve
 NUM_NEVER_READING = 4
 NUM_SLOW_BODIES = 8
 NUM_FLOODERS = 4
+# The abusers' own client address (all of 127.0.0.0/8 is the loopback).
+ABUSER_ADDRESS = "127.0.0.2"
 
 
 def abusive_bodies(max_admitted: int) -> list[tuple[str, bytes, str]]:
@@ -46,8 +53,11 @@ async def flood(client: httpx.AsyncClient, bodies: list, statuses: Counter, done
     while not done.is_set():
         for path, body, content_type in bodies:
             headers = {"Content-Type": content_type or "application/json"}
-            response = await client.post(path, content=body, headers=headers)
-            statuses[response.status_code] += 1
+            try:
+                response = await client.post(path, content=body, headers=headers)
+                statuses[response.status_code] += 1
+            except httpx.TransportError:  # refused unread, the connection closed mid-body
+                statuses["closed"] += 1
 
 
 def _raw_head(url: str, length: int) -> bytes:
@@ -62,6 +72,7 @@ def _raw_head(url: str, length: int) -> bytes:
 def _connect(url: str, receive_buffer: int | None = None) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((ABUSER_ADDRESS, 0))
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.connect((host, int(port)))
@@ -90,26 +101,60 @@ async def slow_body(url: str, done: asyncio.Event) -> None:
         await done.wait()
 
 
-async def run(url: str, num_requests: int, max_tokens: int, abuse: bool):
-    limits = httpx.Limits(max_connections=num_requests + NUM_FLOODERS + 8)
+async def abuse(url: str, max_tokens: int, done: asyncio.Event) -> Counter:
+    """Every kind of abuser at once, until ``done``; what the floods got back."""
+    statuses: Counter = Counter()
+    transport = httpx.AsyncHTTPTransport(
+        local_address=ABUSER_ADDRESS, limits=httpx.Limits(max_connections=NUM_FLOODERS)
+    )
+    async with httpx.AsyncClient(base_url=url, timeout=600, transport=transport) as client:
+        # Past the default admission limit (64 running + 256 queued).
+        bodies = abusive_bodies(512)
+        abusers = [flood(client, bodies, statuses, done) for _ in range(NUM_FLOODERS)]
+        abusers += [never_read(url, max_tokens, done) for _ in range(NUM_NEVER_READING)]
+        abusers += [slow_body(url, done) for _ in range(NUM_SLOW_BODIES)]
+        await asyncio.gather(*abusers)
+    return statuses
+
+
+def abuser_process(url: str, max_tokens: int, started, stop, results) -> None:
+    async def main() -> Counter:
+        done = asyncio.Event()
+        task = asyncio.create_task(abuse(url, max_tokens, done))
+        started.set()
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        done.set()
+        return await task
+
+    results.put(dict(asyncio.run(main())))
+
+
+async def normal_streams(url: str, num_requests: int, max_tokens: int):
+    limits = httpx.Limits(max_connections=num_requests)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
-        done = asyncio.Event()
-        statuses: Counter = Counter()
-        abusers = []
-        if abuse:
-            # Past the default admission limit (64 running + 256 queued).
-            bodies = abusive_bodies(512)
-            abusers += [flood(client, bodies, statuses, done) for _ in range(NUM_FLOODERS)]
-            abusers += [never_read(url, max_tokens, done) for _ in range(NUM_NEVER_READING)]
-            abusers += [slow_body(url, done) for _ in range(NUM_SLOW_BODIES)]
-        tasks = [asyncio.create_task(a) for a in abusers]
         results = await asyncio.gather(
             *(one_request(client, model, i, max_tokens) for i in range(num_requests))
         )
-        done.set()
-        await asyncio.gather(*tasks)
-        return model, results, statuses
+        return model, results
+
+
+def run(url: str, num_requests: int, max_tokens: int, abuse: bool):
+    """The normal streams' results, alone or with the abusers' process running."""
+    if not abuse:
+        return (*asyncio.run(normal_streams(url, num_requests, max_tokens)), Counter())
+    context = multiprocessing.get_context("spawn")
+    started, stop, results = context.Event(), context.Event(), context.Queue()
+    process = context.Process(target=abuser_process, args=(url, max_tokens, started, stop, results))
+    process.start()
+    started.wait()
+    try:
+        model, streams = asyncio.run(normal_streams(url, num_requests, max_tokens))
+    finally:
+        stop.set()
+    statuses = Counter(results.get())
+    process.join()
+    return model, streams, statuses
 
 
 def summary(results: list[Result]) -> tuple[float, float, int]:
@@ -125,8 +170,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     with serve(args.model, None) as url:
-        model, quiet, _ = asyncio.run(run(url, args.requests, args.max_tokens, abuse=False))
-        _, abused, statuses = asyncio.run(run(url, args.requests, args.max_tokens, abuse=True))
+        model, quiet, _ = run(url, args.requests, args.max_tokens, abuse=False)
+        _, abused, statuses = run(url, args.requests, args.max_tokens, abuse=True)
     quiet_p50, quiet_p99, quiet_errors = summary(quiet)
     abused_p50, abused_p99, abused_errors = summary(abused)
     print(f"model {model}; {platform.machine()}, {os.cpu_count()} CPUs")

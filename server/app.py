@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from engine import AsyncLLM
 from server.chat import create_chat_completion
+from server.client_budget import ClientErrorBudget, ClientErrorBudgetMiddleware
 from server.completions import create_completion
 from server.context import ServerContext
 from server.errors import install_error_handlers
@@ -72,6 +73,11 @@ def create_app(
     app.add_middleware(JSONOnlyMiddleware)
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key, public_paths=public_paths)
+    if settings.max_client_errors_per_minute:
+        # Outside the key check and the body read: an address out of budget costs neither;
+        # wrong keys are charged too.
+        budget = ClientErrorBudget(settings.max_client_errors_per_minute)
+        app.add_middleware(ClientErrorBudgetMiddleware, budget=budget)
     # Outside the key check: a 401 carries the id too.
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:

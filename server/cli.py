@@ -166,6 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cors_origins=_comma_list(args.cors_origins),
             stream_send_timeout_seconds=args.stream_send_timeout,
             body_read_timeout_seconds=args.body_read_timeout,
+            max_client_errors_per_minute=args.max_client_errors,
             tool_call_parser=args.tool_call_parser,
         )
         config = EngineConfig(model=args.model, **engine_kwargs(args), **media_kwargs(args))
@@ -281,6 +282,14 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "seconds a request body may take to arrive (408 after)",
         type=float,
         default=30.0,
+    )
+    add_option(
+        serve,
+        "--max-client-errors",
+        "refused (4xx) requests a client address may cause a minute before its requests "
+        "get 429 unread (0: no limit)",
+        type=int,
+        default=60,
     )
     add_option(
         serve,

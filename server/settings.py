@@ -27,6 +27,9 @@ class ServerSettings:
     ``stream_send_timeout_seconds``: a stream whose client reads nothing for this long
     is closed and its generations aborted (their admission given back).
     ``body_read_timeout_seconds``: how long a request body may take to arrive (408).
+    ``max_client_errors_per_minute``: refused (4xx) requests one client address may
+    cause a minute before its requests get 429s unread (server/client_budget.py); 0: no
+    limit.
     ``tool_call_parser``: the format tool calls are parsed in (server/tools/registry.py);
     None tells it from the chat template."""
 
@@ -41,6 +44,7 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     stream_send_timeout_seconds: float = 60.0
     body_read_timeout_seconds: float = 30.0
+    max_client_errors_per_minute: int = 60
     tool_call_parser: str | None = None
 
     def __post_init__(self) -> None:
@@ -52,6 +56,11 @@ class ServerSettings:
             raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests}")
         if self.max_request_bytes < 1024:
             raise ValueError(f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
+        if self.max_client_errors_per_minute < 0:
+            raise ValueError(
+                "max_client_errors_per_minute must be >= 0, got "
+                f"{self.max_client_errors_per_minute}"
+            )
         if self.keepalive_seconds <= 0:
             raise ValueError(f"keepalive_seconds must be > 0, got {self.keepalive_seconds}")
         for name in ("stream_send_timeout_seconds", "body_read_timeout_seconds"):

@@ -19,7 +19,9 @@ from engine.async_llm import NUM_MEDIA_INTAKE_THREADS
 from engine.inputs import MAX_CHARS_PER_TOKEN
 from engine.multimodal import fetch
 from server.app import create_app
+from server.errors import APIError
 from server.http_protocol import head_timeout_protocol
+from server.protocol import parse_json
 from server.settings import ServerSettings
 from tests.engine.image_server import redirecting_to, trap
 from tests.engine.vlm_fixtures import image_part, text_part
@@ -124,6 +126,34 @@ def test_four_stop_strings_are_served(http: httpx.Client) -> None:
 )
 def test_unreadable_json_is_a_400(http: httpx.Client, raw: bytes, says: str) -> None:
     assert_error(http.post("/v1/chat/completions", content=raw, headers=JSON), 400, says=says)
+
+
+@pytest.mark.parametrize(
+    "raw, says",
+    [
+        (b'{"\\udc00": 1}', "lone surrogate"),  # in a key
+        (b'{"a": "\\uD83D"}', "lone surrogate"),  # upper-case escape, high half alone
+        (b"[" * 33 + b"]" * 33, "levels deep"),  # just past the limit
+        ('{"a": "h\u00e9"}'.encode("utf-16"), "not valid JSON"),  # not UTF-8
+    ],
+    ids=["surrogate-key", "upper-case-escape", "33-deep", "utf-16"],
+)
+def test_strict_json_refuses(raw: bytes, says: str) -> None:
+    with pytest.raises(APIError, match=says):
+        parse_json(raw)
+
+
+@pytest.mark.parametrize(
+    "raw, value",
+    [
+        (b'{"a": "\\ud83d\\ude00"}', {"a": "\U0001f600"}),  # a surrogate pair: one emoji
+        (b'{"a": "\\\\ud800"}', {"a": "\\ud800"}),  # an escaped backslash, then text
+        (b"[" * 32 + b"]" * 32, json.loads(b"[" * 32 + b"]" * 32)),  # at the limit
+    ],
+    ids=["surrogate-pair", "escaped-backslash", "32-deep"],
+)
+def test_strict_json_reads(raw: bytes, value) -> None:
+    assert parse_json(raw) == value
 
 
 @pytest.mark.parametrize(
