@@ -31,6 +31,7 @@ from engine.model_info import eos_token_ids, pick_device, pick_dtype
 from engine.models.interface import VisionLanguageModel
 from engine.multimodal.embed_cache import ImageEmbeddingCache
 from engine.multimodal.images import ImageInput
+from engine.multimodal.nvila_requests import NvilaImageRequests
 from engine.multimodal.qwen_requests import QWEN_VL_MODEL_TYPES, QwenImageRequests
 from engine.multimodal.requests import ImageRequests
 from engine.output_processor import OutputProcessor, RequestState
@@ -64,7 +65,8 @@ class LLMEngine:
         self.dtype = pick_dtype(config.dtype, hf_config, self.device)
         # VILA keeps its tokenizer with the language model, in a subfolder.
         tokenizer_dir = getattr(hf_config, "tokenizer_dir", self.model_dir)
-        self.tokenizer = load_tokenizer(tokenizer_dir)
+        added_tokens = getattr(hf_config, "added_tokens", ())
+        self.tokenizer = load_tokenizer(tokenizer_dir, added_tokens)
         model_template = getattr(hf_config, "conversation_template", None)
         chat_template = ChatTemplate(
             self.tokenizer,
@@ -82,11 +84,11 @@ class LLMEngine:
         self.vision: ImageRequests | None = None
         if is_vlm:
             processor_dir = getattr(hf_config, "processor_dir", self.model_dir)
-            requests_class = (
-                QwenImageRequests
-                if getattr(hf_config, "model_type", None) in QWEN_VL_MODEL_TYPES
-                else ImageRequests
-            )
+            requests_class = ImageRequests
+            if getattr(hf_config, "model_type", None) in QWEN_VL_MODEL_TYPES:
+                requests_class = QwenImageRequests
+            elif getattr(hf_config, "is_nvila", False):
+                requests_class = NvilaImageRequests
             self.vision = requests_class(
                 processor_dir, hf_config, model, self.tokenizer, config.image_limits
             )
@@ -102,7 +104,7 @@ class LLMEngine:
             grammar_compiler(self.tokenizer, text_config.vocab_size, eos_ids),
         )
         # NOTE: a tokenizer of its own, so decoding never waits on intake's tokenizing.
-        self.outputs = OutputProcessor(load_tokenizer(tokenizer_dir))
+        self.outputs = OutputProcessor(load_tokenizer(tokenizer_dir, added_tokens))
         self.core = self._build_core(model, num_blocks, image_cache_bytes, eos_ids)
         # The synchronous front's live requests (AsyncLLM keeps one per stream instead).
         self._states: dict[str, RequestState] = {}

@@ -10,11 +10,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from engine.errors import InvalidRequestError, ModelLoadError
 
 
-def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+def load_tokenizer(model_dir: Path, added_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``model_dir``, plus ``added_tokens`` as special tokens (for
+    models whose own code adds them at load: NVILA's media tokens)."""
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, TypeError) as e:
         raise ModelLoadError(f"cannot load the tokenizer of {model_dir}: {e}") from None
+    tokenizer.add_tokens(list(added_tokens), special_tokens=True)
+    return tokenizer
 
 
 class ChatTemplate:

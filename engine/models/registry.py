@@ -7,6 +7,7 @@ from torch import nn
 from engine.errors import UnsupportedModelError
 from engine.models.llama import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 from engine.models.llava import LlavaForConditionalGeneration
+from engine.models.nvila import NvilaForCausalLM
 from engine.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from engine.models.qwen3_vl import Qwen3VLForConditionalGeneration
 from engine.models.vila import VilaForCausalLM
@@ -18,6 +19,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
     "LlavaLlamaModel": VilaForCausalLM,
+    "NVILA": NvilaForCausalLM,  # VilaConfig's name for NVILA's LlavaLlamaModel
     "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLForConditionalGeneration,
     "Qwen3VLForConditionalGeneration": Qwen3VLForConditionalGeneration,
 }

@@ -5,10 +5,14 @@ in NVlabs/VILA) builds each prompt from a per-model conversation mode, and the m
 trained on exactly those strings. So a VILA checkpoint is rendered with the mode of its
 language model family, whatever template its llm/ tokenizer carries; ``--chat-template``
 still overrides it. VILA1.5-3B and -13B (Llama-2 tokenizers) use ``vicuna_v1``,
-Llama-3-VILA1.5-8B uses ``llama_3``.
+Llama-3-VILA1.5-8B uses ``llama_3``. NVILA's code instead sets the llm tokenizer's chat
+template to the file its config's ``chat_template`` names (``qwen2``), else keeps the
+tokenizer's own (``llava/model/language_model/builder.py``).
 """
 
 from __future__ import annotations
+
+from engine.errors import UnsupportedModelError
 
 # "SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT:" -- the separator after an answer
 # is the EOS alone, so only the first USER follows a space.
@@ -48,6 +52,33 @@ LLAMA_3 = (
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}"
     "{%- endif -%}"
 )
+
+
+# NVILA's chat_templates/qwen2.jinja as its builder loads it (indents and line breaks
+# removed): ChatML with "You are a helpful assistant" (no period) unless a system
+# message is given.
+QWEN2 = (
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages if message['content'] is not none -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+NVILA_TEMPLATES = {"qwen2": QWEN2}
+
+
+def nvila_conversation_template(name: str | None) -> str | None:
+    """The template an NVILA config names (None: the llm tokenizer's own)."""
+    if name is None:
+        return None
+    if name not in NVILA_TEMPLATES:
+        raise UnsupportedModelError(
+            f"NVILA chat_template {name!r} is not supported; "
+            f"supported: {', '.join(NVILA_TEMPLATES)}"
+        )
+    return NVILA_TEMPLATES[name]
 
 
 def vila_conversation_template(tokenizer) -> str:
