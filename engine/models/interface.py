@@ -51,4 +51,5 @@ class VisionLanguageModel(TextModel, Protocol):
     num_image_tokens: int | None
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[num_images, 3, H, W]`` -> ``[num_images, num_image_tokens, hidden]``."""
+        """``[num_images, 3, H, W]`` -> ``[num_images, num_image_tokens, hidden]`` (a
+        multiple of hidden for Qwen3-VL: its DeepStack features ride beside each token's)."""

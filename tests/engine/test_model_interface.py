@@ -24,7 +24,9 @@ def test_vision_language_models_declare_image_encoding():
     assert vision == {
         "LlavaForConditionalGeneration",
         "LlavaLlamaModel",
+        "NVILA",
         "Qwen2_5_VLForConditionalGeneration",
+        "Qwen3VLForConditionalGeneration",
     }
     for name in vision:
         cls = MODEL_CLASSES[name]

@@ -1,9 +1,15 @@
-"""Qwen2.5-VL against transformers' Qwen2_5_VLForConditionalGeneration on the same random
-weights and pixel values, in fp32 on CPU: logits of prefill and decode, greedy tokens,
-and the engine's ways of computing a prompt (chunks, batches, preemption, the prefix
-cache), each of which must keep the M-RoPE positions of images of different sizes."""
+"""Qwen2.5-VL and Qwen3-VL against transformers' Qwen2_5_VLForConditionalGeneration and
+Qwen3VLForConditionalGeneration on the same random weights and pixel values, in fp32 on
+CPU: logits of prefill and decode, greedy tokens, and the engine's ways of computing a
+prompt (chunks, batches, preemption, the prefix cache), each of which must keep the
+M-RoPE positions of images of different sizes (and Qwen3-VL's DeepStack features)."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +18,50 @@ from engine import LLM, InvalidRequestError, SamplingParams
 from engine.llm_engine import LLMEngine
 from engine.scheduler import ScheduledBatch
 from tests.engine.qwen2_5_vl_fixtures import build_tiny_qwen2_5_vl, load_qwen2_5_vl_reference
+from tests.engine.qwen3_vl_fixtures import build_tiny_qwen3_vl, load_qwen3_vl_reference
 from tests.engine.vlm_fixtures import data_url, image_part, random_image, text_part
 
 NUM_DECODE = 8
 GREEDY = SamplingParams(max_tokens=NUM_DECODE, temperature=0, ignore_eos=True)
-# Both need resizing: 97x233 -> 84x224 (24 tokens), 200x150 -> 196x140 (35 tokens).
+# Both need resizing (to multiples of 28 px for Qwen2.5-VL, of 32 px for Qwen3-VL).
 TALL = data_url(random_image(1, (97, 233)))
 WIDE = data_url(random_image(2, (200, 150)))
 SMALL = data_url(random_image(3, (60, 50)))
-# 168x112: 6 x 4 tokens, as many as TALL's 3 x 8 (8 x 3 once resized: 84 wide, 224 high).
-SAME_COUNT = data_url(random_image(4, (168, 112)))
+
+
+@dataclass(frozen=True)
+class Family:
+    """A Qwen-VL model family's tiny checkpoint and the token counts its images take."""
+
+    name: str
+    build: Callable[[Path], Path]
+    load_reference: Callable[[Path], torch.nn.Module]
+    tall_tokens: int
+    wide_tokens: int
+    # An image whose grid differs from TALL's but whose token count is the same.
+    same_count: str
+
+
+FAMILIES = {
+    # TALL -> 84x224 (3 x 8 tokens), WIDE -> 196x140 (7 x 5); 168x112 is 6 x 4.
+    "qwen2_5_vl": Family(
+        "qwen2_5_vl",
+        build_tiny_qwen2_5_vl,
+        load_qwen2_5_vl_reference,
+        24,
+        35,
+        data_url(random_image(4, (168, 112))),
+    ),
+    # TALL -> 96x224 (3 x 7 tokens), WIDE -> 192x160 (6 x 5); 224x96 is 7 x 3.
+    "qwen3_vl": Family(
+        "qwen3_vl",
+        build_tiny_qwen3_vl,
+        load_qwen3_vl_reference,
+        21,
+        30,
+        data_url(random_image(4, (224, 96))),
+    ),
+}
 
 
 def one_image(url: str = TALL) -> list[dict]:
@@ -54,14 +94,19 @@ CONVERSATIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"))
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request) -> Family:
+    return FAMILIES[request.param]
 
 
 @pytest.fixture(scope="module")
-def reference(qwen_dir):
-    return load_qwen2_5_vl_reference(qwen_dir)
+def qwen_dir(family, tmp_path_factory):
+    return family.build(tmp_path_factory.mktemp(family.name))
+
+
+@pytest.fixture(scope="module")
+def reference(family, qwen_dir):
+    return family.load_reference(qwen_dir)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +183,11 @@ def test_logits_and_greedy_tokens_match_transformers(llm, reference, name):
     assert llm.chat(CONVERSATIONS[name], GREEDY).token_ids == tokens
 
 
-def test_prompts_hold_each_image_as_its_size_gives(llm):
+def test_prompts_hold_each_image_as_its_size_gives(llm, family):
     engine = llm.engine
     token_ids, images = engine.chat_request(two_images())
     pad = engine.vision.image_token_id
-    assert token_ids.count(pad) == 24 + 35
+    assert token_ids.count(pad) == family.tall_tokens + family.wide_tokens
     text = engine.tokenizer.decode(token_ids)
     # The template joins the parts itself: no newline added between them.
     assert "<|vision_end|>and<|vision_start|>" in text
@@ -178,13 +223,20 @@ def test_batched_with_other_requests(llm):
     assert run_together(llm.engine, conversations, GREEDY) == alone
 
 
+def block_bytes(qwen_dir: Path, block_size: int = 16) -> int:
+    """One KV block's bytes, fp32: K and V, every layer."""
+    text = json.loads((qwen_dir / "config.json").read_text())["text_config"]
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    per_token = text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim
+    return 2 * per_token * block_size * 4
+
+
 def test_preemption_changes_nothing(qwen_dir, llm):
     """A pool too small for every request at once: preempted sequences are recomputed
     (prompt and generated tokens) with the same positions and give the same tokens."""
-    block_bytes = 2 * 2 * 2 * 16 * 16 * 4  # K+V, 2 layers, 2 kv heads, head_dim 16, fp32
     small = LLM(
         str(qwen_dir),
-        kv_cache_memory=14 * block_bytes / 2**30,
+        kv_cache_memory=14 * block_bytes(qwen_dir) / 2**30,
         max_num_batched_tokens=48,
         max_num_seqs=4,
     )
@@ -216,15 +268,15 @@ def test_second_turn_from_the_prefix_cache(qwen_dir, reference):
     assert output.token_ids == reference_greedy(reference, token_ids, images)
 
 
-def test_images_of_different_sizes_never_share_the_blocks_after_them(qwen_dir):
-    """The same tokens, images of different grids (8 x 3 and 4 x 6 tokens) first: the
+def test_images_of_different_sizes_never_share_the_blocks_after_them(qwen_dir, family):
+    """The same tokens, images of different grids but as many tokens first: the
     only blocks shared are those before the image (its own blocks key on its content,
     and the text after it takes positions that depend on its grid)."""
     llm = LLM(str(qwen_dir), kv_cache_memory=0.01)
     engine = llm.engine
     block_size = engine.config.block_size
     prompts = [image_text_image(), image_text_image()]
-    for prompt, url in zip(prompts, (TALL, SAME_COUNT)):
+    for prompt, url in zip(prompts, (TALL, family.same_count)):
         prompt[1] = {"role": "user", "content": [image_part(url), text_part("Describe it.")]}
     assert engine.chat_request(prompts[0])[0] == engine.chat_request(prompts[1])[0]
     llm.chat(prompts[0], GREEDY)
@@ -237,14 +289,15 @@ def test_images_of_different_sizes_never_share_the_blocks_after_them(qwen_dir):
     assert output.token_ids == fresh.token_ids
 
 
-def test_bad_prompts_are_refused_before_any_work(llm):
+def test_bad_prompts_are_refused_before_any_work(llm, family):
     engine = llm.engine
     with pytest.raises(InvalidRequestError, match="image placeholder"):
         engine.chat_request([{"role": "user", "content": [text_part("a <|image_pad|> b")]}])
     token_ids, images = engine.chat_request(one_image())
-    with pytest.raises(InvalidRequestError, match="24 image tokens but its 0 images take 0"):
+    tall, wide = family.tall_tokens, family.wide_tokens
+    with pytest.raises(InvalidRequestError, match=f"{tall} image tokens but its 0 images take 0"):
         engine.add_request("no-images", token_ids, GREEDY)
-    with pytest.raises(InvalidRequestError, match="take 35"):
+    with pytest.raises(InvalidRequestError, match=f"take {wide}"):
         engine.add_request(
             "other-image",
             token_ids,

@@ -1,6 +1,8 @@
 """M-RoPE pieces against transformers' own: the prompt positions and delta of
-engine/multimodal/mrope.py against ``Qwen2_5_VLModel.get_rope_index``, and the rotary's
-per-token cos/sin against ``Qwen2_5_VLRotaryEmbedding`` on the same positions."""
+engine/multimodal/mrope.py against ``Qwen2_5_VLModel.get_rope_index`` and
+``Qwen3VLModel.get_rope_index``, and the rotary's per-token cos/sin against
+``Qwen2_5_VLRotaryEmbedding`` and (interleaved) ``Qwen3VLTextRotaryEmbedding`` on the
+same positions."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import transformers
 
 from engine.layers.rotary import RotaryEmbedding, rope_parameters
 from engine.multimodal.mrope import mrope_positions
+from tests.engine import qwen3_vl_fixtures
 from tests.engine.qwen2_5_vl_fixtures import VISION
 
 IMAGE_TOKEN = 7
@@ -24,12 +27,19 @@ TEXT = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def model():
-    config = transformers.Qwen2_5_VLConfig(
-        text_config=TEXT, vision_config=VISION, image_token_id=IMAGE_TOKEN
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def model(request):
+    if request.param == "qwen2_5_vl":
+        config = transformers.Qwen2_5_VLConfig(
+            text_config=TEXT, vision_config=VISION, image_token_id=IMAGE_TOKEN
+        )
+        return transformers.Qwen2_5_VLModel(config).eval()
+    config = transformers.Qwen3VLConfig(
+        text_config=dict(TEXT, head_dim=16),
+        vision_config=qwen3_vl_fixtures.VISION,
+        image_token_id=IMAGE_TOKEN,
     )
-    return transformers.Qwen2_5_VLModel(config).eval()
+    return transformers.Qwen3VLModel(config).eval()
 
 
 # (text before, grid height, grid width in merged tokens) per image, then trailing text.
@@ -77,3 +87,24 @@ def test_rotary_tables_match_transformers():
     text = torch.arange(20)
     cos, _ = ours.mrope_tables(text.expand(3, -1))
     torch.testing.assert_close(cos, ours.cos[text], rtol=0, atol=0)
+
+
+# (head_dim, mrope_section): the tiny models' and the Hub's Qwen3-VL (head_dim 128).
+@pytest.mark.parametrize("head_dim, section", [(16, [2, 3, 3]), (128, [24, 20, 20])])
+def test_interleaved_rotary_tables_match_qwen3_vl(head_dim, section):
+    rope = dict(rope_type="default", rope_theta=5e6, mrope_section=section, mrope_interleaved=True)
+    config = transformers.Qwen3VLTextConfig(
+        hidden_size=4 * head_dim,
+        num_attention_heads=4,
+        head_dim=head_dim,
+        max_position_embeddings=64,
+        rope_parameters=rope,
+    )
+    reference = transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextRotaryEmbedding(config)
+    ours = RotaryEmbedding(head_dim, 64, rope_parameters(config))
+    ours.init_buffers(torch.device("cpu"))
+    positions = torch.stack([torch.randperm(64)[:20] for _ in range(3)])
+    cos, sin = ours.mrope_tables(positions)
+    their_cos, their_sin = reference(torch.zeros(1), positions[:, None])
+    torch.testing.assert_close(cos, their_cos[0, :, : head_dim // 2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin, their_sin[0, :, : head_dim // 2], rtol=0, atol=1e-6)

@@ -1,6 +1,7 @@
-"""Qwen2.5-VL over HTTP: one and two images of different sizes with the official client,
-streamed equal to unstreamed equal to the in-process engine; usage counts each image's
-own tokens (expanded); /v1/models says it takes images; a bad image is still a 400."""
+"""Qwen2.5-VL and Qwen3-VL over HTTP: one and two images of different sizes with the
+official client, streamed equal to unstreamed equal to the in-process engine; usage
+counts each image's own tokens (expanded); /v1/models says it takes images; a bad image
+is still a 400."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from engine import LLM, SamplingParams
 from tests.engine.qwen2_5_vl_fixtures import build_tiny_qwen2_5_vl
+from tests.engine.qwen3_vl_fixtures import build_tiny_qwen3_vl
 from tests.engine.vlm_fixtures import data_url, image_part, random_image, text_part
 from tests.server.conftest import LiveServer, live_server
 
@@ -35,9 +37,22 @@ CONVERSATIONS = {
 }
 
 
+# Each family's checkpoint and its images' tokens: TALL is resized to 3 x 8 tokens of
+# 28 px and WIDE to 7 x 5 for Qwen2.5-VL; to 3 x 7 and 6 x 5 of 32 px for Qwen3-VL.
+FAMILIES = {
+    "qwen2_5_vl": (build_tiny_qwen2_5_vl, {"one-image": 24, "two-images": 24 + 35}),
+    "qwen3_vl": (build_tiny_qwen3_vl, {"one-image": 21, "two-images": 21 + 30}),
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"))
+def qwen_dir(family, tmp_path_factory):
+    return FAMILIES[family][0](tmp_path_factory.mktemp(family))
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +61,8 @@ def qwen_server(qwen_dir) -> Iterator[LiveServer]:
         yield live
 
 
-# TALL is resized to 84x224 (3 x 8 tokens of 28 px), WIDE to 196x140 (7 x 5).
-IMAGE_TOKENS = {"one-image": 24, "two-images": 24 + 35}
-
-
 @pytest.fixture(scope="module")
-def local(qwen_dir) -> dict[str, tuple[str, int]]:
+def local(family, qwen_dir) -> dict[str, tuple[str, int]]:
     """The in-process engine's text and prompt length for each conversation."""
     llm = LLM(str(qwen_dir), kv_cache_memory=0.05)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True)
@@ -59,7 +70,7 @@ def local(qwen_dir) -> dict[str, tuple[str, int]]:
     local = {}
     for name, messages in CONVERSATIONS.items():
         output = llm.chat(messages, params)
-        assert output.prompt_token_ids.count(pad) == IMAGE_TOKENS[name]
+        assert output.prompt_token_ids.count(pad) == FAMILIES[family][1][name]
         local[name] = (output.text, len(output.prompt_token_ids))
     return local
 
