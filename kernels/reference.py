@@ -30,6 +30,11 @@ def write_kv_cache(
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
 
 
+# A query chunk's scores in fp32 stay under this many elements (64 MiB), however long the
+# context: a 2k-token prefill over 32k of context would otherwise take gigabytes a layer.
+MAX_SCORES_PER_CHUNK = 1 << 24
+
+
 def paged_attention(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
@@ -45,35 +50,61 @@ def paged_attention(
     positions ``seq_lens[i] - q_i .. seq_lens[i] - 1`` (whose K/V are already written);
     decode is ``q_i = 1``, a prefill ``q_i = seq_lens[i]``, a chunked or prefix-cached
     prefill anything between. Grouped-query heads share their KV head.
+
+    One sequence at a time: its blocks are gathered whole (a copy of its own context,
+    nothing padded to the batch's longest) and attended with two matmuls and an fp32
+    softmax, so the work is proportional to each sequence's context.
     """
-    num_tokens = query.shape[0]
-    block_size, num_kv_heads, head_dim = k_cache.shape[1:]
-    query_lens = query_start_loc[1:] - query_start_loc[:-1]
-    max_seq_len = int(seq_lens.max())
-    max_query_len = int(query_lens.max())
+    out = torch.empty_like(query)
+    starts = query_start_loc.tolist()
+    for i, seq_len in enumerate(seq_lens.tolist()):
+        start, end = starts[i], starts[i + 1]
+        blocks = block_tables[i, : -(-seq_len // k_cache.shape[1])]
+        keys = _gather_context(k_cache, blocks, seq_len)
+        values = _gather_context(v_cache, blocks, seq_len)
+        out[start:end] = _attend(query[start:end], keys, values, scale)
+    return out
 
-    key_pos = torch.arange(max_seq_len, device=query.device)
-    blocks = block_tables[:, key_pos // block_size].to(torch.int64)
-    slots = blocks * block_size + key_pos % block_size  # [num_seqs, max_seq_len]
-    keys = k_cache.view(-1, num_kv_heads, head_dim)[slots]  # [num_seqs, max_seq_len, kv, d]
-    values = v_cache.view(-1, num_kv_heads, head_dim)[slots]
 
-    query_offsets = torch.arange(max_query_len, device=query.device)
-    is_real_query = query_offsets < query_lens[:, None]  # [num_seqs, max_query_len]
-    token_index = (query_start_loc[:-1, None] + query_offsets).clamp(max=num_tokens - 1)
-    queries = query[token_index]  # [num_seqs, max_query_len, heads, d]
-    query_pos = (seq_lens - query_lens)[:, None] + query_offsets
-    mask = (key_pos <= query_pos[..., None]) & (key_pos < seq_lens[:, None, None])
+def _gather_context(
+    cache: torch.Tensor, blocks: torch.Tensor, seq_len: int
+) -> torch.Tensor:  # [seq_len, num_kv_heads, head_dim] fp32
+    num_kv_heads, head_dim = cache.shape[2:]
+    rows = cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)
+    return rows[:seq_len].float()
 
-    out = F.scaled_dot_product_attention(
-        queries.transpose(1, 2).to(torch.float32),
-        keys.transpose(1, 2).to(torch.float32),
-        values.transpose(1, 2).to(torch.float32),
-        attn_mask=mask[:, None],
-        scale=scale,
-        enable_gqa=True,
-    )
-    return out.transpose(1, 2)[is_real_query].to(query.dtype)
+
+def _attend(
+    query: torch.Tensor,  # [num_queries, num_heads, head_dim]: the context's last positions
+    keys: torch.Tensor,  # [seq_len, num_kv_heads, head_dim] fp32
+    values: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:  # [num_queries, num_heads, head_dim] fp32
+    num_queries, num_heads, head_dim = query.shape
+    seq_len, num_kv_heads = keys.shape[:2]
+    group = num_heads // num_kv_heads
+    # NOTE: strided views, no copies: each KV head's [seq_len, head_dim] rows are a matrix
+    # with leading dimension num_kv_heads * head_dim, which the batched matmul reads as is.
+    keys_t = keys.permute(1, 2, 0)  # [kv, head_dim, seq_len]
+    values = values.transpose(0, 1)  # [kv, seq_len, head_dim]
+    key_pos = torch.arange(seq_len, device=query.device)
+    chunk = max(1, MAX_SCORES_PER_CHUNK // (num_heads * seq_len))
+    out = []
+    for first in range(0, num_queries, chunk):
+        q = query[first : first + chunk].float() * scale  # fewer products than the scores
+        rows = q.shape[0]
+        # [kv, rows * group, head_dim]: a KV head's query heads, row after row
+        q = q.view(rows, num_kv_heads, group, head_dim).transpose(0, 1)
+        scores = torch.matmul(q.reshape(num_kv_heads, rows * group, head_dim), keys_t)
+        scores = scores.view(num_kv_heads, rows, group, seq_len)
+        first_pos = seq_len - num_queries + first
+        if first_pos < seq_len - 1:  # some query precedes a key: mask its future
+            future = key_pos > (first_pos + torch.arange(rows, device=query.device))[:, None]
+            scores.masked_fill_(future[None, :, None], float("-inf"))
+        probs = scores.softmax(-1).view(num_kv_heads, rows * group, seq_len)
+        heads = torch.matmul(probs, values).view(num_kv_heads, rows, group, head_dim)
+        out.append(heads.transpose(0, 1).reshape(rows, num_heads, head_dim))
+    return torch.cat(out)
 
 
 # Column j of each group of eight sits in nibble AWQ_NIBBLE_OF_COLUMN[j] (AutoAWQ's order).

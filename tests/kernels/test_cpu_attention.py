@@ -1,0 +1,117 @@
+"""The CPU paged attention (kernels/reference.py: one sequence at a time, its blocks
+gathered, queries in chunks) against the math it replaced: every sequence's context
+gathered slot by slot, padded to the batch's longest, one masked SDPA over the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import reference
+
+BLOCK_SIZE, NUM_BLOCKS = 4, 40
+
+
+def padded_sdpa_attention(query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale):
+    """The previous twin, kept as the oracle: slots gathered token by token, a
+    [num_seqs, max_query_len, max_seq_len] causal mask, one SDPA in fp32."""
+    num_tokens = query.shape[0]
+    block_size, num_kv_heads, head_dim = k_cache.shape[1:]
+    query_lens = query_start_loc[1:] - query_start_loc[:-1]
+    key_pos = torch.arange(int(seq_lens.max()))
+    blocks = block_tables[:, key_pos // block_size].to(torch.int64)
+    slots = blocks * block_size + key_pos % block_size
+    keys = k_cache.view(-1, num_kv_heads, head_dim)[slots]
+    values = v_cache.view(-1, num_kv_heads, head_dim)[slots]
+    query_offsets = torch.arange(int(query_lens.max()))
+    is_real_query = query_offsets < query_lens[:, None]
+    token_index = (query_start_loc[:-1, None] + query_offsets).clamp(max=num_tokens - 1)
+    query_pos = (seq_lens - query_lens)[:, None] + query_offsets
+    mask = (key_pos <= query_pos[..., None]) & (key_pos < seq_lens[:, None, None])
+    out = F.scaled_dot_product_attention(
+        query[token_index].transpose(1, 2).float(),
+        keys.transpose(1, 2).float(),
+        values.transpose(1, 2).float(),
+        attn_mask=mask[:, None],
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out.transpose(1, 2)[is_real_query].to(query.dtype)
+
+
+def batch(seq_lens: list[int], query_lens: list[int], num_heads: int, dtype: torch.dtype):
+    """Sequences on scattered blocks of one pool (unused blocks NaN: reading one poisons
+    the output), each with its last ``query_lens[i]`` positions as new queries."""
+    num_kv_heads, head_dim = 2, 8
+    shape = (NUM_BLOCKS, BLOCK_SIZE, num_kv_heads, head_dim)
+    k_cache, v_cache = torch.randn(shape), torch.randn(shape)
+    order = torch.randperm(NUM_BLOCKS).tolist()
+    rows = []
+    for seq_len in seq_lens:
+        num_blocks = -(-seq_len // BLOCK_SIZE)
+        rows.append(order[:num_blocks])
+        order = order[num_blocks:]
+    used = {b for row in rows for b in row}
+    unused = [b for b in range(NUM_BLOCKS) if b not in used]
+    k_cache[unused], v_cache[unused] = float("nan"), float("nan")
+    width = max(len(row) for row in rows)
+    padding = sorted(used)[0]  # a real block: the old math reads padding columns too
+    block_tables = torch.tensor([row + [padding] * (width - len(row)) for row in rows])
+    starts = [0]
+    for n in query_lens:
+        starts.append(starts[-1] + n)
+    query = torch.randn(starts[-1], num_heads, head_dim)
+    return (
+        query.to(dtype),
+        k_cache.to(dtype),
+        v_cache.to(dtype),
+        block_tables.to(torch.int32),
+        torch.tensor(seq_lens, dtype=torch.int32),
+        torch.tensor(starts, dtype=torch.int32),
+        head_dim**-0.5,
+    )
+
+
+CASES = {
+    # one token each, odd lengths across block edges
+    "decode": ([1, 7, 13, 4, 33], [1, 1, 1, 1, 1]),
+    # a fresh prompt, a cached prefix extended, a middle chunk, a decode row, in one batch
+    "mixed": ([9, 17, 23, 5], [9, 6, 11, 1]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("num_heads", [2, 6, 14])  # GQA groups 1, 3, 7 over 2 KV heads
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_equals_padded_sdpa(case, num_heads, dtype):
+    torch.manual_seed(num_heads)
+    args = batch(*CASES[case], num_heads, dtype)
+    ours = reference.paged_attention(*args)
+    assert ours.dtype == dtype and not ours.isnan().any()
+    atol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: one rounding of the output
+    torch.testing.assert_close(ours, padded_sdpa_attention(*args), atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("max_scores", [1, 14 * 23 * 4])
+def test_query_chunks(monkeypatch, max_scores):
+    """Queries split into chunks (one row each; four rows) give the same attention,
+    the causal mask following each chunk's positions."""
+    torch.manual_seed(1)
+    args = batch(*CASES["mixed"], 14, torch.float32)
+    expected = padded_sdpa_attention(*args)
+    monkeypatch.setattr(reference, "MAX_SCORES_PER_CHUNK", max_scores)
+    torch.testing.assert_close(reference.paged_attention(*args), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_strided_queries():
+    """Queries as the model passes them: a view into the fused qkv output."""
+    torch.manual_seed(2)
+    query, *rest = batch(*CASES["mixed"], 6, torch.float32)
+    qkv = torch.randn(query.shape[0], 10, query.shape[2])
+    qkv[:, :6] = query
+    strided = qkv[:, :6]
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(
+        reference.paged_attention(strided, *rest), padded_sdpa_attention(query, *rest)
+    )
