@@ -72,7 +72,11 @@ class Qwen2_5_VLForConditionalGeneration(VisionLanguageModelBase):
 
     @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[num_images, 1, grid_h / 2, grid_w / 2, 4, patch_dim]`` (images of one size,
-        as engine/multimodal/qwen_images.py lays them out) -> ``[num_images,
-        num_tokens, hidden]``: one tower pass each (attention never crosses images)."""
-        return torch.stack([self.visual(image) for image in pixel_values])
+        """``[num_images, grid_t, grid_h / 2, grid_w / 2, 4, patch_dim]`` (images, or
+        videos of ``grid_t`` temporal patches, of one size, as engine/multimodal's
+        qwen_images.py and qwen_video.py lay them out) -> ``[num_images, num_tokens,
+        hidden]``: one tower pass per image and per temporal patch (attention never
+        crosses either, as transformers' per-frame sequence lengths have it)."""
+        return torch.stack(
+            [torch.cat([self.visual(frame[None]) for frame in image]) for image in pixel_values]
+        )

@@ -10,14 +10,20 @@ LLaVA processor does.
 Models whose chat template places images itself (Qwen2.5-VL) keep the parts instead:
 text parts as they are, each image as an ``{"type": "image"}`` part, for the template
 to join as it was written to.
+
+A ``video_url`` part becomes what the model's video loader says (video.py's
+``LoadedVideo``): its inputs join the images, in prompt order, and its text or parts
+stand where it was (VILA: one placeholder a frame; Qwen2.5-VL: a ``{"type": "video"}``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from engine.errors import InvalidRequestError
 from engine.multimodal.images import ImageInput
+from engine.multimodal.video import LoadedVideo
 from engine.tokenizer import ChatTemplate
 
 
@@ -27,14 +33,17 @@ def flatten_messages(
     placeholder: str | None,
     max_images: int,
     keep_parts: bool = False,
+    load_video: Callable[[str], LoadedVideo] | None = None,
+    max_videos: int = 0,
 ) -> tuple[list[dict], list[ImageInput]]:
     """Messages with string content (with ``keep_parts``, content given as parts stays
-    parts), and their images in order. ``load_image`` is None for text-only models,
-    which then refuse image parts."""
+    parts), and their images (and videos' inputs) in order. ``load_image`` is None for
+    text-only models, which then refuse image parts; ``load_video`` None refuses videos."""
     if not isinstance(messages, list):
         raise InvalidRequestError("messages must be a list")
     flat: list[dict] = []
     images: list[ImageInput] = []
+    num_images = num_videos = 0
     for message_index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequestError("each message must be an object")
@@ -57,19 +66,28 @@ def flatten_messages(
             elif kind == "image_url":
                 if load_image is None:
                     raise InvalidRequestError("this model does not accept images")
-                if len(images) == max_images:
+                if num_images == max_images:
                     raise InvalidRequestError(f"a prompt may hold at most {max_images} images")
-                try:
-                    images.append(load_image(_url_of(part)))
-                except InvalidRequestError as e:
-                    # Which of several images is at fault; the engine's messages say why.
-                    where = f"messages[{message_index}].content[{part_index}]"
-                    raise InvalidRequestError(f"{where}: {e}") from None
+                num_images += 1
+                with _where(message_index, part_index):
+                    images.append(load_image(_url_of(part, kind)))
                 texts.append(placeholder)
                 parts.append({"type": "image"})
+            elif kind == "video_url":
+                if load_video is None:
+                    raise InvalidRequestError("this model does not accept videos")
+                if num_videos == max_videos:
+                    raise InvalidRequestError(f"a prompt may hold at most {max_videos} videos")
+                num_videos += 1
+                with _where(message_index, part_index):
+                    video = load_video(_url_of(part, kind))
+                images += video.inputs
+                texts.append(video.text)
+                parts += video.parts
             else:
                 raise InvalidRequestError(
-                    f"unsupported content part type {kind!r}; use 'text' or 'image_url'"
+                    f"unsupported content part type {kind!r}; use 'text', 'image_url' or "
+                    "'video_url'"
                 )
         flat.append({**message, "content": parts if keep_parts else "\n".join(texts)})
     return flat, images
@@ -123,11 +141,22 @@ def _render_parts(
     return text
 
 
-def _url_of(part: dict) -> str:
-    image_url = part.get("image_url")
-    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+@contextmanager
+def _where(message_index: int, part_index: int) -> Iterator[None]:
+    """Which of several images or videos is at fault; the engine's messages say why."""
+    try:
+        yield
+    except InvalidRequestError as e:
+        where = f"messages[{message_index}].content[{part_index}]"
+        raise InvalidRequestError(f"{where}: {e}") from None
+
+
+def _url_of(part: dict, kind: str) -> str:
+    media_url = part.get(kind)
+    url = media_url.get("url") if isinstance(media_url, dict) else media_url
     if not isinstance(url, str):
-        raise InvalidRequestError("an image_url part needs image_url.url (a string)")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise InvalidRequestError(f"{article} {kind} part needs {kind}.url (a string)")
     return url
 
 

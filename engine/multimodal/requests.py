@@ -1,6 +1,7 @@
 """A VLM's side of request handling: which token stands for an image and how many
 positions one takes, the preprocessing of the images a request brings, and the checks
-that a prompt's image tokens and its images agree."""
+that a prompt's image tokens and its images agree. Models whose config names
+``num_video_frames`` (VILA1.5) take videos as that many frames, each an image."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.multimodal.images import ImageInput, ImageLimits, ImageProcessor
 from engine.multimodal.mrope import MRopePositions
 from engine.multimodal.prompt import expand_image_tokens, flatten_messages, image_positions
+from engine.multimodal.video import VideoFrameInput
+from engine.multimodal.video_frames import FramesAsImages
 
 if TYPE_CHECKING:
     from engine.models.interface import VisionLanguageModel
@@ -35,9 +38,10 @@ def borrowed_image_token(tokenizer) -> int:
 
 
 def has_images(messages: list[dict]) -> bool:
-    """Whether any message brings an image part (cheap: nothing is fetched or checked)."""
+    """Whether any message brings an image or video part (cheap: nothing is fetched or
+    checked)."""
     return any(
-        isinstance(part, dict) and part.get("type") == "image_url"
+        isinstance(part, dict) and part.get("type") in ("image_url", "video_url")
         for message in messages
         if isinstance(message, dict) and isinstance(message.get("content"), list)
         for part in message["content"]
@@ -78,6 +82,14 @@ class ImageRequests:
         self.processor = ImageProcessor(model_dir, hf_config, limits)
         image_size = hf_config.vision_config.image_size
         self.pixel_shape = (3, image_size, image_size)
+        num_video_frames = getattr(hf_config, "num_video_frames", None)
+        self.videos = (
+            FramesAsImages(
+                num_video_frames, self.processor.preprocess, self.placeholder, self.limits
+            )
+            if num_video_frames
+            else None
+        )
 
     @property
     def limits(self) -> ImageLimits:
@@ -87,7 +99,12 @@ class ImageRequests:
         """String-content messages with one placeholder per image, and the images
         (decoded and preprocessed) in order."""
         return flatten_messages(
-            messages, self.processor.load, self.placeholder, self.limits.max_images
+            messages,
+            self.processor.load,
+            self.placeholder,
+            self.limits.max_images,
+            load_video=self.videos and self.videos.load,
+            max_videos=self.limits.max_videos,
         )
 
     def expand(self, token_ids: list[int], images: list[ImageInput]) -> list[int]:
@@ -104,7 +121,8 @@ class ImageRequests:
         return None
 
     def check(self, images: list[ImageInput]) -> None:
-        if len(images) > self.limits.max_images:
+        # A video's frames count towards the prompt's videos (flatten checks those).
+        if sum(not isinstance(image, VideoFrameInput) for image in images) > self.limits.max_images:
             raise InvalidRequestError(f"a prompt may hold at most {self.limits.max_images} images")
         for image in images:
             if not isinstance(image, ImageInput) or image.pixel_values.shape != self.pixel_shape:

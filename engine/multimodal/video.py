@@ -21,6 +21,7 @@ import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
@@ -93,11 +94,15 @@ def _decode_data_url(url: str, max_bytes: int) -> bytes:
 
 
 def decode_frames(
-    data: bytes, sample: FrameSampler, limits: ImageLimits
-) -> tuple[VideoInfo, list[np.ndarray]]:
-    """The video's info and the frames ``sample`` picks, each RGB ``[H, W, 3]`` uint8.
-    Raises InvalidRequestError for a video that is too large, too long, corrupt or
-    truncated, or too slow to decode."""
+    data: bytes,
+    sample: FrameSampler,
+    limits: ImageLimits,
+    convert: Callable[[np.ndarray], Any] = lambda frame: frame,
+) -> tuple[VideoInfo, list]:
+    """The video's info and the frames ``sample`` picks, each RGB ``[H, W, 3]`` uint8
+    given to ``convert`` as it is decoded (so a model that shrinks frames never holds
+    them at full size). Raises InvalidRequestError for a video that is too large, too
+    long, corrupt or truncated, or too slow to decode."""
     if len(data) > limits.max_video_bytes:
         raise _too_large(limits.max_video_bytes)
     deadline = time.monotonic() + limits.video_decode_timeout
@@ -116,7 +121,7 @@ def decode_frames(
             indices = list(sample(info))
             if any(not 0 <= i < info.num_frames for i in indices):
                 raise InvalidRequestError(f"a video of {info.num_frames} frames cannot be sampled")
-            frames = _decode_at(stream, packets, sorted(set(indices)), deadline)
+            frames = _decode_at(stream, packets, sorted(set(indices)), deadline, convert)
     except av.FFmpegError as e:
         raise InvalidRequestError(f"cannot decode a video: its bytes are not valid ({e})") from None
     return info, [frames[i] for i in indices]
@@ -139,11 +144,13 @@ def _read_packets(container, stream, max_frames: int) -> list:
     return packets
 
 
-def _decode_at(stream, packets: list, wanted: list[int], deadline: float) -> dict[int, np.ndarray]:
-    """Frames ``wanted`` (sorted indices in presentation order) by index."""
+def _decode_at(
+    stream, packets: list, wanted: list[int], deadline: float, convert: Callable
+) -> dict[int, Any]:
+    """Frames ``wanted`` (sorted indices in presentation order) by index, converted."""
     timestamps = sorted(packet.pts for packet in packets)  # frame i shows at timestamps[i]
     keyframes = [k for k, packet in enumerate(packets) if packet.is_keyframe] or [0]
-    frames: dict[int, np.ndarray] = {}
+    frames: dict[int, Any] = {}
     wanted_set = set(wanted)
     codec = stream.codec_context
     next_packet = 0  # the next packet to feed the decoder
@@ -167,7 +174,7 @@ def _decode_at(stream, packets: list, wanted: list[int], deadline: float) -> dic
             for frame in codec.decode(packet):
                 shown = bisect.bisect_left(timestamps, frame.pts) if frame.pts is not None else -1
                 if shown in wanted_set and shown not in frames and timestamps[shown] == frame.pts:
-                    frames[shown] = frame.to_ndarray(format="rgb24")
+                    frames[shown] = convert(frame.to_ndarray(format="rgb24"))
     return frames
 
 
