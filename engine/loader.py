@@ -15,6 +15,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from engine.errors import ModelLoadError, UnsupportedModelError
 from engine.layers.awq_linear import convert_to_awq
+from engine.layers.cpu_quant import check_quantization, prepare_cpu_weights
 from engine.models.registry import model_class_for
 from engine.models.vila import VilaConfig
 from engine.quant.config import AWQConfig, read_quant_config
@@ -74,11 +75,17 @@ def load_config(model_dir: Path) -> PretrainedConfig | VilaConfig:
 
 
 def load_model(
-    model_dir: Path, config: PretrainedConfig, dtype: torch.dtype, device: torch.device
+    model_dir: Path,
+    config: PretrainedConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: str = "none",
 ) -> nn.Module:
     """Build the model for ``config`` and fill it from the checkpoint: safetensors (dense,
     or AutoAWQ GEMM int4 as found on disk), or for the language model a TinyChat ``.pt``
-    (int4, converted to AutoAWQ GEMM while it is copied in)."""
+    (int4, converted to AutoAWQ GEMM while it is copied in). On a CPU the int4 layers
+    are then repacked for torch's kernels and ``quantization`` is applied
+    (engine/layers/cpu_quant.py)."""
     split = is_split_checkpoint(model_dir)
     tinychat_path = find_tinychat_checkpoint(model_dir)
     converted: Iterable[tuple[str | None, torch.Tensor]] = ()
@@ -95,6 +102,7 @@ def load_model(
         part = "llm." if split else ""
         converted = ((part + name, t) for name, t in tinychat.tensors(device))
         converted_qweights = [f"{part}{layer}.qweight" for layer in tinychat.quantized_layers]
+    check_quantization(quantization, quant_config is not None, device)
     model = build_model(config, quant_config, dtype, device)
     rename = model.checkpoint_name
     entries = _renamed(entries, rename)
@@ -103,6 +111,8 @@ def load_model(
     qweights = [e.name for e in entries if e.name.endswith(".qweight")] + converted_qweights
     _check_quantized_scope(qweights, model.quantized_scope)
     _fill_parameters(model, entries, converted)
+    if device.type == "cpu":
+        prepare_cpu_weights(model, quantization)
     return model.eval()
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from engine import LLM
 from engine.errors import QuantizationError, UnsupportedModelError
 from engine.layers.awq_linear import AWQLinear, MergedAWQLinear
+from engine.layers.cpu_quant import Int4Linear
 from engine.quant.quantizer import QuantizeConfig, quantize
 from tests.engine.awq_fixtures import dequantized_reference, write_awq_checkpoint
 from tests.engine.test_llava import (
@@ -58,11 +59,12 @@ MESSAGES = pytest.mark.parametrize("messages", [ONE_IMAGE, TWO_IMAGES], ids=["1-
 
 
 def assert_only_language_model_is_int4(model: nn.Module) -> None:
+    # On a CPU the int4 layers are repacked for torch's kernel (engine/layers/cpu_quant.py).
     layer = model.language_model.model.layers[0]
-    assert isinstance(layer.self_attn.qkv_proj, MergedAWQLinear)
-    assert isinstance(layer.mlp.down_proj, AWQLinear)
+    assert isinstance(layer.self_attn.qkv_proj, (MergedAWQLinear, Int4Linear))
+    assert isinstance(layer.mlp.down_proj, (AWQLinear, Int4Linear))
     for name, module in model.named_modules():
-        if isinstance(module, AWQLinear):
+        if isinstance(module, (AWQLinear, Int4Linear)):
             assert name.startswith("language_model.model.layers."), name
 
 

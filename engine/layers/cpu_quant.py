@@ -1,0 +1,230 @@
+"""Weight-only quantized layers for the CPU (kernels/cpu_linear.py: torch's own int4 and
+int8 kernels), and the pass that puts them into a loaded model.
+
+On a CPU, AWQ int4 layers (AutoAWQ GEMM, and TinyChat's, converted to it at load) are
+repacked once into torch's int4 layout: no per-step dequantize. ``--quantization`` also
+quantizes a dense checkpoint by round-to-nearest at load: the decoder's linears to int4
+(group 128) or int8 (per channel), and in either case the LM head and the embedding to
+int8 (a 150k-vocab head is a quarter of a small model's bytes; tied, one int8 copy
+serves both).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from engine.errors import ModelLoadError
+from engine.layers.awq_linear import AWQLinear
+from engine.quant.pack import rtn_codes, unpack_int4
+from kernels import cpu_linear
+
+logger = logging.getLogger(__name__)
+
+RTN_GROUP_SIZE = 128
+MIB = 1 << 20
+
+
+class Int4Linear(nn.Module):
+    """``y = x @ W.T + b`` with W int4 group-wise in torch's CPU layout (buffers only)."""
+
+    def __init__(
+        self,
+        packed_weight: torch.Tensor,
+        scales_and_zeros: torch.Tensor,  # [K/G, N, 2]
+        group_size: int,
+        bias: torch.Tensor | None,
+        output_sizes: list[int],
+    ):
+        super().__init__()
+        self.register_buffer("packed_weight", packed_weight)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.register_buffer("bias", bias)
+        self.group_size = group_size
+        self.in_features = group_size * scales_and_zeros.shape[0]
+        self.out_features = scales_and_zeros.shape[1]
+        self.output_sizes = output_sizes  # a fused layer's members, as MergedLinear's
+
+    @classmethod
+    def from_awq(cls, layer: AWQLinear) -> Int4Linear:
+        codes = unpack_int4(layer.qweight).t()  # [N, K]
+        zeros = unpack_int4(layer.qzeros)  # [K/G, N]
+        dtype = layer.scales.dtype
+        packed = cpu_linear.pack_int4(codes, zeros, layer.scales, layer.group_size, dtype)
+        return cls(*packed, layer.group_size, _bias_of(layer), _output_sizes(layer))
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, group_size: int) -> Int4Linear:
+        q, zeros, scales = rtn_codes(linear.weight.detach(), group_size)  # [N, K/G, G|1]
+        codes = q.reshape(linear.weight.shape)
+        packed = cpu_linear.pack_int4(
+            codes, zeros[..., 0].t(), scales[..., 0].t(), group_size, linear.weight.dtype
+        )
+        return cls(*packed, group_size, _bias_of(linear), _output_sizes(linear))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_linear.int4_linear(
+            x, self.packed_weight, self.scales_and_zeros, self.group_size, self.bias
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, group_size={self.group_size}"
+
+
+class Int8Linear(nn.Module):
+    """``y = x @ W.T + b`` with W int8 per output channel (buffers only)."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,  # [N, K] int8
+        scales: torch.Tensor,  # [N] in the activations' dtype
+        bias: torch.Tensor | None,
+        output_sizes: list[int],
+    ):
+        super().__init__()
+        cpu_linear.check_int8_shape(weight.shape[1])
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", bias)
+        self.output_sizes = output_sizes
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear) -> Int8Linear:
+        weight, scales = cpu_linear.quantize_int8(linear.weight.detach(), linear.weight.dtype)
+        return cls(weight, scales, _bias_of(linear), _output_sizes(linear))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_linear.int8_linear(x, self.weight, self.scales, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}"
+
+
+class Int8Embedding(nn.Module):
+    """An int8 embedding table (per-row scales); a lookup dequantizes the rows it reads."""
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor):  # [V, H] int8, [V]
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return cpu_linear.int8_rows(ids, self.weight, self.scales, self.scales.dtype)
+
+
+def _bias_of(linear: nn.Module) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.detach()
+
+
+def _output_sizes(linear: nn.Module) -> list[int]:
+    return list(getattr(linear, "output_sizes", [linear.out_features]))
+
+
+def check_quantization(quantization: str, is_awq: bool, device: torch.device) -> None:
+    """Refuse, before anything loads, a quantization the engine cannot apply."""
+    if quantization == "none":
+        return
+    if device.type != "cpu":
+        raise ModelLoadError(
+            f"--quantization {quantization} runs on CPU only for now; on a GPU serve an AWQ "
+            "int4 checkpoint (`edgechat quantize` writes one)"
+        )
+    if is_awq and quantization == "int8":
+        raise ModelLoadError(
+            "--quantization int8 quantizes dense checkpoints, but this one is AWQ int4 "
+            "already; use none, or int4 for an int8 LM head and embedding as well"
+        )
+
+
+def prepare_cpu_weights(model: nn.Module, quantization: str) -> None:
+    """Swap a loaded CPU model's AWQ layers, and with ``quantization`` ("int4"/"int8")
+    its dense decoder linears, LM head and embedding, for the quantized layers above,
+    one layer at a time (so memory peaks at the model plus one layer); logs what was
+    done and the weights' bytes before and after."""
+    bytes_before = weight_bytes(model)
+    num_repacked = _repack_awq_layers(model)
+    done = []
+    if num_repacked:
+        done.append(f"{num_repacked} AWQ int4 layers repacked for torch's CPU int4 kernel")
+    if quantization != "none":
+        num_quantized = _quantize_dense_linears(model, quantization)
+        what = f"int4 (group {RTN_GROUP_SIZE})" if quantization == "int4" else "int8"
+        done.append(f"{num_quantized} dense decoder linears quantized to {what} by RTN")
+        done.append(f"LM head and embedding int8 ({_quantize_head_and_embedding(model)})")
+    if not done:
+        return
+    note = "; `edgechat quantize` (AWQ) is more accurate" if quantization != "none" else ""
+    logger.info(
+        "CPU weights: %s: weights %.1f MiB -> %.1f MiB%s",
+        "; ".join(done),
+        bytes_before / MIB,
+        weight_bytes(model) / MIB,
+        note,
+    )
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and persistent buffers (a tied tensor once)."""
+    seen: dict[int, int] = {}
+    for tensor in model.state_dict(keep_vars=True).values():
+        seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+    return sum(seen.values())
+
+
+def _repack_awq_layers(model: nn.Module) -> int:
+    num_repacked = 0
+    for name, layer in list(model.named_modules()):
+        if not isinstance(layer, AWQLinear):
+            continue
+        try:
+            cpu_linear.check_int4_shape(layer.in_features, layer.out_features, layer.group_size)
+        except ValueError as e:  # AWQ packs N by 8: these layers still run, slowly
+            logger.warning("%s stays on the dequantizing AWQ path on CPU: %s", name, e)
+            continue
+        _replace(model, name, Int4Linear.from_awq(layer))
+        num_repacked += 1
+    return num_repacked
+
+
+def _quantize_dense_linears(model: nn.Module, quantization: str) -> int:
+    scope = model.quantized_scope
+    num_quantized = 0
+    for name, layer in list(model.get_submodule(scope).named_modules(prefix=scope)):
+        if not isinstance(layer, nn.Linear):
+            continue
+        try:
+            if quantization == "int4":
+                quantized = Int4Linear.from_dense(layer, RTN_GROUP_SIZE)
+            else:
+                quantized = Int8Linear.from_dense(layer)
+        except ValueError as e:
+            raise ModelLoadError(f"--quantization {quantization} cannot take {name}: {e}") from None
+        _replace(model, name, quantized)
+        num_quantized += 1
+    return num_quantized
+
+
+def _quantize_head_and_embedding(model: nn.Module) -> str:
+    """Int8 LM head and embedding; a tied pair shares one int8 table. Says which."""
+    text = model.quantized_scope.removesuffix("model.layers")  # "" or "language_model."
+    head_name, embed_name = f"{text}lm_head", f"{text}model.embed_tokens"
+    head, embed = model.get_submodule(head_name), model.get_submodule(embed_name)
+    try:
+        cpu_linear.check_int8_shape(head.in_features)
+    except ValueError as e:
+        raise ModelLoadError(f"int8 cannot take {head_name}: {e}") from None
+    weight, scales = cpu_linear.quantize_int8(embed.weight.detach(), embed.weight.dtype)
+    tied = head.weight is embed.weight
+    _replace(model, embed_name, Int8Embedding(weight, scales))
+    if tied:
+        _replace(model, head_name, Int8Linear(weight, scales, None, [head.out_features]))
+        return "tied: one int8 table"
+    _replace(model, head_name, Int8Linear.from_dense(head))
+    return "untied"
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attr, module)
