@@ -10,7 +10,6 @@ from engine.multimodal.fetch import MediaURLPolicy
 from engine.multimodal.images import ImageLimits
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-QUANTIZATIONS = ("none", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -19,12 +18,8 @@ class EngineConfig:
 
     ``model`` is a local directory or a Hugging Face Hub ID; ``None`` means the built-in
     demo model. ``dtype="auto"`` takes float32 on CPU and the checkpoint's 16-bit type on
-    GPU. ``quantization`` (CPU only) quantizes a dense checkpoint's weights at load by
-    round-to-nearest: ``int4`` (group 128) or ``int8`` (per channel) decoder linears, and
-    either way an int8 LM head and embedding; AWQ checkpoints run int4 on CPU without it
-    (``int4`` then adds the int8 head). ``kv_cache_memory`` (GiB) fixes the KV pool's
-    size; without it the pool takes ``kv_cache_fraction`` of free GPU memory, or a
-    conservative default on CPU.
+    GPU. ``kv_cache_memory`` (GiB) fixes the KV pool's size; without it the pool takes
+    ``kv_cache_fraction`` of free GPU memory, or a conservative default on CPU.
     ``max_model_len`` caps the context below the model's own limit. On a GPU, decode
     steps replay CUDA graphs unless ``enforce_eager`` (for debugging, or to save the
     graphs' memory and capture time); before that, every kernel the model will use is
@@ -40,12 +35,13 @@ class EngineConfig:
     at all unless ``allow_http_media`` (see MediaURLPolicy); ``file:`` image URLs are read
     only from inside ``allowed_local_media_path`` (refused when None). Videos come under
     the same rules, each at most ``max_video_bytes`` encoded and ``max_video_frames`` long.
+    ``resize_min_pixels``/``resize_max_pixels`` replace the pixel bounds within which the
+    Qwen-VL models resize images (their preprocessor_config.json's by default).
     """
 
     model: str | None = None
     dtype: str = "auto"
     device: str = "auto"
-    quantization: str = "none"
     block_size: int = 16
     kv_cache_memory: float | None = None
     kv_cache_fraction: float = 0.85
@@ -67,14 +63,12 @@ class EngineConfig:
     image_cache_bytes: int = 64 * 2**20
     max_video_bytes: int = ImageLimits.max_video_bytes
     max_video_frames: int = ImageLimits.max_video_frames
+    resize_min_pixels: int | None = None
+    resize_max_pixels: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise EngineError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.quantization not in QUANTIZATIONS:
-            raise EngineError(
-                f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}"
-            )
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise EngineError(f"block_size must be a power of two, got {self.block_size}")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
@@ -101,6 +95,12 @@ class EngineConfig:
                 raise EngineError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.image_cache_bytes < 0:
             raise EngineError(f"image_cache_bytes must be >= 0, got {self.image_cache_bytes}")
+        low, high = self.resize_min_pixels, self.resize_max_pixels
+        for name, value in (("resize_min_pixels", low), ("resize_max_pixels", high)):
+            if value is not None and value < 1:
+                raise EngineError(f"{name} must be at least 1, got {value}")
+        if low is not None and high is not None and low > high:
+            raise EngineError(f"resize_min_pixels {low} exceeds resize_max_pixels {high}")
         if not self.image_fetch_timeout > 0:
             raise EngineError(f"image_fetch_timeout must be > 0 s, got {self.image_fetch_timeout}")
         media = self.allowed_local_media_path

@@ -21,7 +21,7 @@ from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.core import EngineCore, EngineStats
 from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
-from engine.errors import InvalidRequestError
+from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.inputs import InputProcessor, PreparedPrompt
 from engine.kv_cache import allocate_kv_cache, size_kv_cache
 from engine.layers.warmup import warm_up_kernels
@@ -74,7 +74,7 @@ class LLMEngine:
             model_template(self.tokenizer) if model_template else None,
         )
         check_weights_fit(checkpoint_bytes(self.model_dir, self.dtype), self.device)
-        model = load_model(self.model_dir, hf_config, self.dtype, self.device, config.quantization)
+        model = load_model(self.model_dir, hf_config, self.dtype, self.device)
         is_vlm = isinstance(model, VisionLanguageModel)
         image_cache_bytes = config.image_cache_bytes if is_vlm else 0
         self.max_model_len, num_blocks = size_kv_cache(
@@ -84,13 +84,20 @@ class LLMEngine:
         self.vision: ImageRequests | None = None
         if is_vlm:
             processor_dir = getattr(hf_config, "processor_dir", self.model_dir)
-            requests_class = ImageRequests
+            requests_class, resize = ImageRequests, {}
             if getattr(hf_config, "model_type", None) in QWEN_VL_MODEL_TYPES:
                 requests_class = QwenImageRequests
+                resize = dict(
+                    min_pixels=config.resize_min_pixels, max_pixels=config.resize_max_pixels
+                )
             elif getattr(hf_config, "is_nvila", False):
                 requests_class = NvilaImageRequests
+            if not resize and (config.resize_min_pixels or config.resize_max_pixels):
+                raise UnsupportedModelError(
+                    "resize_min_pixels/resize_max_pixels apply to the Qwen-VL models only"
+                )
             self.vision = requests_class(
-                processor_dir, hf_config, model, self.tokenizer, config.image_limits
+                processor_dir, hf_config, model, self.tokenizer, config.image_limits, **resize
             )
         eos_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
         self.inputs = InputProcessor(

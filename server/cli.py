@@ -61,15 +61,6 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--model", "checkpoint directory or Hub ID (default: the demo model)")
     add_option(parser, "--dtype", "auto, float32, float16 or bfloat16", default="auto")
     add_option(parser, "--device", "auto, cpu or cuda[:N]", default="auto")
-    add_option(
-        parser,
-        "--quantization",
-        "on CPU, quantize a dense checkpoint's weights at load by round-to-nearest: int4 "
-        "(group 128) or int8 decoder linears, int8 LM head and embedding (AWQ checkpoints "
-        "run int4 without it; `edgechat quantize` is more accurate)",
-        choices=["none", "int8", "int4"],
-        default="none",
-    )
     add_option(parser, "--kv-cache-memory", "KV pool size in GiB", type=float)
     add_option(parser, "--max-model-len", "cap on the context length", type=int)
     add_option(parser, "--max-num-seqs", "requests run at once", type=int, default=64)
@@ -122,13 +113,20 @@ def add_media_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refuse http(s) image URLs (data: URLs only)",
     )
+    for bound in ("min", "max"):
+        add_option(
+            parser,
+            f"--{bound}-pixels",
+            f"Qwen-VL models: the {bound}imum pixels an image is resized to "
+            "(default: the checkpoint's preprocessor_config.json)",
+            type=int,
+        )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         dtype=args.dtype,
         device=args.device,
-        quantization=args.quantization,
         kv_cache_memory=args.kv_cache_memory,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
@@ -147,6 +145,8 @@ def media_kwargs(args: argparse.Namespace) -> dict:
         allowed_media_domains=_comma_list(args.allowed_media_domains),
         allow_private_media_urls=args.allow_private_media_urls,
         allow_http_media=not args.no_http_media,
+        resize_min_pixels=args.min_pixels,
+        resize_max_pixels=args.max_pixels,
     )
 
 

@@ -84,9 +84,17 @@ def qwen_image_input(pixel_values: torch.Tensor) -> ImageInput:
 class QwenImageProcessor:
     """Read from ``preprocessor_config.json``: the pixel bounds (``min_pixels`` and
     ``max_pixels``, or ``size.shortest_edge`` and ``size.longest_edge``, which despite
-    their names are pixel counts too), patching, mean and std, resampling."""
+    their names are pixel counts too; ``min_pixels``/``max_pixels`` given here override
+    them, as a server's flags do), patching, mean and std, resampling."""
 
-    def __init__(self, model_dir: Path, hf_config, limits: ImageLimits | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        hf_config,
+        limits: ImageLimits | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ):
         self.limits = limits or ImageLimits()
         path = model_dir / "preprocessor_config.json"
         try:
@@ -109,12 +117,16 @@ class QwenImageProcessor:
         if skipped:
             raise ModelLoadError(f"{path} turns off {', '.join(skipped)}: not supported")
         size = pp.get("size") or {}
-        self.min_pixels = int(pp.get("min_pixels") or size.get("shortest_edge", DEFAULT_MIN_PIXELS))
-        self.max_pixels = int(pp.get("max_pixels") or size.get("longest_edge", DEFAULT_MAX_PIXELS))
+        self.min_pixels = int(
+            min_pixels or pp.get("min_pixels") or size.get("shortest_edge", DEFAULT_MIN_PIXELS)
+        )
+        self.max_pixels = int(
+            max_pixels or pp.get("max_pixels") or size.get("longest_edge", DEFAULT_MAX_PIXELS)
+        )
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ModelLoadError(
-                f"{path}: min_pixels {self.min_pixels} and max_pixels {self.max_pixels} "
-                "are not a range"
+                f"min_pixels {self.min_pixels} and max_pixels {self.max_pixels} are not a "
+                f"range (from {path}, and the engine's resize_min_pixels/resize_max_pixels)"
             )
         self.mean = np.array(pp.get("image_mean", CLIP_MEAN), dtype=np.float32)
         self.std = np.array(pp.get("image_std", CLIP_STD), dtype=np.float32)

@@ -23,12 +23,20 @@ QWEN_VL_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl")
 
 class QwenImageRequests(ImageRequests):
     def __init__(
-        self, model_dir: Path, hf_config, model, tokenizer, limits: ImageLimits | None = None
+        self,
+        model_dir: Path,
+        hf_config,
+        model,
+        tokenizer,
+        limits: ImageLimits | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
     ):
+        """``min_pixels``/``max_pixels``: the resize bounds, when not the checkpoint's."""
         self.image_token_id: int = hf_config.image_token_id
         self.num_image_tokens = None  # each image's own: image_sizes
         self.placeholder: str = tokenizer.convert_ids_to_tokens(self.image_token_id)
-        self.processor = QwenImageProcessor(model_dir, hf_config, limits)
+        self.processor = QwenImageProcessor(model_dir, hf_config, limits, min_pixels, max_pixels)
         grid = self.processor.grid
         # [1, grid_h / m, grid_w / m, m * m, patch_dim]: all but the two block counts
         self.patch_dim = 3 * grid.temporal_patch_size * grid.patch_size**2

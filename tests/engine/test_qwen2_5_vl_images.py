@@ -94,3 +94,25 @@ def test_inverted_bounds_are_refused(tmp_path):
 def test_a_config_that_skips_a_step_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="turns off do_normalize"):
         processors(tmp_path, do_normalize=False)
+
+
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+@pytest.mark.parametrize(
+    "bounds", [(28 * 28 * 16, 28 * 28 * 24), (None, 28 * 28 * 8), (28 * 28 * 30, None)]
+)
+def test_server_bounds_override_the_config(tmp_path, spelling, bounds):
+    """Bounds given to the processor (a server's --min-pixels/--max-pixels) replace the
+    config's, either spelling, one or both: the pixels transformers' processor makes
+    with those bounds."""
+    pp = dict(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], **SPELLINGS[spelling])
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(pp))
+    ours = QwenImageProcessor(tmp_path, HF_CONFIG, None, *bounds)
+    low, high = bounds
+    low = low or 28 * 28 * 4
+    high = high or 28 * 28 * 40
+    reference_pp = {k: v for k, v in pp.items() if k != "size"}
+    reference = Qwen2VLImageProcessorPil(**dict(reference_pp, min_pixels=low, max_pixels=high))
+    assert (ours.min_pixels, ours.max_pixels) == (low, high)
+    for size in ((97, 233), (200, 150), (300, 290)):
+        grid = assert_same(ours, reference, data_url(random_image(size[0], size)))
+        assert low <= grid[1] * grid[2] * 14 * 14 <= high

@@ -1,16 +1,20 @@
 """Qwen2.5-VL and Qwen3-VL over HTTP: one and two images of different sizes with the
 official client, streamed equal to unstreamed equal to the in-process engine; usage
 counts each image's own tokens (expanded); /v1/models says it takes images; a bad image
-is still a 400."""
+is still a 400; --min-pixels/--max-pixels bound the images' resize."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
 
-from engine import LLM, SamplingParams
+from engine import LLM, EngineConfig, SamplingParams
+from engine.errors import EngineError, UnsupportedModelError
+from server.cli import build_parser, media_kwargs
 from tests.engine.qwen2_5_vl_fixtures import build_tiny_qwen2_5_vl
 from tests.engine.qwen3_vl_fixtures import build_tiny_qwen3_vl
 from tests.engine.vlm_fixtures import data_url, image_part, random_image, text_part
@@ -111,3 +115,31 @@ def test_a_bad_image_is_a_400(qwen_server: LiveServer) -> None:
     error = caught.value.body
     assert error["param"] == "messages" and "corrupt base64" in error["message"]
     assert create(qwen_server, CONVERSATIONS["one-image"]).choices[0].message.content
+
+
+def test_pixel_flags_bound_the_resize(family: str, qwen_dir: Path, local) -> None:
+    """--max-pixels (then --min-pixels) replace preprocessor_config.json's bounds: TALL
+    fits in 4 tokens, then takes at least 40; the prompt's text is the same."""
+    pp = json.loads((qwen_dir / "preprocessor_config.json").read_text())
+    token = (pp["patch_size"] * pp["merge_size"]) ** 2  # pixels a token covers
+    params = SamplingParams(max_tokens=1)
+    messages = CONVERSATIONS["one-image"]
+    num_text = local["one-image"][1] - FAMILIES[family][1]["one-image"]
+    for flags, fits in (
+        (["--max-pixels", str(4 * token)], lambda n: n <= 4),
+        (["--min-pixels", str(40 * token)], lambda n: n >= 40),
+    ):
+        args = build_parser().parse_args(["serve", *flags])
+        llm = LLM(str(qwen_dir), kv_cache_memory=0.05, **media_kwargs(args))
+        prompt = llm.chat(messages, params).prompt_token_ids
+        num_image = prompt.count(llm.engine.vision.image_token_id)
+        assert fits(num_image) and len(prompt) - num_image == num_text
+
+
+def test_pixel_bounds_are_checked(tiny_llava: Path) -> None:
+    with pytest.raises(EngineError, match="resize_min_pixels 9 exceeds resize_max_pixels 8"):
+        EngineConfig(resize_min_pixels=9, resize_max_pixels=8)
+    with pytest.raises(EngineError, match="resize_max_pixels must be at least 1"):
+        EngineConfig(resize_max_pixels=0)
+    with pytest.raises(UnsupportedModelError, match="Qwen-VL models only"):
+        LLM(str(tiny_llava), kv_cache_memory=0.05, resize_max_pixels=1000)
