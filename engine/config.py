@@ -10,6 +10,7 @@ from engine.multimodal.fetch import MediaURLPolicy
 from engine.multimodal.images import ImageLimits
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANTIZATIONS = ("none", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,12 @@ class EngineConfig:
 
     ``model`` is a local directory or a Hugging Face Hub ID; ``None`` means the built-in
     demo model. ``dtype="auto"`` takes float32 on CPU and the checkpoint's 16-bit type on
-    GPU. ``kv_cache_memory`` (GiB) fixes the KV pool's size; without it the pool takes
-    ``kv_cache_fraction`` of free GPU memory, or a conservative default on CPU.
+    GPU. ``quantization`` (CPU only) quantizes a dense checkpoint's weights at load by
+    round-to-nearest: ``int4`` (group 128) or ``int8`` (per channel) decoder linears, and
+    either way an int8 LM head and embedding; AWQ checkpoints run int4 on CPU without it
+    (``int4`` then adds the int8 head). ``kv_cache_memory`` (GiB) fixes the KV pool's
+    size; without it the pool takes ``kv_cache_fraction`` of free GPU memory, or a
+    conservative default on CPU.
     ``max_model_len`` caps the context below the model's own limit. On a GPU, decode
     steps replay CUDA graphs unless ``enforce_eager`` (for debugging, or to save the
     graphs' memory and capture time); before that, every kernel the model will use is
@@ -42,6 +47,7 @@ class EngineConfig:
     model: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    quantization: str = "none"
     block_size: int = 16
     kv_cache_memory: float | None = None
     kv_cache_fraction: float = 0.85
@@ -69,6 +75,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise EngineError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise EngineError(
+                f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}"
+            )
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise EngineError(f"block_size must be a power of two, got {self.block_size}")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:

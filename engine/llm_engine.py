@@ -74,7 +74,7 @@ class LLMEngine:
             model_template(self.tokenizer) if model_template else None,
         )
         check_weights_fit(checkpoint_bytes(self.model_dir, self.dtype), self.device)
-        model = load_model(self.model_dir, hf_config, self.dtype, self.device)
+        model = load_model(self.model_dir, hf_config, self.dtype, self.device, config.quantization)
         is_vlm = isinstance(model, VisionLanguageModel)
         image_cache_bytes = config.image_cache_bytes if is_vlm else 0
         self.max_model_len, num_blocks = size_kv_cache(

@@ -61,6 +61,15 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--model", "checkpoint directory or Hub ID (default: the demo model)")
     add_option(parser, "--dtype", "auto, float32, float16 or bfloat16", default="auto")
     add_option(parser, "--device", "auto, cpu or cuda[:N]", default="auto")
+    add_option(
+        parser,
+        "--quantization",
+        "on CPU, quantize a dense checkpoint's weights at load by round-to-nearest: int4 "
+        "(group 128) or int8 decoder linears, int8 LM head and embedding (AWQ checkpoints "
+        "run int4 without it; `edgechat quantize` is more accurate)",
+        choices=["none", "int8", "int4"],
+        default="none",
+    )
     add_option(parser, "--kv-cache-memory", "KV pool size in GiB", type=float)
     add_option(parser, "--max-model-len", "cap on the context length", type=int)
     add_option(parser, "--max-num-seqs", "requests run at once", type=int, default=64)
@@ -127,6 +136,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         dtype=args.dtype,
         device=args.device,
+        quantization=args.quantization,
         kv_cache_memory=args.kv_cache_memory,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
