@@ -2,14 +2,15 @@
 
 One program per (sequence, KV head, split of the context): the query heads that share the
 KV head are one tile, so each K/V row is read once for the whole group; softmax is online,
-in fp32 and base 2. A second kernel merges the splits' partial results; with one split
-the first writes the output itself (one launch). The split count depends only on tensor
-shapes (never on values), so decode needs no host sync and can be captured in a CUDA
-graph.
+in fp32 and base 2. The last split of a (sequence, KV head) to finish merges the splits'
+partial results (an arrival counter, as the W4A16 split-K does), and one split writes its
+output directly: one launch either way. The split count depends only on tensor shapes
+(never on values), so decode needs no host sync and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -34,7 +35,8 @@ def _decode_split_kernel(
     part_out_ptr,  # [num_seqs, num_heads, num_splits, head_dim] fp32
     part_max_ptr,  # [num_seqs, num_heads, num_splits] fp32, base-2 log domain
     part_sum_ptr,
-    out_ptr,  # [num_seqs, num_heads, head_dim], rows stride_ot apart (ONE_SPLIT only)
+    counters_ptr,  # [num_seqs * num_kv_heads] int32, all zero between launches
+    out_ptr,  # [num_seqs, num_heads, head_dim], rows stride_ot apart
     qk_scale,  # softmax scale * log2(e)
     stride_qt,
     stride_bt,
@@ -50,7 +52,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
-    ONE_SPLIT: tl.constexpr,  # num_splits == 1: the result is final, no merge follows
+    ONE_SPLIT: tl.constexpr,  # num_splits == 1: the result is final, nothing to merge
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -95,54 +97,87 @@ def _decode_split_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
         m = m_new
 
+    out_ptrs = out_ptr + seq * stride_ot + heads[:, None] * HEAD_DIM + dims[None, :]
+    out_mask = row_mask[:, None] & dim_mask[None, :]
     if ONE_SPLIT:
         # seq_len >= 1, so the one split saw a real position and denom > 0.
-        out_ptrs = out_ptr + seq * stride_ot + heads[:, None] * HEAD_DIM + dims[None, :]
-        out = (acc / denom[:, None]).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptrs, out, mask=row_mask[:, None] & dim_mask[None, :])
+        tl.store(out_ptrs, (acc / denom[:, None]).to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         # An empty split (start >= end) leaves m = -inf and denom = 0: the merge gives it
         # no weight.
-        part = (seq * NUM_HEADS + heads) * num_splits + split  # [GROUP_ROWS]
-        tl.store(part_max_ptr + part, m, mask=row_mask)
-        tl.store(part_sum_ptr + part, denom, mask=row_mask)
-        out_ptrs = part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :]
-        tl.store(out_ptrs, acc, mask=row_mask[:, None] & dim_mask[None, :])
+        parts = (seq * NUM_HEADS + heads) * num_splits  # [GROUP_ROWS]: split 0's entries
+        tl.store(part_max_ptr + parts + split, m, mask=row_mask)
+        tl.store(part_sum_ptr + parts + split, denom, mask=row_mask)
+        part_out_ptrs = part_out_ptr + (parts + split)[:, None] * HEAD_DIM + dims[None, :]
+        tl.store(part_out_ptrs, acc, mask=out_mask)
+        # NOTE: every thread's stores are done before one thread announces the arrival;
+        # the acq_rel counter orders them before the last program's reads.
+        tl.debug_barrier()
+        counter = counters_ptr + seq * NUM_KV_HEADS + kv_head
+        if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
+            out = _merge_splits(
+                part_out_ptr,
+                part_max_ptr,
+                part_sum_ptr,
+                parts,
+                num_splits,
+                row_mask,
+                out_mask,
+                GROUP_ROWS,
+                HEAD_DIM,
+                HEAD_DIM_P,
+            )
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.store(counter, 0)  # zero again for the next launch (a CUDA graph replays it)
 
 
 @triton.jit
-def _merge_splits_kernel(
+def _merge_splits(
     part_out_ptr,
     part_max_ptr,
     part_sum_ptr,
-    out_ptr,  # [num_seqs, num_heads, head_dim]
-    stride_ot,
+    parts,  # [GROUP_ROWS]: each row's split 0 in the partial buffers
     num_splits,
-    NUM_HEADS: tl.constexpr,
+    row_mask,
+    out_mask,
+    GROUP_ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_P: tl.constexpr,
-    SPLITS_P: tl.constexpr,
 ):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    splits = tl.arange(0, SPLITS_P)
-    split_mask = splits < num_splits
+    """[GROUP_ROWS, HEAD_DIM_P] the softmax-weighted sum of every split's partial output.
+    Read from L2 (".cg": the other programs' stores are not in this SM's L1)."""
     dims = tl.arange(0, HEAD_DIM_P)
-    dim_mask = dims < HEAD_DIM
-    part = (seq * NUM_HEADS + head) * num_splits + splits
-    m = tl.load(part_max_ptr + part, mask=split_mask, other=float("-inf"))
-    denom = tl.load(part_sum_ptr + part, mask=split_mask, other=0.0)
-    m_max = tl.max(m, 0)
-    weight = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)
-    total = tl.sum(denom * weight, 0)
-    acc = tl.load(
-        part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :],
-        mask=split_mask[:, None] & dim_mask[None, :],
-        other=0.0,
-    )
-    out = tl.sum(acc * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
-    out_ptrs = out_ptr + seq * stride_ot + head * HEAD_DIM + dims
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=dim_mask)
+    m_max = tl.full((GROUP_ROWS,), float("-inf"), dtype=tl.float32)
+    for s in range(num_splits):
+        m = tl.load(
+            part_max_ptr + parts + s, mask=row_mask, other=float("-inf"), cache_modifier=".cg"
+        )
+        m_max = tl.maximum(m_max, m)
+    total = tl.zeros((GROUP_ROWS,), dtype=tl.float32)
+    out = tl.zeros((GROUP_ROWS, HEAD_DIM_P), dtype=tl.float32)
+    for s in range(num_splits):
+        m = tl.load(
+            part_max_ptr + parts + s, mask=row_mask, other=float("-inf"), cache_modifier=".cg"
+        )
+        denom = tl.load(part_sum_ptr + parts + s, mask=row_mask, other=0.0, cache_modifier=".cg")
+        acc = tl.load(
+            part_out_ptr + (parts + s)[:, None] * HEAD_DIM + dims[None, :],
+            mask=out_mask,
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        weight = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)
+        total += denom * weight
+        out += acc * weight[:, None]
+    return out / tl.where(total > 0, total, 1.0)[:, None]
+
+
+# NOTE: stays all-zero between launches (the merging program re-zeroes its entry), so CUDA
+# graphs replay it without a memset; allocated at the first launch of a size, which the
+# eager warm-up step before each graph capture makes.
+@functools.cache
+def _arrival_counters(device: torch.device, num_entries: int) -> torch.Tensor:
+    return torch.zeros(num_entries, dtype=torch.int32, device=device)
 
 
 def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, num_sms: int) -> int:
@@ -174,7 +209,7 @@ def decode_attention(
     dot_dtype, precision = dot_operands(query.dtype)
     out = torch.empty(num_seqs, num_heads, head_dim, dtype=query.dtype, device=query.device)
     one_split = num_splits == 1
-    part_out = part_max = part_sum = out  # unused with one split
+    part_out = part_max = part_sum = counters = out  # unused with one split
     if not one_split:
         part_out = torch.empty(
             num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=query.device
@@ -183,6 +218,7 @@ def decode_attention(
             num_seqs, num_heads, num_splits, dtype=torch.float32, device=query.device
         )
         part_sum = torch.empty_like(part_max)
+        counters = _arrival_counters(query.device, triton.next_power_of_2(num_seqs * num_kv_heads))
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         query,
         k_cache,
@@ -192,6 +228,7 @@ def decode_attention(
         part_out,
         part_max,
         part_sum,
+        counters,
         out,
         scale * LOG2E,
         query.stride(0),
@@ -211,19 +248,5 @@ def decode_attention(
         ONE_SPLIT=one_split,
         num_warps=4,
         num_stages=2,
-    )
-    if one_split:
-        return out
-    _merge_splits_kernel[(num_seqs, num_heads)](
-        part_out,
-        part_max,
-        part_sum,
-        out,
-        out.stride(0),
-        num_splits,
-        NUM_HEADS=num_heads,
-        HEAD_DIM=head_dim,
-        HEAD_DIM_P=head_dim_p,
-        SPLITS_P=triton.next_power_of_2(num_splits),
     )
     return out

@@ -22,10 +22,17 @@ BLOCK_SIZE, CONTEXT = 16, 21  # the new token is the 21st: two blocks of context
 MAX_BLOCKS = 64  # block tables as wide as CUDA graphs take them: the split count sees 1024
 
 # One decoder layer (after the first: its input norm adds the residual) at batch 1.
-ATTENTION = ["_rms_norm_kernel", "awq_gemv_kernel", "_rotary_write_kv_kernel"]
-MLP = ["awq_gemv_kernel", "_rms_norm_kernel", "awq_gemv_kernel", "_silu_and_mul_kernel"]
-ONE_SPLIT = [*ATTENTION, "_decode_split_kernel", *MLP, "awq_gemv_kernel"]
-SPLIT = [*ATTENTION, "_decode_split_kernel", "_merge_splits_kernel", *MLP, "awq_gemv_kernel"]
+LAYER = [
+    "_rms_norm_kernel",  # input norm, with the residual add
+    "awq_gemv_kernel",  # qkv_proj
+    "_rotary_write_kv_kernel",  # rotary of q and k, k and v into the cache
+    "_decode_split_kernel",  # attention; the last split merges
+    "awq_gemv_kernel",  # o_proj
+    "_rms_norm_kernel",  # post-attention norm, with the residual add
+    "awq_gemv_kernel",  # gate_up_proj
+    "_silu_and_mul_kernel",
+    "awq_gemv_kernel",  # down_proj
+]
 
 
 def tiny_awq_llama(device: torch.device) -> LlamaForCausalLM:
@@ -59,11 +66,12 @@ def decode_step(model: LlamaForCausalLM, device: torch.device):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs TRITON_INTERPRET=1")
-@pytest.mark.parametrize("num_splits, expected", [(1, ONE_SPLIT), (4, SPLIT)])
-def test_decode_layer_launches_on_the_cuda_path(monkeypatch, num_splits, expected):
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_decode_layer_launches_on_the_cuda_path(monkeypatch, num_splits):
     """The attention splits its context when too few (sequence, KV head) pairs would fill
     the GPU: one split for >= 4 pairs per SM (an AGX Orin's 16 SMs: batch 8 of Llama-3-8B),
-    more below (any batch 1 on an H100). The GEMV's split-K adds no launch either way."""
+    more below (any batch 1 on an H100). Neither the attention's splits nor the GEMV's
+    split-K add a launch."""
     import kernels.awq_gemm
     import kernels.paged_decode
 
@@ -76,7 +84,7 @@ def test_decode_layer_launches_on_the_cuda_path(monkeypatch, num_splits, expecte
         with recorded_launches(force_triton=True) as launches:
             layer(*inputs)
     assert launches.torch == []
-    assert launches.triton == expected
+    assert launches.triton == LAYER
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -98,4 +106,4 @@ def test_decode_layer_launches_on_a_gpu():
     on_gpu = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert launches.torch == []
     assert sorted(on_gpu) == sorted(launches.triton), on_gpu
-    assert launches.triton in (ONE_SPLIT, SPLIT)
+    assert launches.triton == LAYER
