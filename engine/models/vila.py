@@ -68,6 +68,8 @@ class VilaConfig:
         self.mm_vision_select_layer: int = raw.get("mm_vision_select_layer", -2)
         self.mm_vision_select_feature: str = raw.get("mm_vision_select_feature", "patch")
         self.image_aspect_ratio = raw.get("image_aspect_ratio")
+        # Frames a video is sampled to (llava/utils/media.py); None: videos are refused.
+        self.num_video_frames: int | None = raw.get("num_video_frames")
         self.is_nvila = self.image_aspect_ratio in NVILA_ASPECT_RATIOS
         # NVILA goes by its own class name here: the Hub's config says LlavaLlamaModel too.
         self.architectures = ["NVILA"] if self.is_nvila else ["LlavaLlamaModel"]
