@@ -24,11 +24,12 @@ SCALES = (TILE, 2 * TILE, 3 * TILE)
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n"
 
 
-def build_tiny_nvila(out_dir: Path, lite: bool) -> Path:
+def build_tiny_nvila(out_dir: Path, lite: bool, output_scale: int | None = -1) -> Path:
     """NVILA-Lite (``dynamic``, ``mlp_downsample_3x3_fix``) or NVILA (``dynamic_s2``,
     ``mlp_downsample`` over 3 scales' channels) with a Qwen2 llm/ whose tokenizer lacks
     the media tokens, a SigLIP vision_tower/ and mm_projector/, as the Hub's NVILA-* are
-    laid out; keys at VILA's defaults (min/max tiles) left out."""
+    laid out; keys at VILA's defaults (min/max tiles) left out. ``output_scale``: NVILA's
+    ``s2_resize_output_to_scale_idx`` (None: left out, VILA's default 0)."""
     torch.manual_seed(1 if lite else 2)
     tokenizer = write_tokenizer(out_dir / "llm")
     tokenizer.save_pretrained(out_dir / "llm", save_jinja_files=False)
@@ -104,11 +105,9 @@ def build_tiny_nvila(out_dir: Path, lite: bool) -> Path:
         "s2": False,
     }
     if not lite:
-        config.update(
-            dynamic_s2=True,
-            s2_scales=",".join(map(str, SCALES)),
-            s2_resize_output_to_scale_idx=-1,
-        )
+        config.update(dynamic_s2=True, s2_scales=",".join(map(str, SCALES)))
+        if output_scale is not None:
+            config.update(s2_resize_output_to_scale_idx=output_scale)
     (out_dir / "config.json").write_text(json.dumps(config))
     return out_dir
 
@@ -166,8 +165,9 @@ class NvilaReference:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir / "llm")
         self.tokenizer.add_tokens(["<image>", "<vila/video>"], special_tokens=True)
         self.p = load_file(model_dir / "mm_projector" / "model.safetensors")
-        self.lite = json.loads((model_dir / "config.json").read_text())["image_aspect_ratio"]
-        self.lite = self.lite == "dynamic"
+        config = json.loads((model_dir / "config.json").read_text())
+        self.lite = config["image_aspect_ratio"] == "dynamic"
+        self.output_scale = config.get("s2_resize_output_to_scale_idx", 0)
 
     def pixels(self, tiles: list[Image.Image]) -> torch.Tensor:
         return self.processor(tiles, return_tensors="pt").pixel_values
@@ -207,8 +207,10 @@ class NvilaReference:
     def s2_features(self, features: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         maps = [chessboard(features[:1], 1, 1), chessboard(features[1:5], 2, 2)]
         maps.append(chessboard(features[5:], rows, cols))
-        size = maps[-1].shape[-2:]
+        size = maps[self.output_scale].shape[-2:]
         merged = torch.cat([F.interpolate(m, size=size, mode="area") for m in maps], dim=1)
+        if self.output_scale % len(SCALES) != len(SCALES) - 1:
+            rows = cols = SCALES[self.output_scale] // TILE
         h, w = size[0] // rows, size[1] // cols
         blocks = [
             merged[0, :, r * h : (r + 1) * h, c * w : (c + 1) * w].flatten(1).t()

@@ -15,7 +15,9 @@ from engine import LLM, SamplingParams
 from engine.errors import UnsupportedModelError
 from engine.models.vila import DownSample2x2, VilaProjector
 from tests.engine.nvila_fixtures import (
+    SCALES,
     SYSTEM,
+    TILE,
     NvilaReference,
     build_tiny_nvila,
     lite_tiles,
@@ -97,6 +99,23 @@ def test_logits_and_greedy_tokens_match_reference(nvila, conversation):
     assert output.prompt_token_ids == token_ids
     expected = reference.greedy(prompt + "<|im_start|>assistant\n", images, GREEDY.max_tokens)
     assert output.token_ids == expected
+
+
+@pytest.mark.parametrize("output_scale", [None, 1], ids=["default-first-scale", "second-scale"])
+def test_s2_features_resized_to_another_scale_match_reference(tmp_path, output_scale):
+    """``s2_resize_output_to_scale_idx`` short of the last scale (VILA's default, 0, when
+    the config leaves it out): every scale's map resized to that scale's, re-tiled into
+    its square grid."""
+    model_dir = build_tiny_nvila(tmp_path / "nvila", lite=False, output_scale=output_scale)
+    llm = LLM(str(model_dir), kv_cache_memory=0.01)
+    reference = NvilaReference(model_dir)
+    messages, prompt, images = one_image(lite=False)
+    token_ids, _ = llm.engine.chat_request(messages)
+    k = SCALES[output_scale or 0] // TILE
+    tokens_per_tile = (TILE // 14 // 2) ** 2  # 14 px patches, 2x2 merged
+    assert token_ids.count(llm.engine.vision.image_token_id) == k * k * tokens_per_tile
+    expected = reference.greedy(prompt + "<|im_start|>assistant\n", images, GREEDY.max_tokens)
+    assert llm.chat(messages, GREEDY).token_ids == expected
 
 
 def test_media_tokens_are_added_to_the_tokenizer(nvila):
