@@ -18,7 +18,10 @@ class EngineConfig:
     """Everything the engine needs to know that is not in the checkpoint.
 
     ``model`` is a local directory or a Hugging Face Hub ID; ``None`` means the built-in
-    demo model. ``dtype="auto"`` takes float32 on CPU and the checkpoint's 16-bit type on
+    demo model. ``threads``: torch's CPU threads; None takes one a physical core the
+    process may use (engine/cpu_threads.py), on CPU only. ``dtype="auto"`` takes bf16 on a
+    CPU with native bf16, else float32 on CPU (engine/cpu_dtype.py), and the checkpoint's
+    16-bit type on
     GPU. ``quantization`` (CPU only) quantizes a dense checkpoint's weights at load by
     round-to-nearest: ``int4`` (group 128) or ``int8`` (per channel) decoder linears, and
     either way an int8 LM head and embedding; AWQ checkpoints run int4 on CPU without it
@@ -47,6 +50,7 @@ class EngineConfig:
     model: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    threads: int | None = None
     quantization: str = "none"
     block_size: int = 16
     kv_cache_memory: float | None = None
@@ -79,6 +83,8 @@ class EngineConfig:
             raise EngineError(
                 f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}"
             )
+        if self.threads is not None and self.threads < 1:
+            raise EngineError(f"threads must be at least 1, got {self.threads}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise EngineError(f"block_size must be a power of two, got {self.block_size}")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:

@@ -20,6 +20,7 @@ import kernels
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.core import EngineCore, EngineStats
+from engine.cpu_threads import configure_threads
 from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
 from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.inputs import InputProcessor, PreparedPrompt
@@ -62,6 +63,8 @@ class LLMEngine:
         # VLM configs nest the language model's (vocab, context, eos); others return self.
         text_config = hf_config.get_text_config()
         self.device = pick_device(config.device)
+        if self.device.type == "cpu" or config.threads is not None:
+            configure_threads(config.threads)
         self.dtype = pick_dtype(config.dtype, hf_config, self.device)
         # VILA keeps its tokenizer with the language model, in a subfolder.
         tokenizer_dir = getattr(hf_config, "tokenizer_dir", self.model_dir)

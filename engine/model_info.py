@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from engine.cpu_dtype import auto_cpu_dtype
 from engine.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -31,12 +32,15 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
-    """``auto``: fp32 on CPU (where 16-bit matmuls are slow); on GPU the checkpoint's
-    16-bit type, or bf16 (fp16 where bf16 is unsupported) for fp32 checkpoints."""
+    """``auto``: on CPU bf16 where it is native, else fp32 (engine/cpu_dtype.py); on GPU
+    the checkpoint's 16-bit type, or bf16 (fp16 where bf16 is unsupported) for fp32
+    checkpoints."""
     if name != "auto":
         return DTYPE_NAMES[name]
     if device.type == "cpu":
-        return torch.float32
+        dtype, why = auto_cpu_dtype()
+        logger.info("dtype auto on CPU: %s, as %s", str(dtype).removeprefix("torch."), why)
+        return dtype
     stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
     if isinstance(stored, str):
         stored = DTYPE_NAMES.get(stored)

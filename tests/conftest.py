@@ -95,6 +95,18 @@ def build_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0, **overri
     return out_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_without_native_bf16():
+    """dtype auto is fp32 on every host's CPU, as the fp32 oracles expect (a host with
+    AVX-512 BF16 would otherwise run the suite in bf16); tests of the choice fake their
+    own /proc/cpuinfo."""
+    from engine import cpu_dtype
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_dtype, "read_cpuinfo", lambda: "")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory):
     """``factory(arch, **config_overrides) -> Path``, cached per argument set."""
