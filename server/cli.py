@@ -63,12 +63,6 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--device", "auto, cpu or cuda[:N]", default="auto")
     add_option(
         parser,
-        "--threads",
-        "torch's CPU threads (default: on CPU, one a physical core the process may use)",
-        type=int,
-    )
-    add_option(
-        parser,
         "--quantization",
         "on CPU, quantize a dense checkpoint's weights at load by round-to-nearest: int4 "
         "(group 128) or int8 decoder linears, int8 LM head and embedding (AWQ checkpoints "
@@ -128,6 +122,17 @@ def add_media_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refuse http(s) image URLs (data: URLs only)",
     )
+    # Videos come under the image rules above (URLs, domains, file: directory, pixels).
+    add_option(
+        parser, "--max-video-bytes", "largest encoded video", type=int, default=64 * (1 << 20)
+    )
+    add_option(
+        parser,
+        "--max-video-frames",
+        "most frames a video may have (counted from its container before any is decoded)",
+        type=int,
+        default=18_000,
+    )
     for bound in ("min", "max"):
         add_option(
             parser,
@@ -142,7 +147,6 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         dtype=args.dtype,
         device=args.device,
-        threads=args.threads,
         quantization=args.quantization,
         kv_cache_memory=args.kv_cache_memory,
         max_model_len=args.max_model_len,
@@ -162,6 +166,8 @@ def media_kwargs(args: argparse.Namespace) -> dict:
         allowed_media_domains=_comma_list(args.allowed_media_domains),
         allow_private_media_urls=args.allow_private_media_urls,
         allow_http_media=not args.no_http_media,
+        max_video_bytes=args.max_video_bytes,
+        max_video_frames=args.max_video_frames,
         resize_min_pixels=args.min_pixels,
         resize_max_pixels=args.max_pixels,
     )

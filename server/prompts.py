@@ -8,14 +8,15 @@ import json
 from server.errors import bad_request
 from server.protocol import AssistantToolCall, ChatMessage
 
-IMAGE_PART_TYPES = ("image_url", "input_image")
+IMAGE_PART_TYPES = ("image_url", "input_image", "video_url")
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 def chat_messages(messages: list[ChatMessage], accepts_images: bool) -> list[dict]:
     """OpenAI messages as dicts for the engine's ``prepare_chat``: ``{"role", "content"}``,
     content a string or a list of parts in the order given: ``text``, and ``image_url``
-    when the model accepts images (the engine decodes and checks those); an assistant's
+    (and ``video_url``) when the model accepts images (the engine decodes and checks
+    those, and refuses videos where the model takes none); an assistant's
     ``tool_calls`` (arguments as objects, which is what chat templates write out) and a
     tool result's ``tool_call_id``. A ``developer`` message is a system message (OpenAI's
     newer name, which chat templates do not know). Refused here, with the message's
@@ -76,12 +77,13 @@ def _tool_call(call: AssistantToolCall, where: str) -> dict:
 def _check_part(part: dict, where: str, accepts_images: bool) -> None:
     kind = part.get("type")
     if kind in IMAGE_PART_TYPES and not accepts_images:
+        media = "videos" if kind == "video_url" else "images"
         raise bad_request(
-            f"{where}: this model does not accept images",
+            f"{where}: this model does not accept {media}",
             param="messages",
             code="images_not_supported",
         )
-    if kind not in ("text", "image_url"):
+    if kind not in ("text", "image_url", "video_url"):
         kind = json.dumps(kind, ensure_ascii=False)[:40]
         raise bad_request(f"{where}: content parts of type {kind} are not supported", "messages")
     if kind == "text" and not isinstance(part.get("text"), str):
