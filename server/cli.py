@@ -63,6 +63,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--device", "auto, cpu or cuda[:N]", default="auto")
     add_option(
         parser,
+        "--threads",
+        "torch's CPU threads (default: on CPU, one a physical core the process may use)",
+        type=int,
+    )
+    add_option(
+        parser,
         "--quantization",
         "on CPU, quantize a dense checkpoint's weights at load by round-to-nearest: int4 "
         "(group 128) or int8 decoder linears, int8 LM head and embedding (AWQ checkpoints "
@@ -147,6 +153,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         dtype=args.dtype,
         device=args.device,
+        threads=args.threads,
         quantization=args.quantization,
         kv_cache_memory=args.kv_cache_memory,
         max_model_len=args.max_model_len,
