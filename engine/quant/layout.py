@@ -2,12 +2,14 @@
 which linears AWQ scales together. Names are those of the language model's transformers
 module tree (a ``*ForCausalLM``); the checkpoint holds its ``model.`` under one of the
 layout's ``checkpoint_bodies``: ``model.`` itself for a language model, a longer prefix
-for the language model of a VLM (LLaVA), whose other parts stay in 16 bits."""
+for the language model of a VLM (LLaVA, Qwen2.5-VL, Qwen3-VL), whose other parts stay in
+16 bits. ``language_model_config`` gives the config that module tree is built from."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from transformers import PretrainedConfig, Qwen2Config, Qwen3Config
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from engine.errors import UnsupportedModelError
@@ -77,10 +79,23 @@ LAYOUTS: dict[str, DecoderLayout] = {
     "LlamaForCausalLM": LLAMA,
     "MistralForCausalLM": LLAMA,
     "Qwen2ForCausalLM": LLAMA,
+    "Qwen3ForCausalLM": LLAMA,  # its q/k norms come after the projections AWQ scales
 }
 
 
 LLAVA = "LlavaForConditionalGeneration"
+# The Qwen-VL language models are Qwen2's and Qwen3's (with M-RoPE, DeepStack) under the
+# names transformers >= 4.52 saves (model.language_model.) or the Hub's (model.); the
+# vision tower and merger stay 16-bit, as in the official AWQ checkpoints.
+QWEN_VL_TEXT_CONFIGS: dict[str, type[PretrainedConfig]] = {
+    "Qwen2_5_VLForConditionalGeneration": Qwen2Config,
+    "Qwen3VLForConditionalGeneration": Qwen3Config,
+}
+QWEN_VL = replace(
+    LLAMA,
+    checkpoint_bodies=("model.language_model.", "model."),
+    not_converted=("visual", *LLAMA.not_converted),
+)
 
 
 def layout_for(config) -> DecoderLayout:
@@ -90,10 +105,33 @@ def layout_for(config) -> DecoderLayout:
             return LAYOUTS[name]
         if name == LLAVA:
             return _llava_layout(config.text_config)
+        if name in QWEN_VL_TEXT_CONFIGS:
+            return QWEN_VL
     raise UnsupportedModelError(
         f"cannot quantize architecture {', '.join(architectures) or '(none given)'}; "
-        f"supported: {', '.join(sorted([*LAYOUTS, LLAVA]))}"
+        f"supported: {', '.join(sorted([*LAYOUTS, LLAVA, *QWEN_VL_TEXT_CONFIGS]))}"
     )
+
+
+def language_model_config(config) -> PretrainedConfig:
+    """The config of the ``*ForCausalLM`` the quantizer builds for ``config``'s language
+    model: its own, a VLM's text config, or for a Qwen-VL the plain Qwen2/Qwen3 of the
+    same shapes. Calibration is text alone, whose three M-RoPE streams are equal: plain
+    RoPE at the same theta; DeepStack adds nothing without images."""
+    text_config = config.get_text_config(decoder=True)
+    architectures = getattr(config, "architectures", None) or []
+    config_classes = [QWEN_VL_TEXT_CONFIGS[n] for n in architectures if n in QWEN_VL_TEXT_CONFIGS]
+    if not config_classes:
+        return text_config
+    fields = text_config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version"):
+        fields.pop(key, None)
+    fields["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": text_config.rope_parameters["rope_theta"],
+    }
+    fields["tie_word_embeddings"] = bool(getattr(config, "tie_word_embeddings", False))
+    return config_classes[0](**fields)
 
 
 def _llava_layout(text_config) -> DecoderLayout:

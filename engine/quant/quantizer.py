@@ -4,8 +4,9 @@ One decoder layer at a time: the layer is read from the checkpoint, its calibrat
 inputs recorded (AWQ), its weights scaled and clipped (AWQ), rounded and packed, written
 out, and dropped; the next layer's inputs are this layer's float outputs. Peak memory is
 one layer plus the calibration activations. Every check on the user's input runs before
-the first layer is read. Of a LLaVA, only the language model is quantized (calibrated on
-text alone); its vision tower and projector are copied in 16 bits, as AutoAWQ does.
+the first layer is read. Of a LLaVA or a Qwen-VL, only the language model is quantized
+(calibrated on text alone); its vision tower and projector (merger) are copied in 16
+bits, as AutoAWQ does.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from engine.quant.awq import awq_layer
 from engine.quant.calib import calibration_ids, pile_texts, read_texts
 from engine.quant.config import SUPPORTED_GROUP_SIZES
 from engine.quant.forward import BlockRunner, record_inputs
-from engine.quant.layout import DecoderLayout, layout_for
+from engine.quant.layout import DecoderLayout, language_model_config, layout_for
 from engine.quant.pack import quantize_rtn
 from engine.quant.source import LayerwiseModel
 from engine.quant.writer import CheckpointWriter
@@ -81,7 +82,7 @@ def quantize(
     _check_language_model(model_dir, hf_config)
     _check_not_quantized(model_dir, hf_config)
     layout = layout_for(hf_config)
-    text_config = hf_config.get_text_config(decoder=True)  # hf_config, unless a VLM's
+    text_config = language_model_config(hf_config)
     device = pick_device(config.device)
     dtype = pick_dtype("auto", hf_config, device)
     source = LayerwiseModel(model_dir, text_config, layout, dtype, device)
