@@ -35,14 +35,15 @@ class ReplyStats:
 
 
 def image_data_url(path: Path) -> str:
-    """The file as a ``data:`` URL, how OpenAI's API takes inline images."""
+    """The file as a ``data:`` URL, how OpenAI's API takes inline images (and vLLM's
+    ``video_url`` parts, videos)."""
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
 class ChatSession:
-    """One conversation. ``images`` (data URLs) go with the next message sent, once,
-    whether or not the server takes them."""
+    """One conversation. ``images`` (data URLs; ``data:video/...`` ones are sent as
+    videos) go with the next message sent, once, whether or not the server takes them."""
 
     def __init__(
         self,
@@ -100,9 +101,14 @@ class ChatSession:
         if not self.pending_images:
             return {"role": "user", "content": text}
         parts: list[dict] = [{"type": "text", "text": text}]
-        parts += [{"type": "image_url", "image_url": {"url": url}} for url in self.pending_images]
+        parts += [_media_part(url) for url in self.pending_images]
         self.pending_images = []
         return {"role": "user", "content": parts}
+
+
+def _media_part(url: str) -> dict:
+    kind = "video_url" if url.startswith("data:video/") else "image_url"
+    return {"type": kind, kind: {"url": url}}
 
 
 def repl(session: ChatSession, read: Callable[[str], str], out: TextIO) -> None:

@@ -261,7 +261,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         args.url,
         args.api_key,
         args.model,
-        args.image,
+        [*(args.image or []), *(args.video or [])],
         args.system,
         args.temperature,
         args.max_tokens,
@@ -366,6 +366,12 @@ def add_chat_parser(commands: argparse._SubParsersAction) -> None:
         action="append",
         help="attach an image file to the first message, as a data-URL image_url part "
         "(repeatable); a text-only model answers 400 'this model does not accept images'",
+    )
+    chat_parser.add_argument(
+        "--video",
+        action="append",
+        help="attach a video file to the first message, as a data-URL video_url part "
+        "(repeatable); a model without videos answers 400 'this model does not accept videos'",
     )
     chat_parser.set_defaults(func=cmd_chat)
 

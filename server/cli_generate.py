@@ -47,6 +47,13 @@ def add_generate_command(
         type=Path,
         help="attach an image file to the message (repeatable; a VLM, with --chat)",
     )
+    generate.add_argument(
+        "--video",
+        action="append",
+        type=Path,
+        help="attach a video file to the message (repeatable; Qwen2.5-VL, or VILA with "
+        "num_video_frames, with --chat)",
+    )
     generate.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
     generate.add_argument(
         "--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)"
@@ -65,19 +72,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if llm.is_demo:
         print("[demo model: random weights, the output is meaningless]", file=sys.stderr)
     chat = llm.has_chat_template if args.chat is None else args.chat
-    if not chat and (args.image or args.system):
-        raise InvalidRequestError("--image and --system need the chat template (--chat)")
+    if not chat and (args.image or args.video or args.system):
+        raise InvalidRequestError("--image, --video and --system need the chat template (--chat)")
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
     if chat:
-        try:
-            parts = [
-                {"type": "image_url", "image_url": {"url": image_data_url(path)}}
-                for path in args.image or []
-            ]
-        except OSError as e:
-            raise InvalidRequestError(f"cannot read the image {e.filename}: {e.strerror}") from None
+        parts = []
+        for kind, paths in (("image", args.image), ("video", args.video)):
+            try:
+                parts += [
+                    {"type": f"{kind}_url", f"{kind}_url": {"url": image_data_url(path)}}
+                    for path in paths or []
+                ]
+            except OSError as e:
+                raise InvalidRequestError(
+                    f"cannot read the {kind} {e.filename}: {e.strerror}"
+                ) from None
         messages = [{"role": "system", "content": args.system}] if args.system else []
         content = [*parts, {"type": "text", "text": args.prompt}] if parts else args.prompt
         outputs = llm.stream_chat([*messages, {"role": "user", "content": content}], params)

@@ -5,18 +5,22 @@ truncated video (naming the part), one over --max-video-frames or --max-video-by
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
+from client.chat import image_data_url
+from client.chat import main as chat_main
 from engine import LLM, SamplingParams
 from server.cli import build_parser, media_kwargs
+from server.cli import main as cli_main
 from tests.engine.qwen2_5_vl_fixtures import build_tiny_qwen2_5_vl
 from tests.engine.video_fixtures import data_url, make_video
 from tests.engine.vlm_fixtures import text_part
-from tests.server.conftest import LiveServer, live_server
+from tests.server.conftest import API_KEY, LiveServer, live_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -116,3 +120,40 @@ def test_models_without_videos_refuse_them(server: LiveServer, vlm_server: LiveS
     for live in (server, vlm_server):
         error = refused(live, asking(data_url(VIDEO)))
         assert "does not accept videos" in error["message"]
+
+
+def test_edgechat_generate_takes_a_video(qwen_dir: Path, media_dir: Path, capsys) -> None:
+    path = media_dir / "clip.mp4"
+    argv = ["generate", "--model", str(qwen_dir), "--prompt", "What happens?"]
+    argv += ["--max-tokens", "4", "--kv-cache-memory", "0.05", "--video", str(path)]
+    assert cli_main(argv) == 0
+    llm = LLM(str(qwen_dir), kv_cache_memory=0.05)
+    parts = [video_part(image_data_url(path)), text_part("What happens?")]
+    expected = llm.chat([{"role": "user", "content": parts}], SamplingParams(4, temperature=0))
+    assert capsys.readouterr().out == expected.text + "\n"
+    assert image_data_url(path).startswith("data:video/mp4;base64,")
+
+
+def test_edgechat_chat_sends_a_video(qwen_dir: Path, media_dir: Path) -> None:
+    """`edgechat chat --video FILE`: the first message carries it as a video_url part."""
+    path = media_dir / "short.mp4"
+    path.write_bytes(make_video(num_frames=20, width=112, height=84, fps=10, gop=8))
+    llm = LLM(str(qwen_dir), kv_cache_memory=0.05)
+    message = [{"role": "user", "content": [text_part("Hi"), video_part(image_data_url(path))]}]
+    expected = llm.chat(message, SamplingParams(3, temperature=0)).text
+    args = build_parser().parse_args(["chat", "--video", str(path), "--max-tokens", "3"])
+    assert args.video == [str(path)]
+    with live_server(qwen_dir) as server:
+        out = io.StringIO()
+        replies = iter(["Hi", "/exit"])
+        status = chat_main(
+            server.url,
+            API_KEY,
+            images=args.video,
+            temperature=0,
+            max_tokens=3,
+            read=lambda prompt: next(replies),
+            out=out,
+        )
+        assert status == 0 and "tok/s" in out.getvalue() and "server error" not in out.getvalue()
+        assert f"assistant> {expected}" in out.getvalue()
