@@ -9,7 +9,12 @@
   grid; with several images each is one tile;
 - each image's features are followed by the embedding of ``"\\n"`` (the image encoder's
   ``end_tokens``): here the tokens of ``"\\n"`` follow each image's positions in the prompt,
-  which embeds them alike.
+  which embeds them alike;
+- a video (when the config names ``num_video_frames``) is that many frames sampled
+  uniformly, each one resized tile; NVILA's video encoder ends each frame's features with
+  the ``"\\n"`` embedding as well, so its one ``<vila/video>`` token embeds as the frames'
+  ``<image>`` tokens do here. Videos do not count towards the one image that is tiled
+  (NVILA keeps them apart from images, ``extract_media``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from engine.multimodal.images import (
 from engine.multimodal.nvila_images import NvilaImageProcessor
 from engine.multimodal.prompt import flatten_messages
 from engine.multimodal.requests import ImageRequests
+from engine.multimodal.video import VideoFrameInput
+from engine.multimodal.video_frames import FramesAsImages
 
 IMAGE_TOKEN = "<image>"
 
@@ -44,22 +51,30 @@ class NvilaImageRequests(ImageRequests):
         self.processor = ImageProcessor(model_dir, hf_config, limits)
         self.tiles = NvilaImageProcessor(self.processor, hf_config)
         self.aspect_ratio = hf_config.image_aspect_ratio
+        self.videos: FramesAsImages | None = None  # None: videos refused
+        if hf_config.num_video_frames:
+            self.videos = FramesAsImages(
+                hf_config.num_video_frames, self.processor.preprocess, IMAGE_TOKEN, self.limits
+            )
         side = hf_config.vision_config.image_size
         self.tile_shape = (3, side, side)
 
     def flatten(self, messages: list[dict]) -> tuple[list[dict], list[ImageInput]]:
-        """String-content messages as NVILA writes them, and the images' tiles in order."""
+        """String-content messages as NVILA writes them, and the images' tiles (and the
+        videos' frames) in order."""
         limits = self.limits
-        # Decoded only: how an image is cut depends on how many the conversation holds.
-        parted, decoded = flatten_messages(
+        # Images decoded only: how one is cut depends on how many the conversation holds.
+        parted, media = flatten_messages(
             messages,
             lambda url: decode_image(image_bytes(url, limits), limits),
             self.placeholder,
             limits.max_images,
             keep_parts=True,
+            load_video=self.videos and self.videos.load,
+            max_videos=limits.max_videos,
         )
-        tiled = len(decoded) == 1
-        pictures = iter(decoded)
+        tiled = sum(not isinstance(item, VideoFrameInput) for item in media) == 1
+        pictures = iter(media)
         flat, images = [], []
         for message in parted:
             content = message.get("content")
@@ -71,11 +86,15 @@ class NvilaImageRequests(ImageRequests):
                 if part["type"] == "text":
                     text += part["text"]
                     continue
-                if tiled and self.aspect_ratio == "dynamic":
-                    tiles = self.tiles.lite_tiles(next(pictures))
+                picture = next(pictures)
+                if isinstance(picture, VideoFrameInput):
+                    tiles = [picture]
+                    text += IMAGE_TOKEN
+                elif tiled and self.aspect_ratio == "dynamic":
+                    tiles = self.tiles.lite_tiles(picture)
                     text += f"{IMAGE_TOKEN}\n" * len(tiles)
                 else:
-                    tiles = [self._one(next(pictures), tiled)]
+                    tiles = [self._one(picture, tiled)]
                     text += IMAGE_TOKEN
                 images += tiles
             flat.append({**message, "content": text.strip()})
@@ -105,9 +124,10 @@ class NvilaImageRequests(ImageRequests):
         return expanded
 
     def check(self, images: list[ImageInput]) -> None:
-        # One image may come as up to max_tiles + 1 tiles (NVILA-Lite's thumbnail).
+        # One image may come as up to max_tiles + 1 tiles (NVILA-Lite's thumbnail); a
+        # video's frames count towards the prompt's videos (flatten checks those).
         max_inputs = max(self.limits.max_images, self.tiles.max_tiles + 1)
-        if len(images) > max_inputs:
+        if sum(not isinstance(image, VideoFrameInput) for image in images) > max_inputs:
             raise InvalidRequestError(f"a prompt may hold at most {self.limits.max_images} images")
         for image in images:
             shape = tuple(image.pixel_values.shape) if isinstance(image, ImageInput) else ()

@@ -221,25 +221,32 @@ class NvilaReference:
         grid = chessboard(projected, rows, cols)
         return grid[0].flatten(1).t()
 
+    def image_units(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        """The media units of a conversation's images (tiled when it holds one)."""
+        return [unit for image in images for unit in self.media(image, len(images) == 1)]
+
+    def video_unit(self, frames: list[Image.Image]) -> torch.Tensor:
+        """BasicVideoEncoder: each frame one resized tile, its features then "\\n"'s
+        embedding, the frames concatenated into one unit."""
+        return torch.cat([unit for frame in frames for unit in self.media(frame, tiled=False)])
+
     @torch.no_grad()
-    def logits(self, prompt: str, images: list[Image.Image], answer: list[int]) -> torch.Tensor:
-        """Logits over ``prompt`` (NVILA's text, one ``<image>`` per media unit) with
-        ``answer`` appended."""
-        tiled = len(images) == 1
-        units = [unit for image in images for unit in self.media(image, tiled)]
+    def logits(self, prompt: str, units: list[torch.Tensor], answer: list[int]) -> torch.Tensor:
+        """Logits over ``prompt`` (NVILA's text, one ``<image>`` or ``<vila/video>`` per
+        media unit, ``units`` in order) with ``answer`` appended."""
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids + answer
-        image_id = self.tokenizer.convert_tokens_to_ids("<image>")
-        assert ids.count(image_id) == len(units)
+        media_ids = self.tokenizer.convert_tokens_to_ids(["<image>", "<vila/video>"])
+        assert sum(ids.count(token) for token in media_ids) == len(units)
         embed = self.llm.get_input_embeddings()
         pieces, units = [], iter(units)
         for token in ids:
-            pieces.append(next(units) if token == image_id else embed(torch.tensor([token])))
+            pieces.append(next(units) if token in media_ids else embed(torch.tensor([token])))
         return self.llm(inputs_embeds=torch.cat(pieces)[None]).logits[0]
 
-    def greedy(self, prompt: str, images: list[Image.Image], num_tokens: int) -> list[int]:
+    def greedy(self, prompt: str, units: list[torch.Tensor], num_tokens: int) -> list[int]:
         out: list[int] = []
         for _ in range(num_tokens):
-            out.append(int(self.logits(prompt, images, out)[-1].argmax()))
+            out.append(int(self.logits(prompt, units, out)[-1].argmax()))
         return out
 
 

@@ -93,11 +93,12 @@ def test_logits_and_greedy_tokens_match_reference(nvila, conversation):
     engine = llm.engine
     token_ids, inputs = engine.chat_request(messages)
     ours = chunked_prefill_logits(engine, token_ids, inputs, chunk=7)
-    theirs = reference.logits(prompt + "<|im_start|>assistant\n", images, [])[-1]
+    units = reference.image_units(images)
+    theirs = reference.logits(prompt + "<|im_start|>assistant\n", units, [])[-1]
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     output = llm.chat(messages, GREEDY)
     assert output.prompt_token_ids == token_ids
-    expected = reference.greedy(prompt + "<|im_start|>assistant\n", images, GREEDY.max_tokens)
+    expected = reference.greedy(prompt + "<|im_start|>assistant\n", units, GREEDY.max_tokens)
     assert output.token_ids == expected
 
 
@@ -114,7 +115,8 @@ def test_s2_features_resized_to_another_scale_match_reference(tmp_path, output_s
     k = SCALES[output_scale or 0] // TILE
     tokens_per_tile = (TILE // 14 // 2) ** 2  # 14 px patches, 2x2 merged
     assert token_ids.count(llm.engine.vision.image_token_id) == k * k * tokens_per_tile
-    expected = reference.greedy(prompt + "<|im_start|>assistant\n", images, GREEDY.max_tokens)
+    units = reference.image_units(images)
+    expected = reference.greedy(prompt + "<|im_start|>assistant\n", units, GREEDY.max_tokens)
     assert llm.chat(messages, GREEDY).token_ids == expected
 
 

@@ -37,7 +37,8 @@ def nvila_dirs(tmp_path_factory):
 def assert_matches_dequantized_reference(llm: LLM, reference: NvilaReference) -> None:
     messages, prompt, images = one_image(lite=True)
     prompt += "<|im_start|>assistant\n"
-    assert llm.chat(messages, GREEDY).token_ids == reference.greedy(prompt, images, 6)
+    expected = reference.greedy(prompt, reference.image_units(images), GREEDY.max_tokens)
+    assert llm.chat(messages, GREEDY).token_ids == expected
 
 
 def test_autoawq_llm_matches_the_dequantized_reference(nvila_dirs):
