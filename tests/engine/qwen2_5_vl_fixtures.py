@@ -85,8 +85,10 @@ def build_tiny_qwen_vl(
     chat_template: str,
     preprocessor: dict,
     seed: int,
+    **config_fields,
 ) -> Path:
-    """A tiny random Qwen-VL ``model_class``: the demo tokenizer plus the vision tokens,
+    """A tiny random Qwen-VL ``model_class`` (``config_fields`` added to its config): the
+    demo tokenizer plus the vision tokens,
     ``chat_template``, a preprocessor_config.json; weights and biases of std 0.15 (peaked
     logits, a sharp comparison), norm weights in [0.5, 1.5]."""
     tokenizer = write_tokenizer(out_dir)
@@ -108,6 +110,7 @@ def build_tiny_qwen_vl(
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
+        **config_fields,
     )
     torch.manual_seed(seed)
     model = model_class(config).to(torch.float32)

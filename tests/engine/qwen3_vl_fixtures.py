@@ -75,9 +75,9 @@ PREPROCESSOR = dict(
 )
 
 
-def build_tiny_qwen3_vl(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_qwen3_vl(out_dir: Path, seed: int = 0, tie_word_embeddings: bool = False) -> Path:
     """A tiny random Qwen3VLForConditionalGeneration (tokenizer, template, processor
-    config as build_tiny_qwen_vl writes them)."""
+    config as build_tiny_qwen_vl writes them); tied embeddings as the 2B and 4B have."""
     return build_tiny_qwen_vl(
         out_dir,
         transformers.Qwen3VLConfig,
@@ -87,6 +87,7 @@ def build_tiny_qwen3_vl(out_dir: Path, seed: int = 0) -> Path:
         CHAT_TEMPLATE,
         PREPROCESSOR,
         seed,
+        tie_word_embeddings=tie_word_embeddings,
     )
 
 
