@@ -1,11 +1,11 @@
 // The chat page: wires the controls to the API (api.js), the conversations
 // (conversation.js, kept by store.js, listed by conversation-list.js), their DOM
-// (render.js), the settings (settings.js) and image attachments (images.js).
+// (render.js), the settings (settings.js) and image and video attachments (images.js).
 
 import { listModels, streamChat } from "./api.js";
 import { dropOldestTurn, newConversation, requestMessages, titleOf } from "./conversation.js";
 import { renderConversationList } from "./conversation-list.js";
-import { downscale, imageFiles, showThumbs } from "./images.js";
+import { mediaFiles, readAttachment, showThumbs } from "./images.js";
 import { handleCopyButtons } from "./markdown.js";
 import { addMessage, editInPlace, fillMessage, scrollToEnd } from "./render.js";
 import {
@@ -243,9 +243,9 @@ async function attach(files) {
     notice(ui.attach.title);
     return;
   }
-  for (const file of imageFiles(files)) {
+  for (const file of mediaFiles(files)) {
     try {
-      attached.push(await downscale(file));
+      attached.push(await readAttachment(file));
     } catch (error) {
       notice(`could not read ${file.name}: ${error.message}`);
     }
@@ -286,7 +286,7 @@ ui.file.addEventListener("change", () => {
   ui.file.value = ""; // choosing the same file again still fires "change"
 });
 ui.prompt.addEventListener("paste", (event) => {
-  const files = imageFiles(event.clipboardData?.files);
+  const files = mediaFiles(event.clipboardData?.files);
   if (files.length > 0) {
     event.preventDefault();
     attach(files);

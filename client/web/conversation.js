@@ -1,11 +1,13 @@
 // A conversation as the page keeps it, and what of it the model is sent.
 //
-// A message: { role: "user" | "assistant" | "error", text, images (data URLs, user's;
-// imagesId: where store.js keeps them),
+// A message: { role: "user" | "assistant" | "error", text, images (data URLs of the
+// user's images and videos; imagesId: where store.js keeps them),
 // state ("streaming" | "done" | "stopped" | "error"), finish (the finish_reason),
 // stats (its small print), notSent (a user message whose request failed), dropped (left
 // out of the model's view because the context is full) }. Errors are the page's own
 // notes: the model never sees them.
+
+import { isVideo } from "./images.js";
 
 const TITLE_LENGTH = 40;
 
@@ -24,7 +26,11 @@ const inView = (message) => message.role !== "error" && !message.notSent && !mes
 
 function openAIMessage({ role, text, images = [] }) {
   if (images.length === 0) return { role, content: text };
-  const parts = images.map((url) => ({ type: "image_url", image_url: { url } }));
+  // A video goes as a video_url part (vLLM's convention; the server samples its frames).
+  const parts = images.map((url) => {
+    const type = isVideo(url) ? "video_url" : "image_url";
+    return { type, [type]: { url } };
+  });
   return { role, content: text ? [{ type: "text", text }, ...parts] : parts };
 }
 

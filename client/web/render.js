@@ -2,6 +2,7 @@
 // Replies are markdown (markdown.js, which escapes everything the model writes); what
 // the user typed and the page's notes are text nodes.
 
+import { isVideo, thumbnail } from "./images.js";
 import { renderMarkdown } from "./markdown.js";
 
 const LABELS = { user: "You", assistant: "Reply", error: "Error" };
@@ -16,10 +17,7 @@ export function addMessage(container, message) {
   body.className = "text";
   element.append(body);
   for (const url of message.images ?? []) {
-    const img = document.createElement("img");
-    img.src = url;
-    img.alt = "attached image";
-    element.append(img);
+    element.append(thumbnail(url, isVideo(url) ? "attached video" : "attached image"));
   }
   container.append(element);
   return element;
