@@ -214,3 +214,34 @@ def test_bad_videos_are_400s_naming_the_part(llm):
     truncated = [{"role": "user", "content": [text_part("Hi"), video_part(VIDEO[:2000])]}]
     with pytest.raises(InvalidRequestError, match=r"messages\[0\]\.content\[1\]: cannot decode"):
         engine.chat_request(truncated)
+
+
+def video_then_text(data: bytes) -> list[dict]:
+    return [
+        {"role": "system", "content": "You watch videos."},
+        {"role": "user", "content": [video_part(data), text_part("What happens here, then?")]},
+    ]
+
+
+def test_the_prefix_cache_keys_on_the_video(qwen_dir):
+    """Two videos of the same size and length make the same tokens: only the blocks
+    before the video are shared, and the answer is a fresh engine's. The same video
+    again is a hit past it."""
+    llm = LLM(str(qwen_dir), kv_cache_memory=0.01)
+    engine = llm.engine
+    block_size = engine.config.block_size
+    other = make_video(num_frames=40, width=112, height=84, fps=10, gop=8, seed=1)
+    first, second = video_then_text(VIDEO), video_then_text(other)
+    token_ids = engine.chat_request(first)[0]
+    assert token_ids == engine.chat_request(second)[0]
+    first_video = token_ids.index(engine.vision.video_token_id)
+    llm.chat(first, GREEDY)
+    hits = engine.stats().num_prefix_hit_tokens
+    output = llm.chat(second, GREEDY)
+    assert engine.stats().num_prefix_hit_tokens - hits == first_video // block_size * block_size
+    assert (
+        output.token_ids == LLM(str(qwen_dir), kv_cache_memory=0.01).chat(second, GREEDY).token_ids
+    )
+    hits = engine.stats().num_prefix_hit_tokens
+    llm.chat(first, GREEDY)
+    assert engine.stats().num_prefix_hit_tokens - hits == len(token_ids) // block_size * block_size

@@ -20,27 +20,30 @@ def make_video(
     fps: int = 10,
     gop: int = 4,
     faststart: bool = False,
+    seed: int = 0,
 ) -> bytes:
     """An mp4 whose frame ``i`` has a bar at column ``3 i`` on a background that ramps in
     time, so frames are told apart. ``faststart``: the index before the frames (a cut
-    file then loses frames, not its index)."""
+    file then loses frames, not its index). ``seed``: the background's noise."""
     if faststart:  # the muxer moves the index by rereading what it wrote: a real file
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "video.mp4"
-            _write(str(path), num_frames, width, height, fps, gop, {"movflags": "faststart"})
+            _write(str(path), num_frames, width, height, fps, gop, {"movflags": "faststart"}, seed)
             return path.read_bytes()
     out = io.BytesIO()
-    _write(out, num_frames, width, height, fps, gop, {})
+    _write(out, num_frames, width, height, fps, gop, {}, seed)
     return out.getvalue()
 
 
-def _write(out, num_frames: int, width: int, height: int, fps: int, gop: int, options) -> None:
+def _write(
+    out, num_frames: int, width: int, height: int, fps: int, gop: int, options, seed: int
+) -> None:
     with av.open(out, mode="w", format="mp4", options=options) as container:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"g": str(gop), "bf": "2"}
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
         noise = rng.integers(0, 40, (height, width, 3), dtype=np.uint8)
         for i in range(num_frames):
             pixels = noise.copy()
