@@ -1,6 +1,7 @@
 """VLM time to first token and decode tokens/s: edgechat vs transformers
-(`LlavaForConditionalGeneration.generate`, or with `--model qwen2_5_vl`
-`Qwen2_5_VLForConditionalGeneration.generate`) on the same small random model.
+(`LlavaForConditionalGeneration.generate`, or with `--model qwen2_5_vl` / `qwen3_vl`
+`Qwen2_5_VLForConditionalGeneration` / `Qwen3VLForConditionalGeneration.generate`) on the
+same small random model.
 
 Both sides start from the same OpenAI-style user message: a short text and 1 or 4 random
 RGB PNGs (640x480) as base64 data URLs. Each timed call includes turning those URLs into
@@ -22,9 +23,9 @@ content; prefix caching is also switched off) so no side reuses earlier work. Me
 `--repeats` after one warm-up; both sides run in this one process, interleaved.
 
 Qwen2.5-VL resizes each 640x480 image within max_pixels 28 x 28 x 256 to 504x364: 234
-tokens (LLaVA's 224 px crop: 256).
+tokens; Qwen3-VL within 32 x 32 x 256 to 576x416: 234 (LLaVA's 224 px crop: 256).
 
-    .venv/bin/python benchmarks/bench_vlm.py [--model qwen2_5_vl] [--repeats 3]
+    .venv/bin/python benchmarks/bench_vlm.py [--model qwen2_5_vl|qwen3_vl] [--repeats 3]
         [--new-tokens 64] [--device cuda]
 """
 
@@ -45,6 +46,8 @@ import torch
 import transformers
 from PIL import Image
 from qwen_vl_checkpoint import (
+    QWEN3_PREPROCESSOR,
+    QWEN3_VISION,
     QWEN_PREPROCESSOR,
     QWEN_VISION,
     build_qwen_checkpoint,
@@ -208,7 +211,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llava", choices=["llava", "qwen2_5_vl"])
+    parser.add_argument("--model", default="llava", choices=["llava", "qwen2_5_vl", "qwen3_vl"])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, nargs="+", default=[1, 4])
@@ -220,10 +223,11 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     seeds = iter(range(10_000))  # fresh images for every call: no cache hits on either side
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model == "qwen2_5_vl":
-            hf_model = build_qwen_checkpoint(Path(tmp), TEXT).to(args.device, dtype)
+        if args.model in ("qwen2_5_vl", "qwen3_vl"):
+            hf_model = build_qwen_checkpoint(Path(tmp), TEXT, args.model).to(args.device, dtype)
             vision = hf_model.model.visual
-            processor = Qwen2VLImageProcessorPil(**QWEN_PREPROCESSOR)
+            preprocessor = QWEN3_PREPROCESSOR if args.model == "qwen3_vl" else QWEN_PREPROCESSOR
+            processor = Qwen2VLImageProcessorPil(**preprocessor)
             pixel_inputs = partial(
                 qwen_pixel_inputs, processor, image_token_id=hf_model.config.image_token_id
             )
@@ -280,7 +284,13 @@ def main() -> None:
         if args.device == "cuda"
         else f"{cpu_name()}, {torch.get_num_threads()} threads"
     )
-    if args.model == "qwen2_5_vl":
+    if args.model == "qwen3_vl":
+        tower = (
+            f"ViT with DeepStack {QWEN3_VISION['deepstack_visual_indexes']}: hidden "
+            f"{QWEN3_VISION['hidden_size']}, {QWEN3_VISION['depth']} layers, patch 16, 2x2 "
+            "merge; Qwen3 with interleaved M-RoPE"
+        )
+    elif args.model == "qwen2_5_vl":
         tower = (
             f"windowed ViT: hidden {QWEN_VISION['hidden_size']}, {QWEN_VISION['depth']} "
             f"layers, patch 14, 2x2 merge; Qwen2 with M-RoPE"
