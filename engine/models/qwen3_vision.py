@@ -91,13 +91,14 @@ class Qwen3VisionTower(nn.Module):
         cos, sin = self.rotary(rows, cols)
         x = self.patch_embed(patches.flatten(0, 3))
         x = x + self._position_embeddings(rows, cols, blocks_h, blocks_w).to(x.dtype)
-        deepstack = {}
+        # In tower order, whatever the config's: the language model's layer j takes the
+        # j-th (each DeepStack layer still has the merger at its place in the list).
+        deepstack = []
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None)
             if i in self.deepstack_layers:
-                deepstack[i] = self.deepstack_merger_list[self.deepstack_layers.index(i)](x)
-        # The language model's layer j takes the j-th DeepStack layer in tower order.
-        return torch.cat([self.merger(x), *(deepstack[i] for i in sorted(deepstack))], dim=-1)
+                deepstack.append(self.deepstack_merger_list[self.deepstack_layers.index(i)](x))
+        return torch.cat([self.merger(x), *deepstack], dim=-1)
 
     def _position_embeddings(
         self, rows: torch.Tensor, cols: torch.Tensor, blocks_h: int, blocks_w: int
