@@ -25,6 +25,7 @@ from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
 from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.inputs import InputProcessor, PreparedPrompt
 from engine.kv_cache import allocate_kv_cache, size_kv_cache
+from engine.layers.cpu_quant import kernel_dtype
 from engine.layers.warmup import warm_up_kernels
 from engine.loader import load_config, load_model, resolve_model_dir
 from engine.memory import check_weights_fit, checkpoint_bytes
@@ -77,7 +78,14 @@ class LLMEngine:
             model_template(self.tokenizer) if model_template else None,
         )
         check_weights_fit(checkpoint_bytes(self.model_dir, self.dtype), self.device)
-        model = load_model(self.model_dir, hf_config, self.dtype, self.device, config.quantization)
+        model = load_model(
+            self.model_dir,
+            hf_config,
+            self.dtype,
+            self.device,
+            config.quantization,
+            kernel_dtype(config.dtype, self.dtype),
+        )
         is_vlm = isinstance(model, VisionLanguageModel)
         image_cache_bytes = config.image_cache_bytes if is_vlm else 0
         self.max_model_len, num_blocks = size_kv_cache(

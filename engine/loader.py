@@ -80,12 +80,13 @@ def load_model(
     dtype: torch.dtype,
     device: torch.device,
     quantization: str = "none",
+    kernel_dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Build the model for ``config`` and fill it from the checkpoint: safetensors (dense,
     or AutoAWQ GEMM int4 as found on disk), or for the language model a TinyChat ``.pt``
     (int4, converted to AutoAWQ GEMM while it is copied in). On a CPU the int4 layers
-    are then repacked for torch's kernels and ``quantization`` is applied
-    (engine/layers/cpu_quant.py)."""
+    are then repacked for torch's kernels and ``quantization`` is applied, their
+    matmuls in ``kernel_dtype`` (default: ``dtype``; engine/layers/cpu_quant.py)."""
     split = is_split_checkpoint(model_dir)
     tinychat_path = find_tinychat_checkpoint(model_dir)
     converted: Iterable[tuple[str | None, torch.Tensor]] = ()
@@ -112,7 +113,7 @@ def load_model(
     _check_quantized_scope(qweights, model.quantized_scope)
     _fill_parameters(model, entries, converted)
     if device.type == "cpu":
-        prepare_cpu_weights(model, quantization)
+        prepare_cpu_weights(model, quantization, kernel_dtype or dtype)
     return model.eval()
 
 

@@ -7,6 +7,9 @@ quantizes a dense checkpoint by round-to-nearest at load: the decoder's linears 
 (group 128) or int8 (per channel), and in either case the LM head and the embedding to
 int8 (a 150k-vocab head is a quarter of a small model's bytes; tied, one int8 copy
 serves both).
+
+The quantized linears compute in ``kernel_dtype`` (see kernels/cpu_linear.py: torch's
+kernels are fast in bf16 only): bf16 unless a dtype was asked for.
 """
 
 from __future__ import annotations
@@ -48,19 +51,18 @@ class Int4Linear(nn.Module):
         self.output_sizes = output_sizes  # a fused layer's members, as MergedLinear's
 
     @classmethod
-    def from_awq(cls, layer: AWQLinear) -> Int4Linear:
+    def from_awq(cls, layer: AWQLinear, dtype: torch.dtype) -> Int4Linear:
         codes = unpack_int4(layer.qweight).t()  # [N, K]
         zeros = unpack_int4(layer.qzeros)  # [K/G, N]
-        dtype = layer.scales.dtype
         packed = cpu_linear.pack_int4(codes, zeros, layer.scales, layer.group_size, dtype)
         return cls(*packed, layer.group_size, _bias_of(layer), _output_sizes(layer))
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, group_size: int) -> Int4Linear:
+    def from_dense(cls, linear: nn.Linear, group_size: int, dtype: torch.dtype) -> Int4Linear:
         q, zeros, scales = rtn_codes(linear.weight.detach(), group_size)  # [N, K/G, G|1]
         codes = q.reshape(linear.weight.shape)
         packed = cpu_linear.pack_int4(
-            codes, zeros[..., 0].t(), scales[..., 0].t(), group_size, linear.weight.dtype
+            codes, zeros[..., 0].t(), scales[..., 0].t(), group_size, dtype
         )
         return cls(*packed, group_size, _bias_of(linear), _output_sizes(linear))
 
@@ -79,7 +81,7 @@ class Int8Linear(nn.Module):
     def __init__(
         self,
         weight: torch.Tensor,  # [N, K] int8
-        scales: torch.Tensor,  # [N] in the activations' dtype
+        scales: torch.Tensor,  # [N] in the dtype to compute in
         bias: torch.Tensor | None,
         output_sizes: list[int],
     ):
@@ -91,8 +93,8 @@ class Int8Linear(nn.Module):
         self.output_sizes = output_sizes
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear) -> Int8Linear:
-        weight, scales = cpu_linear.quantize_int8(linear.weight.detach(), linear.weight.dtype)
+    def from_dense(cls, linear: nn.Linear, dtype: torch.dtype) -> Int8Linear:
+        weight, scales = cpu_linear.quantize_int8(linear.weight.detach(), dtype)
         return cls(weight, scales, _bias_of(linear), _output_sizes(linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,13 +107,14 @@ class Int8Linear(nn.Module):
 class Int8Embedding(nn.Module):
     """An int8 embedding table (per-row scales); a lookup dequantizes the rows it reads."""
 
-    def __init__(self, weight: torch.Tensor, scales: torch.Tensor):  # [V, H] int8, [V]
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype):
         super().__init__()
-        self.register_buffer("weight", weight)
-        self.register_buffer("scales", scales)
+        self.register_buffer("weight", weight)  # [V, H] int8
+        self.register_buffer("scales", scales)  # [V]
+        self.dtype = dtype  # the model's, which the rows are given in
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return cpu_linear.int8_rows(ids, self.weight, self.scales, self.scales.dtype)
+        return cpu_linear.int8_rows(ids, self.weight, self.scales, self.dtype)
 
 
 def _bias_of(linear: nn.Module) -> torch.Tensor | None:
@@ -138,27 +141,35 @@ def check_quantization(quantization: str, is_awq: bool, device: torch.device) ->
         )
 
 
-def prepare_cpu_weights(model: nn.Module, quantization: str) -> None:
+def kernel_dtype(requested: str, model_dtype: torch.dtype) -> torch.dtype:
+    """What the quantized linears compute in for ``--dtype requested``: bf16 for
+    ``auto`` (torch's kernels are fast in bf16 only, native bf16 or not), else the
+    model's dtype (float32: exact, the reference's arithmetic)."""
+    return torch.bfloat16 if requested == "auto" else model_dtype
+
+
+def prepare_cpu_weights(model: nn.Module, quantization: str, dtype: torch.dtype) -> None:
     """Swap a loaded CPU model's AWQ layers, and with ``quantization`` ("int4"/"int8")
     its dense decoder linears, LM head and embedding, for the quantized layers above,
-    one layer at a time (so memory peaks at the model plus one layer); logs what was
-    done and the weights' bytes before and after."""
+    computing in ``dtype``, one layer at a time (so memory peaks at the model plus one
+    layer); logs what was done and the weights' bytes before and after."""
     bytes_before = weight_bytes(model)
-    num_repacked = _repack_awq_layers(model)
+    num_repacked = _repack_awq_layers(model, dtype)
     done = []
     if num_repacked:
         done.append(f"{num_repacked} AWQ int4 layers repacked for torch's CPU int4 kernel")
     if quantization != "none":
-        num_quantized = _quantize_dense_linears(model, quantization)
+        num_quantized = _quantize_dense_linears(model, quantization, dtype)
         what = f"int4 (group {RTN_GROUP_SIZE})" if quantization == "int4" else "int8"
         done.append(f"{num_quantized} dense decoder linears quantized to {what} by RTN")
-        done.append(f"LM head and embedding int8 ({_quantize_head_and_embedding(model)})")
+        done.append(f"LM head and embedding int8 ({_quantize_head_and_embedding(model, dtype)})")
     if not done:
         return
     note = "; `edgechat quantize` (AWQ) is more accurate" if quantization != "none" else ""
     logger.info(
-        "CPU weights: %s: weights %.1f MiB -> %.1f MiB%s",
+        "CPU weights: %s; their matmuls in %s: weights %.1f MiB -> %.1f MiB%s",
         "; ".join(done),
+        str(dtype).removeprefix("torch."),
         bytes_before / MIB,
         weight_bytes(model) / MIB,
         note,
@@ -173,7 +184,7 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(seen.values())
 
 
-def _repack_awq_layers(model: nn.Module) -> int:
+def _repack_awq_layers(model: nn.Module, dtype: torch.dtype) -> int:
     num_repacked = 0
     for name, layer in list(model.named_modules()):
         if not isinstance(layer, AWQLinear):
@@ -183,12 +194,12 @@ def _repack_awq_layers(model: nn.Module) -> int:
         except ValueError as e:  # AWQ packs N by 8: these layers still run, slowly
             logger.warning("%s stays on the dequantizing AWQ path on CPU: %s", name, e)
             continue
-        _replace(model, name, Int4Linear.from_awq(layer))
+        _replace(model, name, Int4Linear.from_awq(layer, dtype))
         num_repacked += 1
     return num_repacked
 
 
-def _quantize_dense_linears(model: nn.Module, quantization: str) -> int:
+def _quantize_dense_linears(model: nn.Module, quantization: str, dtype: torch.dtype) -> int:
     scope = model.quantized_scope
     num_quantized = 0
     for name, layer in list(model.get_submodule(scope).named_modules(prefix=scope)):
@@ -196,9 +207,9 @@ def _quantize_dense_linears(model: nn.Module, quantization: str) -> int:
             continue
         try:
             if quantization == "int4":
-                quantized = Int4Linear.from_dense(layer, RTN_GROUP_SIZE)
+                quantized = Int4Linear.from_dense(layer, RTN_GROUP_SIZE, dtype)
             else:
-                quantized = Int8Linear.from_dense(layer)
+                quantized = Int8Linear.from_dense(layer, dtype)
         except ValueError as e:
             raise ModelLoadError(f"--quantization {quantization} cannot take {name}: {e}") from None
         _replace(model, name, quantized)
@@ -206,7 +217,7 @@ def _quantize_dense_linears(model: nn.Module, quantization: str) -> int:
     return num_quantized
 
 
-def _quantize_head_and_embedding(model: nn.Module) -> str:
+def _quantize_head_and_embedding(model: nn.Module, dtype: torch.dtype) -> str:
     """Int8 LM head and embedding; a tied pair shares one int8 table. Says which."""
     text = model.quantized_scope.removesuffix("model.layers")  # "" or "language_model."
     head_name, embed_name = f"{text}lm_head", f"{text}model.embed_tokens"
@@ -215,13 +226,13 @@ def _quantize_head_and_embedding(model: nn.Module) -> str:
         cpu_linear.check_int8_shape(head.in_features)
     except ValueError as e:
         raise ModelLoadError(f"int8 cannot take {head_name}: {e}") from None
-    weight, scales = cpu_linear.quantize_int8(embed.weight.detach(), embed.weight.dtype)
+    weight, scales = cpu_linear.quantize_int8(embed.weight.detach(), dtype)
     tied = head.weight is embed.weight
-    _replace(model, embed_name, Int8Embedding(weight, scales))
+    _replace(model, embed_name, Int8Embedding(weight, scales, embed.weight.dtype))
     if tied:
         _replace(model, head_name, Int8Linear(weight, scales, None, [head.out_features]))
         return "tied: one int8 table"
-    _replace(model, head_name, Int8Linear.from_dense(head))
+    _replace(model, head_name, Int8Linear.from_dense(head, dtype))
     return "untied"
 
 

@@ -79,8 +79,11 @@ def perplexity(
 def engine_perplexity(model: str, parts: list[list[int]], device: str = "auto") -> Perplexity:
     """Scores each window in one prefill of the engine's model, every row's logits kept."""
     seq_len = max(len(window) for window in parts)
+    # NOTE: on a CPU, fp32 throughout: "auto" would run int4/int8 matmuls in bf16 there
+    # (engine/layers/cpu_quant.py), and a score should measure the weights alone.
+    dtype = "float32" if pick_device(device).type == "cpu" else "auto"
     engine = LLMEngine(
-        EngineConfig(model=model, device=device, max_model_len=seq_len, max_num_seqs=1)
+        EngineConfig(model=model, device=device, dtype=dtype, max_model_len=seq_len, max_num_seqs=1)
     )
     net, block_size = engine.core.runner.model, engine.config.block_size
     num_blocks = -(-seq_len // block_size)

@@ -62,6 +62,27 @@ def test_int4_linear_matches_dequantized_matmul(
         torch.testing.assert_close(ours, theirs, atol=atol, rtol=rtol)
 
 
+def test_fp32_activations_run_in_the_dtype_the_weights_were_packed_in():
+    """bf16-packed weights (the fast kernels) take fp32 activations: rounded to bf16 in,
+    the result fp32 out."""
+    torch.manual_seed(0)
+    codes, zeros, scales = awq_like_int4(48, 128, 64)
+    packed, scales_and_zeros = cpu_linear.pack_int4(codes, zeros, scales, 64, torch.bfloat16)
+    weight8, scales8 = cpu_linear.quantize_int8(torch.randn(48, 128) / 12, torch.bfloat16)
+    bias = torch.randn(48)
+    x = torch.randn(3, 128)
+    ours = cpu_linear.int4_linear(x, packed, scales_and_zeros, 64, bias)
+    theirs = cpu_linear.int4_linear_reference(
+        x.bfloat16(), codes, zeros, scales.bfloat16(), 64, bias.bfloat16()
+    )
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs.float(), atol=3e-2, rtol=3e-2)
+    ours = cpu_linear.int8_linear(x, weight8, scales8, bias)
+    theirs = cpu_linear.int8_linear_reference(x.bfloat16(), weight8, scales8, bias.bfloat16())
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs.float(), atol=3e-2, rtol=3e-2)
+
+
 def test_int4_linear_keeps_leading_dims_and_takes_no_rows():
     codes, zeros, scales = awq_like_int4(32, 64, 32)
     packed, scales_and_zeros = cpu_linear.pack_int4(codes, zeros, scales, 32, torch.float32)
