@@ -14,6 +14,7 @@ asyncio side.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import kernels
@@ -108,7 +109,12 @@ class LLMEngine:
                     "resize_min_pixels/resize_max_pixels apply to the Qwen-VL models only"
                 )
             self.vision = requests_class(
-                processor_dir, hf_config, model, self.tokenizer, config.image_limits, **resize
+                processor_dir,
+                hf_config,
+                model,
+                self.tokenizer,
+                replace(config.image_limits, max_video_tokens=self.max_model_len),
+                **resize,
             )
         eos_ids = eos_token_ids(tokenizer_dir, text_config, self.tokenizer)
         self.inputs = InputProcessor(

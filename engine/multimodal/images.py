@@ -47,6 +47,9 @@ class ImageLimits:
     max_video_bytes: int = 64 * 1024 * 1024
     max_video_frames: int = 18_000  # 10 minutes at 30 frames a second
     video_decode_timeout: float = 30.0
+    # The engine's context (set by the engine): a video whose tokens alone would not fit
+    # is refused from its container's facts, before any frame is decoded.
+    max_video_tokens: int | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -88,11 +88,12 @@ class QwenVideoProcessor:
         size: list[tuple[int, int]] = []  # (width, height) of the resized frames
 
         def sample(info: VideoInfo) -> list[int]:
-            # Frames the resize would make larger than the pixel limit are refused before
-            # any is decoded.
+            # Frames the resize would make larger than the pixel limit, or more tokens
+            # than the context holds, are refused before any frame is decoded.
             indices = self.sample(info)
             size.append(self.resized_size(info.width, info.height, len(indices)))
             check_size(*size[0], self.limits.max_pixels, " resized for the model")
+            self._check_tokens(len(indices), *size[0])
             return indices
 
         info, frames = decode_frames(data, sample, self.limits, lambda f: self.resize(f, *size[0]))
@@ -107,6 +108,16 @@ class QwenVideoProcessor:
             pixel_values, digest.digest(), self.grid.temporal_patch_size / sampled_fps
         )
         return LoadedVideo([video], "", [{"type": "video"}])
+
+    def _check_tokens(self, num_frames: int, width: int, height: int) -> None:
+        factor, max_tokens = self.grid.factor, self.limits.max_video_tokens
+        num_patches = -(-num_frames // self.grid.temporal_patch_size)
+        num_tokens = num_patches * (height // factor) * (width // factor)
+        if max_tokens is not None and num_tokens >= max_tokens:
+            raise InvalidRequestError(
+                f"a video sampled to {num_frames} frames of {width}x{height} takes "
+                f"{num_tokens} tokens, more than the context of {max_tokens} holds"
+            )
 
     def resized_size(self, width: int, height: int, num_frames: int) -> tuple[int, int]:
         """(width, height) every frame is resized to."""

@@ -245,3 +245,16 @@ def test_the_prefix_cache_keys_on_the_video(qwen_dir):
     hits = engine.stats().num_prefix_hit_tokens
     llm.chat(first, GREEDY)
     assert engine.stats().num_prefix_hit_tokens - hits == len(token_ids) // block_size * block_size
+
+
+def test_a_video_longer_than_the_context_is_refused_before_decoding(qwen_dir, monkeypatch):
+    """48 tokens (4 temporal patches of 4 x 3) cannot fit a 40-token context: refused
+    from the container's facts, no frame decoded."""
+    llm = LLM(str(qwen_dir), kv_cache_memory=0.01, max_model_len=40)
+
+    def decode(*args):
+        raise AssertionError("decoded a video the context cannot hold")
+
+    monkeypatch.setattr("engine.multimodal.video._decode_at", decode)
+    with pytest.raises(InvalidRequestError, match="takes 48 tokens, more than the context of 40"):
+        llm.engine.chat_request(CONVERSATIONS["video"])
