@@ -153,6 +153,8 @@ def _merge_splits(
             part_max_ptr + parts + s, mask=row_mask, other=float("-inf"), cache_modifier=".cg"
         )
         m_max = tl.maximum(m_max, m)
+    # A padding row's splits are all -inf: any finite max keeps its weights 0, not NaN.
+    m_max = tl.where(m_max > float("-inf"), m_max, 0.0)
     total = tl.zeros((GROUP_ROWS,), dtype=tl.float32)
     out = tl.zeros((GROUP_ROWS, HEAD_DIM_P), dtype=tl.float32)
     for s in range(num_splits):
@@ -166,7 +168,7 @@ def _merge_splits(
             other=0.0,
             cache_modifier=".cg",
         )
-        weight = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)
+        weight = tl.exp2(m - m_max)  # 0 for an empty split (m = -inf)
         total += denom * weight
         out += acc * weight[:, None]
     return out / tl.where(total > 0, total, 1.0)[:, None]
