@@ -20,6 +20,7 @@ from engine.layers.cpu_quant import (
     Int8Embedding,
     Int8Linear,
     check_quantization,
+    prepare_cpu_weights,
     weight_bytes,
 )
 from engine.llm_engine import LLMEngine
@@ -225,3 +226,17 @@ def test_quantization_flag_and_environment_reach_the_engine_config(monkeypatch):
     assert engine_kwargs(build_parser().parse_args(["serve"]))["quantization"] == "int8"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--quantization", "int2"])
+
+
+def test_awq_layer_torch_cannot_pack_stays_on_the_dequantizing_path(caplog):
+    """AWQ packs out-features by 8, torch's int4 layout by 16: such a layer still runs."""
+    holder = nn.Module()
+    holder.proj = AWQLinear(64, 24, bias=False, group_size=32)
+    holder.proj.qweight.random_(-(2**31), 2**31 - 1)
+    holder.proj.qzeros.random_(-(2**31), 2**31 - 1)
+    holder.proj.scales.uniform_(0.01, 0.02)
+    with caplog.at_level(logging.WARNING, logger="engine.layers.cpu_quant"):
+        prepare_cpu_weights(holder, "none", torch.bfloat16)
+    assert isinstance(holder.proj, AWQLinear)
+    assert "proj stays on the dequantizing AWQ path" in caplog.text
+    assert "24 out-features is not a multiple of 16" in caplog.text
