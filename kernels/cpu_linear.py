@@ -30,6 +30,9 @@ INT4_OFFSET = 8  # torch's kernel reads each 4-bit code q as (q - 8)
 # (torch 2.13, AVX2); fp32 takes any, but one rule for every dtype is simpler to keep.
 INT8_IN_MULTIPLE = 8
 INT8_MAX = 127
+# Rows quantized at a time: a 152k-vocab head's fp32 temporaries would otherwise be
+# several copies of a 545 MB table at the load's memory peak.
+INT8_CHUNK_ROWS = 8192
 
 
 def check_int4_shape(in_features: int, out_features: int, group_size: int) -> None:
@@ -126,10 +129,15 @@ def quantize_int8(
     """Round-to-nearest symmetric int8 per output channel of an ``[N, K]`` weight. The
     codes round against the scales as stored in ``dtype``, so that ``q * s`` is the
     weight's nearest value on the grid the kernel multiplies by."""
-    w = weight.float()
-    scales = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=1e-12).to(dtype)
-    codes = torch.round(w / scales.float()[:, None]).clamp_(-INT8_MAX, INT8_MAX)
-    return codes.to(torch.int8), scales
+    codes = torch.empty(weight.shape, dtype=torch.int8)
+    scales = torch.empty(weight.shape[0], dtype=dtype)
+    for start in range(0, weight.shape[0], INT8_CHUNK_ROWS):
+        w = weight[start : start + INT8_CHUNK_ROWS].float()
+        chunk_scales = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=1e-12).to(dtype)
+        rounded = torch.round(w / chunk_scales.float()[:, None]).clamp_(-INT8_MAX, INT8_MAX)
+        codes[start : start + len(w)] = rounded
+        scales[start : start + len(w)] = chunk_scales
+    return codes, scales
 
 
 def int8_linear(

@@ -162,3 +162,12 @@ def test_int8_rows_dequantize_only_what_is_read():
 def test_int8_bad_in_features_are_refused():
     with pytest.raises(ValueError, match="13 in-features is not a multiple of 8"):
         cpu_linear.check_int8_shape(13)
+
+
+def test_quantize_int8_in_row_chunks_equals_the_whole_table_at_once():
+    torch.manual_seed(0)
+    dense = torch.randn(cpu_linear.INT8_CHUNK_ROWS + 5, 16)
+    weight, scales = cpu_linear.quantize_int8(dense, torch.bfloat16)
+    whole = (dense.abs().amax(dim=1) / 127).to(torch.bfloat16)
+    assert torch.equal(scales, whole)
+    assert torch.equal(weight, torch.round(dense / whole.float()[:, None]).to(torch.int8))
