@@ -81,7 +81,7 @@ def fetch_http(
     logger.info("cannot fetch %s %s (at %s): %s", media, _short(first), _short(url), cause)
     raise InvalidRequestError(
         f"cannot fetch {media} {_short(first)}: refused, unreachable, too slow, or not "
-        f"answered with {_a(media)}"
+        f"answered with {with_article(media)}"
     ) from None
 
 
@@ -116,7 +116,7 @@ def _get(
         # Content-Length refuses early; the count below holds when it lies or is absent.
         length = response.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            raise _too_large(max_bytes, media)
+            raise too_large(max_bytes, media)
         chunks, num_bytes = [], 0
         while True:
             sock.settimeout(_left(deadline))
@@ -125,7 +125,7 @@ def _get(
                 return response.status, None, b"".join(chunks)
             num_bytes += len(chunk)
             if num_bytes > max_bytes:
-                raise _too_large(max_bytes, media)
+                raise too_large(max_bytes, media)
             chunks.append(chunk)
     finally:
         connection.close()
@@ -213,7 +213,7 @@ def read_local_file(
     except OSError as e:
         raise InvalidRequestError(f"cannot read {media} {_short(url)}: {e.strerror or e}") from None
     if len(data) > max_bytes:
-        raise _too_large(max_bytes, media)
+        raise too_large(max_bytes, media)
     return data
 
 
@@ -224,11 +224,14 @@ def _left(deadline: float) -> float:
     return left
 
 
-def _too_large(max_bytes: int, media: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{_a(media)} is larger than the limit of {max_bytes} bytes")
+def too_large(max_bytes: int, media: str) -> InvalidRequestError:
+    """The error for ``media`` ("image", "video") over its limit, naming the serve flag."""
+    limit = f"the limit of {max_bytes} bytes (--max-{media}-bytes)"
+    return InvalidRequestError(f"{with_article(media)} is larger than {limit}")
 
 
-def _a(media: str) -> str:
+def with_article(media: str) -> str:
+    """ "an image", "a video"."""
     return f"an {media}" if media[0] in "aeiou" else f"a {media}"
 
 

@@ -18,7 +18,13 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.errors import InvalidRequestError, ModelLoadError
-from engine.multimodal.fetch import MediaURLPolicy, fetch_http, read_local_file
+from engine.multimodal.fetch import (
+    MediaURLPolicy,
+    fetch_http,
+    read_local_file,
+    too_large,
+    with_article,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -67,42 +73,54 @@ def image_input(pixel_values: torch.Tensor) -> ImageInput:
 
 
 def image_bytes(url: str, limits: ImageLimits) -> bytes:
-    """The bytes behind an ``image_url``: a data:, http(s) or (if allowed) file: URL."""
+    """The bytes behind an ``image_url``."""
+    return media_bytes(url, "image", limits.max_bytes, limits)
+
+
+def media_bytes(url: str, media: str, max_bytes: int, limits: ImageLimits) -> bytes:
+    """The bytes behind an ``image_url`` or ``video_url`` (``media`` "image" or "video"):
+    a data:, http(s) or (if allowed) file: URL, at most ``max_bytes``."""
     scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme == "data":
-        return decode_data_url(url, limits)
+        return decode_data_url(url, media, max_bytes)
     if scheme in ("http", "https"):
-        return fetch_http(url, limits.max_bytes, limits.fetch_timeout, limits.url_policy)
+        return fetch_http(url, max_bytes, limits.fetch_timeout, limits.url_policy, media)
     if scheme == "file":
-        return read_local_file(url, limits.local_media_dir, limits.max_bytes)
+        return read_local_file(url, limits.local_media_dir, max_bytes, media)
     raise InvalidRequestError(
-        f"unsupported image URL {url[:40]!r}: expected a data: URL or an http(s) URL"
+        f"unsupported {media} URL {url[:40]!r}: expected a data: URL or an http(s) URL"
     )
 
 
-def decode_data_url(url: str, limits: ImageLimits) -> bytes:
-    """The bytes of a base64 ``data:`` URL."""
+# A data: URL's media type, as the errors show it.
+EXAMPLE_TYPES = {"image": "image/png", "video": "video/mp4"}
+
+
+def decode_data_url(url: str, media: str, max_bytes: int) -> bytes:
+    """The bytes of a base64 ``data:`` URL of ``media`` ("image", "video")."""
     if not url.startswith("data:"):
-        raise InvalidRequestError(f"unsupported image URL {url[:40]!r}: expected a data: URL")
+        raise InvalidRequestError(f"unsupported {media} URL {url[:40]!r}: expected a data: URL")
     header, sep, payload = url[len("data:") :].partition(",")
     media_type, *params = header.split(";")
     if not sep or "base64" not in params:
-        raise InvalidRequestError("image data: URLs must be base64 (data:image/png;base64,...)")
-    if media_type and not media_type.startswith("image/"):
-        raise InvalidRequestError(f"image data: URL has media type {media_type!r}, not image/*")
-    if len(payload) * 3 // 4 > limits.max_bytes:
-        raise InvalidRequestError(f"an image is larger than the limit of {limits.max_bytes} bytes")
+        raise InvalidRequestError(
+            f"{media} data: URLs must be base64 (data:{EXAMPLE_TYPES[media]};base64,...)"
+        )
+    if media_type and not media_type.startswith(f"{media}/"):
+        raise InvalidRequestError(f"{media} data: URL has media type {media_type!r}, not {media}/*")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise too_large(max_bytes, media)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequestError("an image data: URL holds corrupt base64") from None
+        raise InvalidRequestError(f"{with_article(media)} data: URL holds corrupt base64") from None
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """An RGB image (EXIF orientation applied, first frame of animations, transparency
     composited over white) from PNG, JPEG, WebP or GIF bytes."""
     if len(data) > limits.max_bytes:
-        raise InvalidRequestError(f"an image is larger than the limit of {limits.max_bytes} bytes")
+        raise too_large(limits.max_bytes, "image")
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:

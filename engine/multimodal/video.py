@@ -14,8 +14,6 @@ A frame's index is its rank in presentation order, as when every frame is decode
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
 import io
 import time
@@ -27,8 +25,8 @@ import av
 import numpy as np
 
 from engine.errors import InvalidRequestError
-from engine.multimodal.fetch import fetch_http, read_local_file
-from engine.multimodal.images import ImageInput, ImageLimits, check_size
+from engine.multimodal.fetch import too_large
+from engine.multimodal.images import ImageInput, ImageLimits, check_size, media_bytes
 
 
 @dataclass(frozen=True)
@@ -64,33 +62,8 @@ class LoadedVideo:
 
 
 def video_bytes(url: str, limits: ImageLimits) -> bytes:
-    """The bytes behind a ``video_url``: a data:, http(s) or (if allowed) file: URL."""
-    max_bytes = limits.max_video_bytes
-    scheme = url.partition(":")[0].lower() if ":" in url else ""
-    if scheme == "data":
-        return _decode_data_url(url, max_bytes)
-    if scheme in ("http", "https"):
-        return fetch_http(url, max_bytes, limits.fetch_timeout, limits.url_policy, "video")
-    if scheme == "file":
-        return read_local_file(url, limits.local_media_dir, max_bytes, "video")
-    raise InvalidRequestError(
-        f"unsupported video URL {url[:40]!r}: expected a data: URL or an http(s) URL"
-    )
-
-
-def _decode_data_url(url: str, max_bytes: int) -> bytes:
-    header, sep, payload = url[len("data:") :].partition(",")
-    media_type, *params = header.split(";")
-    if not sep or "base64" not in params:
-        raise InvalidRequestError("video data: URLs must be base64 (data:video/mp4;base64,...)")
-    if media_type and not media_type.startswith("video/"):
-        raise InvalidRequestError(f"video data: URL has media type {media_type!r}, not video/*")
-    if len(payload) * 3 // 4 > max_bytes:
-        raise _too_large(max_bytes)
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequestError("a video data: URL holds corrupt base64") from None
+    """The bytes behind a ``video_url``."""
+    return media_bytes(url, "video", limits.max_video_bytes, limits)
 
 
 def decode_frames(
@@ -104,7 +77,7 @@ def decode_frames(
     them at full size). Raises InvalidRequestError for a video that is too large, too
     long, corrupt or truncated, or too slow to decode."""
     if len(data) > limits.max_video_bytes:
-        raise _too_large(limits.max_video_bytes)
+        raise too_large(limits.max_video_bytes, "video")
     deadline = time.monotonic() + limits.video_decode_timeout
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
@@ -176,12 +149,6 @@ def _decode_at(
                 if shown in wanted_set and shown not in frames and timestamps[shown] == frame.pts:
                     frames[shown] = convert(frame.to_ndarray(format="rgb24"))
     return frames
-
-
-def _too_large(max_bytes: int) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"a video is larger than the limit of {max_bytes} bytes (--max-video-bytes)"
-    )
 
 
 def _too_long(num_frames: int, max_frames: int) -> InvalidRequestError:

@@ -173,7 +173,7 @@ def test_size_limits(tmp_path):
         decode_image(png, ImageLimits(max_pixels=300 * 299))
     decode_image(png, ImageLimits(max_pixels=300 * 300))
     with pytest.raises(InvalidRequestError, match="bytes"):
-        decode_data_url(b64_url(png), ImageLimits(max_bytes=len(png) // 2))
+        decode_data_url(b64_url(png), "image", len(png) // 2)
     with pytest.raises(InvalidRequestError, match="bytes"):
         decode_image(png, ImageLimits(max_bytes=len(png) - 1))
 
