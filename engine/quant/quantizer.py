@@ -84,7 +84,9 @@ def quantize(
     layout = layout_for(hf_config)
     text_config = language_model_config(hf_config)
     device = pick_device(config.device)
-    dtype = pick_dtype("auto", hf_config, device)
+    # NOTE: fp32 on a CPU even where bf16 is native (which "auto" would pick for serving):
+    # the search compares small output errors, which bf16's 8-bit mantissa would blur.
+    dtype = torch.float32 if device.type == "cpu" else pick_dtype("auto", hf_config, device)
     source = LayerwiseModel(model_dir, text_config, layout, dtype, device)
     if any(name.endswith(".qweight") for name in source.entries):
         raise QuantizationError(f"{model_dir} holds quantized weights already")
