@@ -329,7 +329,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "refused (4xx) requests a client address may cause a minute before its requests "
         "get 429 unread (0: no limit)",
         type=int,
-        default=60,
+        default=12,
     )
     add_option(
         serve,

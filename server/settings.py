@@ -44,7 +44,7 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     stream_send_timeout_seconds: float = 60.0
     body_read_timeout_seconds: float = 30.0
-    max_client_errors_per_minute: int = 60
+    max_client_errors_per_minute: int = 12
     tool_call_parser: str | None = None
 
     def __post_init__(self) -> None:
