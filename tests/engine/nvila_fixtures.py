@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from engine.demo import write_tokenizer
 from tests.conftest import TINY
+from tests.engine.vlm_fixtures import write_vila_parts, write_vila_projector
 
 TILE = 56  # 4 x 4 patches of 14: the 3x3 merge pads the grid to 6 x 6
 VISION_SIZE = 24
@@ -47,27 +48,8 @@ def build_tiny_nvila(out_dir: Path, lite: bool, output_scale: int | None = -1) -
         image_size=TILE,
         patch_size=14,
     )
-    for model, part in (
-        (transformers.Qwen2ForCausalLM(text), "llm"),
-        (transformers.SiglipVisionModel(vision), "vision_tower"),
-    ):
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.dim() > 1:
-                    param.normal_(0, 0.15)
-        model.save_pretrained(out_dir / part, safe_serialization=True)
-    (out_dir / "vision_tower" / "preprocessor_config.json").write_text(
-        json.dumps(
-            dict(
-                image_processor_type="SiglipImageProcessor",
-                do_resize=True,
-                size={"height": TILE, "width": TILE},
-                resample=3,
-                image_mean=[0.5] * 3,
-                image_std=[0.5] * 3,
-            )
-        )
-    )
+    llm = transformers.Qwen2ForCausalLM(text)
+    write_vila_parts(out_dir, llm, transformers.SiglipVisionModel(vision))
     hidden = text.hidden_size
     c = VISION_SIZE if lite else VISION_SIZE * len(SCALES)
     if lite:
@@ -82,15 +64,7 @@ def build_tiny_nvila(out_dir: Path, lite: bool, output_scale: int | None = -1) -
     else:
         kind = "mlp_downsample"
         shapes = {"layers.1": (4 * c,), "layers.2": (hidden, 4 * c), "layers.4": (hidden, hidden)}
-    tensors = {}
-    for name, shape in shapes.items():
-        tensors[f"{name}.weight"] = torch.randn(shape) * 0.15 + (len(shape) == 1)
-        tensors[f"{name}.bias"] = torch.randn(shape[0]) * 0.1
-    (out_dir / "mm_projector").mkdir()
-    save_file(tensors, out_dir / "mm_projector" / "model.safetensors", metadata={"format": "pt"})
-    (out_dir / "mm_projector" / "config.json").write_text(
-        json.dumps({"model_type": "v2l_projector", "mm_projector_type": kind})
-    )
+    write_vila_projector(out_dir, kind, shapes)
     config = {
         "architectures": ["LlavaLlamaModel"],
         "model_type": "llava_llama",

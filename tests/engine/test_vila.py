@@ -12,14 +12,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from engine import LLM, SamplingParams
 from engine.demo import write_tokenizer
 from engine.errors import UnsupportedModelError
 from tests.conftest import TINY
 from tests.engine.test_llava import chunked_prefill_logits
-from tests.engine.vlm_fixtures import IMAGE_TOKEN, data_url, image_part, random_image, text_part
+from tests.engine.vlm_fixtures import (
+    IMAGE_TOKEN,
+    data_url,
+    image_part,
+    random_image,
+    text_part,
+    write_vila_parts,
+    write_vila_projector,
+)
 
 IMAGE_SIZE = 70  # 5 x 5 patches of 14: an odd grid, which mlp_downsample pads to 6 x 6
 VISION_SIZE = 32
@@ -57,27 +65,8 @@ def build_tiny_vila(
         image_size=IMAGE_SIZE,
         patch_size=14,
     )
-    for model, part in (
-        (transformers.LlamaForCausalLM(text), "llm"),
-        (transformers.SiglipVisionModel(vision), "vision_tower"),
-    ):
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.dim() > 1:
-                    param.normal_(0, 0.15)
-        model.save_pretrained(out_dir / part, safe_serialization=True)
-    (out_dir / "vision_tower" / "preprocessor_config.json").write_text(
-        json.dumps(
-            dict(
-                image_processor_type="SiglipImageProcessor",
-                do_resize=True,
-                size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                resample=3,
-                image_mean=[0.5] * 3,
-                image_std=[0.5] * 3,
-            )
-        )
-    )
+    llm = transformers.LlamaForCausalLM(text)
+    write_vila_parts(out_dir, llm, transformers.SiglipVisionModel(vision))
     hidden, c = text.hidden_size, VISION_SIZE
     shapes = {
         "mlp2x_gelu": {"layers.0": (hidden, c), "layers.2": (hidden, hidden)},
@@ -87,15 +76,7 @@ def build_tiny_vila(
             "layers.4": (hidden, hidden),
         },
     }[projector]
-    tensors = {}
-    for name, shape in shapes.items():
-        tensors[f"{name}.weight"] = torch.randn(shape) * 0.15 + (len(shape) == 1)
-        tensors[f"{name}.bias"] = torch.randn(shape[0]) * 0.1
-    (out_dir / "mm_projector").mkdir()
-    save_file(tensors, out_dir / "mm_projector" / "model.safetensors", metadata={"format": "pt"})
-    (out_dir / "mm_projector" / "config.json").write_text(
-        json.dumps({"model_type": "v2l_projector", "mm_projector_type": projector})
-    )
+    write_vila_projector(out_dir, projector, shapes)
     (out_dir / "config.json").write_text(
         json.dumps(
             {

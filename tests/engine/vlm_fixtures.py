@@ -107,3 +107,42 @@ def save_renamed(source: Path, out: Path, renames: list[tuple[str, str]]) -> Non
                 break
         tensors[name] = tensor
     save_file(tensors, out, metadata={"format": "pt"})
+
+
+def write_vila_parts(out_dir: Path, llm: torch.nn.Module, vision_tower: torch.nn.Module) -> None:
+    """``llm/`` and ``vision_tower/`` of a VILA-layout checkpoint (VILA1.5, NVILA), their
+    matrices redrawn at a scale that gives the tiny models lively logits, and the tower's
+    SigLIP preprocessor_config.json."""
+    for model, part in ((llm, "llm"), (vision_tower, "vision_tower")):
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.dim() > 1:
+                    param.normal_(0, 0.15)
+        model.save_pretrained(out_dir / part, safe_serialization=True)
+    size = vision_tower.config.image_size
+    (out_dir / "vision_tower" / "preprocessor_config.json").write_text(
+        json.dumps(
+            dict(
+                image_processor_type="SiglipImageProcessor",
+                do_resize=True,
+                size={"height": size, "width": size},
+                resample=3,
+                image_mean=[0.5] * 3,
+                image_std=[0.5] * 3,
+            )
+        )
+    )
+
+
+def write_vila_projector(out_dir: Path, kind: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """``mm_projector/`` of a VILA-layout checkpoint: random weights and biases of
+    ``shapes`` (norm weights, the 1-D ones, around 1) and its ``mm_projector_type``."""
+    tensors = {}
+    for name, shape in shapes.items():
+        tensors[f"{name}.weight"] = torch.randn(shape) * 0.15 + (len(shape) == 1)
+        tensors[f"{name}.bias"] = torch.randn(shape[0]) * 0.1
+    (out_dir / "mm_projector").mkdir()
+    save_file(tensors, out_dir / "mm_projector" / "model.safetensors", metadata={"format": "pt"})
+    (out_dir / "mm_projector" / "config.json").write_text(
+        json.dumps({"model_type": "v2l_projector", "mm_projector_type": kind})
+    )
