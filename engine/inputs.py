@@ -91,8 +91,9 @@ class InputProcessor:
             self._check_chars(len(prompt))
             with self._tokenizer_lock:
                 token_ids = self.tokenizer(prompt).input_ids
-            if images:
-                token_ids = self.vision.expand(token_ids, images)
+                # NOTE: under the lock: expanding may tokenize (Qwen3-VL's timestamps).
+                if images:
+                    token_ids = self.vision.expand(token_ids, images)
         else:
             token_ids = list(prompt)
             if not token_ids:
@@ -125,8 +126,8 @@ class InputProcessor:
             text = render_chat(self.chat_template, messages, flat, tools, continue_final_message)
             # The template writes any BOS itself, so the tokenizer must not add another.
             token_ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if images:
-            token_ids = self.vision.expand(token_ids, images)
+            if images:
+                token_ids = self.vision.expand(token_ids, images)
         return self._checked(token_ids, images)
 
     def _check_chars(self, num_chars: int) -> None:

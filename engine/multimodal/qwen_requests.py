@@ -1,11 +1,13 @@
 """Qwen2.5-VL's side of request handling: images of any size, each taking the tokens
 its patch grid gives, placed by the checkpoint's chat template from the message parts
-as they are, and the M-RoPE positions of the prompt they make. Videos (Qwen2.5-VL's,
-qwen_video.py) are media like images here, with a token of their own
-(``video_token_id``) and a temporal patch count."""
+as they are, and the M-RoPE positions of the prompt they make. Videos (qwen_video.py,
+qwen3_video.py) are media like images here, with a token of their own
+(``video_token_id``) and a temporal patch count; a Qwen3-VL video's tokens are one run
+per temporal patch, each after its timestamp's text."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +16,13 @@ from engine.errors import InvalidRequestError
 from engine.multimodal.images import ImageInput, ImageLimits
 from engine.multimodal.mrope import MRopePositions, mrope_positions
 from engine.multimodal.prompt import flatten_messages
+from engine.multimodal.qwen3_video import Qwen3VideoInput, Qwen3VideoProcessor
 from engine.multimodal.qwen_images import QwenImageProcessor
-from engine.multimodal.qwen_video import QWEN_VIDEO_MODEL_TYPES, QwenVideoInput, QwenVideoProcessor
+from engine.multimodal.qwen_video import QwenVideoInput, QwenVideoProcessor
 from engine.multimodal.requests import ImageRequests
 
 QWEN_VL_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl")
+VIDEO_PROCESSORS = {"qwen2_5_vl": QwenVideoProcessor, "qwen3_vl": Qwen3VideoProcessor}
 
 
 class QwenImageRequests(ImageRequests):
@@ -40,11 +44,17 @@ class QwenImageRequests(ImageRequests):
         grid = self.processor.grid
         # [1, grid_h / m, grid_w / m, m * m, patch_dim]: all but the two block counts
         self.patch_dim = 3 * grid.temporal_patch_size * grid.patch_size**2
+        video_processor = VIDEO_PROCESSORS.get(getattr(hf_config, "model_type", None))
         self.videos: QwenVideoProcessor | None = None
-        if getattr(hf_config, "model_type", None) in QWEN_VIDEO_MODEL_TYPES:
-            self.videos = QwenVideoProcessor(model_dir, grid, self.limits)
+        if video_processor is not None:
+            self.videos = video_processor(model_dir, grid, self.limits)
             self.video_token_id: int = hf_config.video_token_id
-            self.tokens_per_second: float = hf_config.vision_config.tokens_per_second
+            self.tokens_per_second = getattr(hf_config.vision_config, "tokens_per_second", None)
+            # Qwen3-VL's timestamps: tokenized by ``expand``, which the InputProcessor
+            # calls under the lock it holds for this (shared) tokenizer.
+            self.tokenizer = tokenizer
+            self.vision_start_id = getattr(hf_config, "vision_start_token_id", None)
+            self.vision_end_id = getattr(hf_config, "vision_end_token_id", None)
 
     def flatten(self, messages: list[dict]) -> tuple[list[dict], list[ImageInput]]:
         """The messages with their parts kept (the template joins them), each image part
@@ -82,10 +92,30 @@ class QwenImageRequests(ImageRequests):
             raise InvalidRequestError(
                 "the prompt's image and video tokens are not in the order of its media"
             )
-        sizes = iter(self.image_sizes(images))
+        media = iter(images)
         expanded: list[int] = []
         for token_id in token_ids:
-            expanded += [token_id] * next(sizes) if token_id in media_tokens else [token_id]
+            if token_id not in media_tokens:
+                expanded.append(token_id)
+                continue
+            image = next(media)
+            if isinstance(image, Qwen3VideoInput):
+                expanded += self._stamped_patches(image)
+            else:
+                expanded += [token_id] * self.processor.grid.num_tokens(image.pixel_values)
+        return expanded
+
+    def _stamped_patches(self, video: Qwen3VideoInput) -> list[int]:
+        """What stands for a Qwen3-VL video's ``<|video_pad|>``: each temporal patch's
+        ``<t seconds>`` and its tokens between vision start and end, as
+        ``Qwen3VLProcessor.replace_video_token`` writes them. The timestamp text lies
+        between special tokens, so tokenized alone it is what tokenizing the whole
+        prompt gives."""
+        patch_tokens = [self.video_token_id] * math.prod(video.pixel_values.shape[1:3])
+        expanded: list[int] = []
+        for seconds in video.timestamps:
+            expanded += self.tokenizer.encode(f"<{seconds:.1f} seconds>", add_special_tokens=False)
+            expanded += [self.vision_start_id, *patch_tokens, self.vision_end_id]
         return expanded
 
     def check(self, images: list[ImageInput]) -> None:
@@ -94,6 +124,9 @@ class QwenImageRequests(ImageRequests):
             raise InvalidRequestError(f"a prompt may hold at most {self.limits.max_images} images")
         if videos and self.videos is None:
             raise InvalidRequestError("this model does not accept videos")
+        # Qwen2.5-VL's and Qwen3-VL's videos take different prompts and positions.
+        if any(type(video) is not self.videos.input_type for video in videos):
+            raise InvalidRequestError("a video prepared for another model (use chat_request)")
         merge = self.processor.grid.merge_size
         for image in images:
             shape = tuple(image.pixel_values.shape) if isinstance(image, ImageInput) else ()
@@ -117,27 +150,39 @@ class QwenImageRequests(ImageRequests):
                 f"take {sum(sizes)} ({', '.join(map(str, sizes)) or 'none'})"
             )
         start = 0
-        for size in sizes:
-            if positions[start + size - 1] - positions[start] != size - 1:
+        for run in (run for image in images for run in self._runs(image)):
+            if positions[start + run - 1] - positions[start] != run - 1:
                 raise InvalidRequestError("an image's tokens must be consecutive in the prompt")
-            start += size
+            start += run
         return positions
+
+    def _runs(self, image: ImageInput) -> list[int]:
+        """The lengths of the runs of consecutive tokens an image or video fills: one,
+        but a Qwen3-VL video's, one a temporal patch."""
+        if isinstance(image, Qwen3VideoInput):
+            grid_t, *grid_hw = image.pixel_values.shape[:3]
+            return [math.prod(grid_hw)] * grid_t
+        return [self.processor.grid.num_tokens(image.pixel_values)]
 
     def mrope(self, token_ids: list[int], images: list[ImageInput]) -> MRopePositions | None:
         """The prompt's M-RoPE positions (None without images: plain positions)."""
         if not images:
             return None
         positions = self.positions(token_ids, images)
-        starts, first = [], 0
-        for size in self.image_sizes(images):
-            starts.append(positions[first])
-            first += size
-        grids, intervals = [], []
+        starts, grids, intervals, first = [], [], [], 0
         for image in images:
             shape = tuple(image.pixel_values.shape)
-            is_video = isinstance(image, QwenVideoInput)
-            grids.append(shape[0:3] if is_video else shape[1:3])
-            intervals.append(self._time_interval(image) if is_video else 1.0)
+            if isinstance(image, Qwen3VideoInput):  # each temporal patch as an image
+                pieces = [(shape[1:3], 1.0)] * shape[0]
+            elif isinstance(image, QwenVideoInput):
+                pieces = [(shape[0:3], self._time_interval(image))]
+            else:
+                pieces = [(shape[1:3], 1.0)]
+            for grid, interval in pieces:
+                starts.append(positions[first])
+                grids.append(grid)
+                intervals.append(interval)
+                first += math.prod(grid)
         return mrope_positions(len(token_ids), starts, grids, intervals)
 
     def _time_interval(self, video: QwenVideoInput) -> float:

@@ -31,16 +31,12 @@ from engine.multimodal.images import CLIP_MEAN, CLIP_STD, ImageInput, ImageLimit
 from engine.multimodal.qwen_images import QwenGrid, smart_resize
 from engine.multimodal.video import LoadedVideo, VideoInfo, decode_frames, video_bytes
 
-# Qwen2VLVideoProcessor's defaults, where the config is silent.
-DEFAULT_MIN_PIXELS = 128 * 28 * 28
-DEFAULT_MAX_PIXELS = 28 * 28 * 768
+# Qwen2VLVideoProcessor's defaults (Qwen3VLVideoProcessor's too), where the config is silent.
 DEFAULT_MIN_FRAMES = 4
 DEFAULT_MAX_FRAMES = 768
 DEFAULT_FPS = 2.0  # qwen-vl-utils' FPS
 # Qwen2VLVideoProcessor.max_video_tokens: the budget cap_pixels_per_frame shares out.
 MAX_VIDEO_TOKENS = 128000
-# Models whose videos this module prepares (Qwen3-VL writes timestamps into its prompt).
-QWEN_VIDEO_MODEL_TYPES = ("qwen2_5_vl",)
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,21 +48,37 @@ class QwenVideoInput(ImageInput):
 
 
 class QwenVideoProcessor:
+    """Qwen2.5-VL's; the base of Qwen3-VL's (qwen3_video.py), which samples, resizes and
+    stamps its frames otherwise."""
+
+    default_min_pixels = 128 * 28 * 28
+    default_max_pixels = 28 * 28 * 768
+    default_mean, default_std = CLIP_MEAN, CLIP_STD
+    input_type: type[QwenVideoInput] = QwenVideoInput
+
     def __init__(self, model_dir: Path, grid: QwenGrid, limits: ImageLimits):
         self.grid = grid
         self.limits = limits
         pp = _read_config(model_dir)
+        if float(pp.get("rescale_factor", 1 / 255)) != 1 / 255:
+            raise ModelLoadError(f"{model_dir}: a video rescale_factor other than 1/255")
+        self._configure(pp)
+
+    def _configure(self, pp: dict) -> None:
+        """The settings of the video (or image) preprocessor config ``pp``."""
         size = pp.get("size") or {}
-        self.min_pixels = int(pp.get("min_pixels") or size.get("shortest_edge", DEFAULT_MIN_PIXELS))
-        self.max_pixels = int(pp.get("max_pixels") or size.get("longest_edge", DEFAULT_MAX_PIXELS))
+        self.min_pixels = int(
+            pp.get("min_pixels") or size.get("shortest_edge", self.default_min_pixels)
+        )
+        self.max_pixels = int(
+            pp.get("max_pixels") or size.get("longest_edge", self.default_max_pixels)
+        )
         self.min_frames = int(pp.get("min_frames", DEFAULT_MIN_FRAMES))
         self.max_frames = int(pp.get("max_frames", DEFAULT_MAX_FRAMES))
         self.fps = float(pp.get("fps") or DEFAULT_FPS)
         self.cap_pixels_per_frame = bool(pp.get("cap_pixels_per_frame"))
-        self.mean = torch.tensor(pp.get("image_mean", CLIP_MEAN)) * 255.0
-        self.std = torch.tensor(pp.get("image_std", CLIP_STD)) * 255.0
-        if float(pp.get("rescale_factor", 1 / 255)) != 1 / 255:
-            raise ModelLoadError(f"{model_dir}: a video rescale_factor other than 1/255")
+        self.mean = torch.tensor(pp.get("image_mean", self.default_mean)) * 255.0
+        self.std = torch.tensor(pp.get("image_std", self.default_std)) * 255.0
 
     def sample(self, info: VideoInfo) -> list[int]:
         """transformers' ``sample_frames`` with ``fps``: the frame count rounded down to
@@ -103,11 +115,16 @@ class QwenVideoProcessor:
         # are another video.
         digest = hashlib.blake2b(data, digest_size=16)
         digest.update(repr((indices, tuple(pixel_values.shape))).encode())
-        sampled_fps = len(indices) / info.num_frames * info.fps if info.fps else 24.0
-        video = QwenVideoInput(
-            pixel_values, digest.digest(), self.grid.temporal_patch_size / sampled_fps
-        )
+        video = self._video_input(pixel_values, digest.digest(), info, indices)
         return LoadedVideo([video], "", [{"type": "video"}])
+
+    def _video_input(
+        self, pixel_values: torch.Tensor, content_hash: bytes, info: VideoInfo, indices: list[int]
+    ) -> QwenVideoInput:
+        sampled_fps = len(indices) / info.num_frames * info.fps if info.fps else 24.0
+        return QwenVideoInput(
+            pixel_values, content_hash, self.grid.temporal_patch_size / sampled_fps
+        )
 
     def _check_tokens(self, num_frames: int, width: int, height: int) -> None:
         factor, max_tokens = self.grid.factor, self.limits.max_video_tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -73,12 +74,20 @@ PREPROCESSOR = dict(
     image_std=[0.5, 0.5, 0.5],
     image_processor_type="Qwen2VLImageProcessorFast",
 )
+# The Hub's Qwen3-VL ship a video_preprocessor_config.json of their own; here a clip may
+# hold 256 tokens of 32 px (its frames times each frame's) before it is scaled down.
+VIDEO_PREPROCESSOR = dict(
+    {key: value for key, value in PREPROCESSOR.items() if key != "image_processor_type"},
+    size=dict(shortest_edge=32 * 32 * 4, longest_edge=32 * 32 * 256),
+    video_processor_type="Qwen3VLVideoProcessor",
+)
 
 
 def build_tiny_qwen3_vl(out_dir: Path, seed: int = 0, tie_word_embeddings: bool = False) -> Path:
     """A tiny random Qwen3VLForConditionalGeneration (tokenizer, template, processor
-    config as build_tiny_qwen_vl writes them); tied embeddings as the 2B and 4B have."""
-    return build_tiny_qwen_vl(
+    config as build_tiny_qwen_vl writes them, and a video_preprocessor_config.json); tied
+    embeddings as the 2B and 4B have."""
+    build_tiny_qwen_vl(
         out_dir,
         transformers.Qwen3VLConfig,
         transformers.Qwen3VLForConditionalGeneration,
@@ -89,6 +98,8 @@ def build_tiny_qwen3_vl(out_dir: Path, seed: int = 0, tie_word_embeddings: bool 
         seed,
         tie_word_embeddings=tie_word_embeddings,
     )
+    (out_dir / "video_preprocessor_config.json").write_text(json.dumps(VIDEO_PREPROCESSOR))
+    return out_dir
 
 
 def load_qwen3_vl_reference(model_dir: Path):
