@@ -74,6 +74,11 @@ class AsyncLLM:
         return self.engine.vision is not None
 
     @property
+    def accepts_videos(self) -> bool:
+        """Whether the model takes ``video_url`` parts (a video loader of its own)."""
+        return self.engine.vision is not None and self.engine.vision.videos is not None
+
+    @property
     def chat_template(self) -> str | None:
         """The chat template's Jinja text (None without one), e.g. to tell its formats."""
         return self.engine.inputs.chat_template.source

@@ -43,6 +43,10 @@ class ServerContext:
     def accepts_images(self) -> bool:
         return self.holder.llm.accepts_images
 
+    @property
+    def accepts_videos(self) -> bool:
+        return self.holder.llm.accepts_videos
+
     def check_model(self, requested: str | None) -> str:
         """The served model's name; a 404 if the request names another one."""
         name = self.model_name

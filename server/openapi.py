@@ -190,6 +190,7 @@ class ModelCard(Shape):
     root: str = Field(description="the checkpoint path or Hub ID")
     max_model_len: int
     accepts_images: bool
+    accepts_videos: bool
     demo: bool = Field(description="the built-in demo model: random weights")
 
 

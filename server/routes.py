@@ -20,6 +20,7 @@ def _model_card(ctx: ServerContext) -> dict:
         "root": llm.model_name,
         "max_model_len": llm.max_model_len,
         "accepts_images": ctx.accepts_images,
+        "accepts_videos": ctx.accepts_videos,
         # The built-in demo: random weights, meaningless output.
         "demo": llm.is_demo,
     }
