@@ -51,13 +51,19 @@ class NvilaImageRequests(ImageRequests):
         self.processor = ImageProcessor(model_dir, hf_config, limits)
         self.tiles = NvilaImageProcessor(self.processor, hf_config)
         self.aspect_ratio = hf_config.image_aspect_ratio
-        self.videos: FramesAsImages | None = None  # None: videos refused
-        if hf_config.num_video_frames:
-            self.videos = FramesAsImages(
-                hf_config.num_video_frames, self.processor.preprocess, IMAGE_TOKEN, self.limits
-            )
         side = hf_config.vision_config.image_size
         self.tile_shape = (3, side, side)
+        self.videos: FramesAsImages | None = None  # None: videos refused
+        if hf_config.num_video_frames:
+            # Each frame one resized tile, then "\n"'s tokens.
+            tokens_per_frame = model.num_tokens(self.tile_shape) + len(self.newline_ids)
+            self.videos = FramesAsImages(
+                hf_config.num_video_frames,
+                self.processor.preprocess,
+                IMAGE_TOKEN,
+                self.limits,
+                tokens_per_frame,
+            )
 
     def flatten(self, messages: list[dict]) -> tuple[list[dict], list[ImageInput]]:
         """String-content messages as NVILA writes them, and the images' tiles (and the

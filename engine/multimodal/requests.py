@@ -85,7 +85,11 @@ class ImageRequests:
         num_video_frames = getattr(hf_config, "num_video_frames", None)
         self.videos = (
             FramesAsImages(
-                num_video_frames, self.processor.preprocess, self.placeholder, self.limits
+                num_video_frames,
+                self.processor.preprocess,
+                self.placeholder,
+                self.limits,
+                self.num_image_tokens,
             )
             if num_video_frames
             else None

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.errors import InvalidRequestError
 from engine.multimodal.images import ImageLimits, image_input
 from engine.multimodal.video import (
     LoadedVideo,
@@ -31,7 +32,8 @@ def uniform_indices(num_frames: int, num_samples: int) -> list[int]:
 
 class FramesAsImages:
     """``load(url)`` for a model that sees ``num_frames`` frames of a video as images
-    (``preprocess``: an RGB PIL image -> that model's pixel tensor)."""
+    (``preprocess``: an RGB PIL image -> that model's pixel tensor), each taking at
+    least ``tokens_per_frame`` prompt positions."""
 
     def __init__(
         self,
@@ -39,16 +41,19 @@ class FramesAsImages:
         preprocess: Callable[[Image.Image], torch.Tensor],
         placeholder: str,
         limits: ImageLimits,
+        tokens_per_frame: int,
     ):
         self.num_frames = num_frames
         self.preprocess = preprocess
         self.placeholder = placeholder
         self.limits = limits
+        self.tokens_per_frame = tokens_per_frame
 
     def sample(self, info: VideoInfo) -> list[int]:
         return uniform_indices(info.num_frames, self.num_frames)
 
     def load(self, url: str) -> LoadedVideo:
+        self._check_tokens()
         data = video_bytes(url, self.limits)
         _, frames = decode_frames(data, self.sample, self.limits)
         inputs = []
@@ -58,3 +63,14 @@ class FramesAsImages:
         return LoadedVideo(
             inputs, "\n".join([self.placeholder] * len(inputs)), [{"type": "image"}] * len(inputs)
         )
+
+    def _check_tokens(self) -> None:
+        """A video the context cannot hold is refused before it is fetched: its frame
+        count is the model's, whatever the video."""
+        num_tokens = self.num_frames * self.tokens_per_frame
+        max_tokens = self.limits.max_video_tokens
+        if max_tokens is not None and num_tokens >= max_tokens:
+            raise InvalidRequestError(
+                f"a video sampled to {self.num_frames} frames takes {num_tokens} tokens, "
+                f"more than the context of {max_tokens} holds"
+            )

@@ -11,7 +11,7 @@ import json
 import pytest
 from PIL import Image
 
-from engine import LLM
+from engine import LLM, InvalidRequestError
 from engine.multimodal.video_frames import uniform_indices
 from tests.engine.nvila_fixtures import SYSTEM, NvilaReference, build_tiny_nvila, lite_tiles
 from tests.engine.test_nvila import GREEDY, IMAGES, URLS, user
@@ -55,3 +55,22 @@ def test_an_image_beside_a_video_is_still_tiled(nvila):
     prompt = SYSTEM + user(image_text + "<vila/video>Same?") + "<|im_start|>assistant\n"
     units = reference.media(IMAGES[0], tiled=True) + [reference.video_unit(FRAMES)]
     assert llm.chat(messages, GREEDY).token_ids == reference.greedy(prompt, units, 6)
+
+
+def test_a_video_longer_than_the_context_is_refused_before_fetching(nvila, monkeypatch):
+    """num_video_frames frames of one tile and "\\n" each: a context that holds no more
+    than the video's tokens refuses it before the video is fetched or decoded."""
+    llm, _ = nvila
+    messages = [{"role": "user", "content": [VIDEO_PART, text_part("What happens?")]}]
+    with_video = llm.engine.chat_request(messages)[0]
+    without = llm.engine.chat_request([{"role": "user", "content": "What happens?"}])[0]
+    num_video_tokens = len(with_video) - len(without)
+    short = LLM(str(llm.engine.model_dir), kv_cache_memory=0.01, max_model_len=num_video_tokens)
+
+    def fetch(*args):
+        raise AssertionError("fetched a video the context cannot hold")
+
+    monkeypatch.setattr("engine.multimodal.video_frames.video_bytes", fetch)
+    expected = f"takes {num_video_tokens} tokens, more than the context of {num_video_tokens}"
+    with pytest.raises(InvalidRequestError, match=expected):
+        short.engine.chat_request(messages)
