@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint bench gpu-check serve web-vendor clean
+.PHONY: install browser test lint bench gpu-check native-check serve web-vendor clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,20 @@ bench: $(STAMP)
 gpu-check:
 	$(if $(OUT),,$(error usage: make gpu-check OUT=DIR [WHEELS=DIR]))
 	PYTHONPATH=. $(PYTHON) benchmarks/gpu_check.py --out "$(OUT)" $(if $(WHEELS),--wheels "$(WHEELS)")
+
+# The native CPU kernels' Arm code paths (dot-product instructions, and without them),
+# cross-compiled and run under qemu (Debian: gcc-aarch64-linux-gnu qemu-user), then this
+# CPU's own and the portable path; tests/kernels/test_cpu_native.py covers this CPU in
+# `make test`.
+NATIVE_CHECK = kernels/cpu_quant_gemm.c tests/kernels/native_check.c -fopenmp -lm
+native-check:
+	mkdir -p build/native-check
+	cc -O3 -march=native $(NATIVE_CHECK) -o build/native-check/native && build/native-check/native
+	cc -O3 $(NATIVE_CHECK) -o build/native-check/portable && build/native-check/portable
+	for arch in armv8.2-a+dotprod armv8-a; do \
+		aarch64-linux-gnu-gcc -O3 -march=$$arch $(NATIVE_CHECK) -o build/native-check/$$arch \
+		&& qemu-aarch64 -L /usr/aarch64-linux-gnu build/native-check/$$arch || exit 1; \
+	done
 
 # `make serve [MODEL=PATH_OR_HUB_ID] [HOST=...] [PORT=...] [ARGS="--api-key KEY ..."]`
 HOST ?= 127.0.0.1

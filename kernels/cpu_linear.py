@@ -15,13 +15,25 @@ The kernels run in the dtype the scales are packed in, whatever the activations'
 and fp16 take a scalar path, 4-10x slower (measured on AVX2, torch 2.13), so a model in
 fp32 runs its quantized linears in bf16 for speed, or in fp32 to be exact.
 
+With int8 activations (``torch.int8`` as the dtype to compute in), the matmuls are
+kernels/cpu_native.py's instead: the activations quantized to int8 in blocks of 32
+(``quantize_activations`` is the twin), integer dot products, fp32 out. They are 2-3x
+faster than torch's bf16 kernels on AVX2 and lose about as much precision (relative
+output error ~0.4%, measured on random layers); their twins are the references below fed
+``quantize_activations(x)``. Their int4 layout (``pack_int4_native``) keeps, for each 32
+codes of a row, code j in the low nibble of byte j and code j + 16 in its high nibble.
+
 NOTE: CPU tensors only; the packed int4 layout is torch's own and depends on the CPU it
 was packed on, so weights are packed at load, never stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from kernels.cpu_native import NativeKernels
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel implements
 INT4_OUT_MULTIPLE = 16  # torch packs the int4 weight in blocks of 16 output channels
@@ -33,6 +45,14 @@ INT8_MAX = 127
 # Rows quantized at a time: a 152k-vocab head's fp32 temporaries would otherwise be
 # several copies of a 545 MB table at the load's memory peak.
 INT8_CHUNK_ROWS = 8192
+ACTIVATION_BLOCK = 32  # in-features per int8 activation scale (kernels/cpu_quant_gemm.c)
+NATIVE_ROWS = 4  # weight rows per tile in the native int4 layout (ROWS there)
+INT8_ACTIVATIONS = torch.int8  # the "dtype to compute in" of the native kernels
+
+
+def scale_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype weight scales are stored in for kernels computing in ``dtype``."""
+    return torch.float32 if dtype == INT8_ACTIVATIONS else dtype
 
 
 def check_int4_shape(in_features: int, out_features: int, group_size: int) -> None:
@@ -57,6 +77,55 @@ def check_int8_shape(in_features: int) -> None:
             f"{in_features} in-features is not a multiple of {INT8_IN_MULTIPLE}, as torch's "
             "CPU int8 kernel needs"
         )
+
+
+def check_native_shape(in_features: int, group_size: int) -> None:
+    """Raise ValueError unless the native kernels can run a layer of this shape."""
+    if in_features % ACTIVATION_BLOCK or group_size % ACTIVATION_BLOCK:
+        raise ValueError(
+            f"{in_features} in-features in groups of {group_size}: the int8-activation "
+            f"kernels need multiples of {ACTIVATION_BLOCK}"
+        )
+    if in_features % group_size:
+        raise ValueError(f"int4 group size {group_size} does not divide {in_features} in-features")
+
+
+def pack_int4_native(
+    codes: torch.Tensor,  # [N, K] integers in [0, 15]
+    zeros: torch.Tensor,  # [K/G, N] integers in [0, 15]
+    scales: torch.Tensor,  # [K/G, N]
+    group_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(weight, scales, offsets)`` for kernels/cpu_native.py, ``w = q * s - offset``
+    (offset = z * s: exact in fp32 for the scale as stored), in tiles of NATIVE_ROWS rows
+    (N padded with zero rows): weight [tiles, K/32, rows, 16] uint8, scales and offsets
+    [tiles, K/G, rows] fp32. ValueError for a shape the kernels cannot take."""
+    out_features, in_features = codes.shape
+    check_native_shape(in_features, group_size)
+    padded = out_features + -out_features % NATIVE_ROWS
+    num_tiles, num_blocks = padded // NATIVE_ROWS, in_features // ACTIVATION_BLOCK
+    rows = codes.new_zeros(padded, in_features, dtype=torch.uint8)
+    rows[:out_features] = codes
+    halves = rows.reshape(num_tiles, NATIVE_ROWS, num_blocks, 2, ACTIVATION_BLOCK // 2)
+    weight = (halves[:, :, :, 0] | (halves[:, :, :, 1] << 4)).transpose(1, 2)
+
+    def by_tile(per_group: torch.Tensor) -> torch.Tensor:  # [K/G, N] -> [tiles, K/G, rows]
+        full = per_group.new_zeros(per_group.shape[0], padded)
+        full[:, :out_features] = per_group
+        return full.reshape(-1, num_tiles, NATIVE_ROWS).transpose(0, 1).contiguous()
+
+    scales32 = scales.float()
+    offsets = zeros.float() * scales32
+    return weight.reshape(num_tiles, -1).contiguous(), by_tile(scales32), by_tile(offsets)
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """The native kernels' view of ``x`` [..., K]: rounded (half to even) to int8 steps
+    of ``max|x| / 127`` per block of 32 in-features, returned as fp32 values."""
+    blocks = x.float().reshape(*x.shape[:-1], -1, ACTIVATION_BLOCK)
+    scales = blocks.abs().amax(dim=-1, keepdim=True) / 127
+    inverse = torch.where(scales > 0, 1.0 / scales, torch.zeros_like(scales))
+    return (torch.round(blocks * inverse) * scales).reshape(x.shape)
 
 
 def pack_int4(
@@ -92,13 +161,41 @@ def int4_linear(
     group_size: int,
     bias: torch.Tensor | None = None,  # [N] in x's dtype
 ) -> torch.Tensor:  # [..., N] in x's dtype
-    out_features = scales_and_zeros.shape[1]
-    x2 = x.reshape(-1, x.shape[-1]).to(scales_and_zeros.dtype).contiguous()
-    if x2.shape[0] == 0:  # the kernel cannot reduce over no rows
+    def matmul(rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            rows, packed_weight, group_size, scales_and_zeros
+        )
+
+    return _linear_rows(x, scales_and_zeros.shape[1], scales_and_zeros.dtype, matmul, bias)
+
+
+def native_int4_linear(
+    kernels: NativeKernels,
+    x: torch.Tensor,  # [..., K]
+    weight: torch.Tensor,  # from pack_int4_native
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    group_size: int,
+    out_features: int,
+    bias: torch.Tensor | None = None,  # [N] in x's dtype
+) -> torch.Tensor:  # [..., N] in x's dtype
+    def matmul(rows: torch.Tensor) -> torch.Tensor:
+        return kernels.int4_matmul(rows, weight, scales, offsets, group_size, out_features)
+
+    return _linear_rows(x, out_features, torch.float32, matmul, bias)
+
+
+def _linear_rows(
+    x: torch.Tensor,  # [..., K]
+    out_features: int,
+    dtype: torch.dtype,  # what ``matmul`` takes
+    matmul: Callable[[torch.Tensor], torch.Tensor],  # [M, K] contiguous -> [M, N]
+    bias: torch.Tensor | None,
+) -> torch.Tensor:  # [..., N] in x's dtype
+    rows = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
+    if rows.shape[0] == 0:  # the kernels cannot reduce over no rows
         return x.new_zeros(*x.shape[:-1], out_features)
-    out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-        x2, packed_weight, group_size, scales_and_zeros
-    ).to(x.dtype)
+    out = matmul(rows).to(x.dtype)
     if bias is not None:
         out += bias
     return out.view(*x.shape[:-1], out_features)
@@ -125,10 +222,11 @@ def int4_linear_reference(
 
 def quantize_int8(
     weight: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:  # ([N, K] int8, [N] in dtype)
+) -> tuple[torch.Tensor, torch.Tensor]:  # ([N, K] int8, [N] in scale_dtype(dtype))
     """Round-to-nearest symmetric int8 per output channel of an ``[N, K]`` weight. The
     codes round against the scales as stored in ``dtype``, so that ``q * s`` is the
     weight's nearest value on the grid the kernel multiplies by."""
+    dtype = scale_dtype(dtype)
     codes = torch.empty(weight.shape, dtype=torch.int8)
     scales = torch.empty(weight.shape[0], dtype=dtype)
     for start in range(0, weight.shape[0], INT8_CHUNK_ROWS):
@@ -146,14 +244,23 @@ def int8_linear(
     scales: torch.Tensor,  # [N] in the dtype to compute in
     bias: torch.Tensor | None = None,  # [N] in x's dtype
 ) -> torch.Tensor:  # [..., N] in x's dtype
-    out_features = weight.shape[0]
-    x2 = x.reshape(-1, x.shape[-1]).to(scales.dtype).contiguous()
-    if x2.shape[0] == 0:
-        return x.new_zeros(*x.shape[:-1], out_features)
-    out = torch.ops.aten._weight_int8pack_mm(x2, weight, scales).to(x.dtype)
-    if bias is not None:
-        out += bias
-    return out.view(*x.shape[:-1], out_features)
+    def matmul(rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(rows, weight, scales)
+
+    return _linear_rows(x, weight.shape[0], scales.dtype, matmul, bias)
+
+
+def native_int8_linear(
+    kernels: NativeKernels,
+    x: torch.Tensor,  # [..., K], K a multiple of 32
+    weight: torch.Tensor,  # [N, K] int8
+    scales: torch.Tensor,  # [N] fp32
+    bias: torch.Tensor | None = None,  # [N] in x's dtype
+) -> torch.Tensor:  # [..., N] in x's dtype
+    def matmul(rows: torch.Tensor) -> torch.Tensor:
+        return kernels.int8_matmul(rows, weight, scales)
+
+    return _linear_rows(x, weight.shape[0], torch.float32, matmul, bias)
 
 
 def int8_linear_reference(

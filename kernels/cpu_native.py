@@ -1,0 +1,175 @@
+"""The CPU's int4/int8 matmuls with int8 activations (kernels/cpu_quant_gemm.c), built at
+run time with the machine's C compiler and loaded with ctypes.
+
+The library is compiled once per source, compiler and CPU (``-march=native``: AVX2 on
+x86, the dot-product instructions on Arm where the CPU has them) into a cache directory,
+and reused by every later process; two processes building at once each write a file
+of their own and rename it into place. Where no compiler works, ``load`` raises
+NativeBuildError with what went wrong, and the caller falls back to torch's kernels.
+
+Each matmul quantizes its activations first (kernels/cpu_linear.py's
+``quantize_activations`` is the torch twin of that step) and then shares the weight's
+rows among ``torch.get_num_threads()`` OpenMP threads (torch's own libgomp, already
+loaded, runs them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_quant_gemm.c")
+QBLOCK = 32  # activations are quantized in blocks of this many in-features
+COMPILE_TIMEOUT_S = 120
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_SIGNATURES = {
+    "edgechat_quantize_rows": [_P, _I64, _I64, _P, _P, _P],
+    "edgechat_int4_matmul": [_P, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _P, ctypes.c_int],
+    "edgechat_int8_matmul": [_P, _P, _I64, _P, _P, _I64, _I64, _P, ctypes.c_int],
+}
+
+
+class NativeBuildError(RuntimeError):
+    """The C kernels could not be compiled or loaded on this machine."""
+
+
+class QuantizedActivations:
+    """Rows of activations as the kernels read them: int8 codes [M, K], and per block of
+    32 the scale and the scale times the codes' sum, [M, K/32] fp32 each."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, scaled_sums: torch.Tensor):
+        self.codes, self.scales, self.scaled_sums = codes, scales, scaled_sums
+
+
+class NativeKernels:
+    def __init__(self, library: ctypes.CDLL, path: Path):
+        for name, argtypes in _SIGNATURES.items():
+            getattr(library, name).argtypes = argtypes
+        library.edgechat_simd.restype = ctypes.c_char_p
+        self._lib = library
+        self.path = path
+        self.simd = library.edgechat_simd().decode()  # which code path was compiled in
+
+    def quantize(self, x: torch.Tensor) -> QuantizedActivations:
+        """``x`` [M, K] fp32 contiguous, K a multiple of 32."""
+        rows, in_features = x.shape
+        blocks = in_features // QBLOCK
+        codes = torch.empty(rows, in_features, dtype=torch.int8)
+        scales = torch.empty(rows, blocks)
+        scaled_sums = torch.empty(rows, blocks)
+        self._lib.edgechat_quantize_rows(
+            x.data_ptr(), rows, in_features, codes.data_ptr(), scales.data_ptr(),
+            scaled_sums.data_ptr(),
+        )  # fmt: skip
+        return QuantizedActivations(codes, scales, scaled_sums)
+
+    def int4_matmul(
+        self,
+        x: torch.Tensor,  # [M, K] fp32, contiguous
+        weight: torch.Tensor,  # tiles of rows (kernels/cpu_linear.py: pack_int4_native)
+        scales: torch.Tensor,  # [tiles, K/G, rows] fp32
+        offsets: torch.Tensor,  # [tiles, K/G, rows] fp32: zero point times scale
+        group_size: int,
+        out_features: int,  # N: the tiles' rows without their padding
+    ) -> torch.Tensor:  # [M, N] fp32
+        a = self.quantize(x)
+        out = torch.empty(x.shape[0], out_features)
+        self._lib.edgechat_int4_matmul(
+            a.codes.data_ptr(), a.scales.data_ptr(), a.scaled_sums.data_ptr(), x.shape[0],
+            weight.data_ptr(), scales.data_ptr(), offsets.data_ptr(), out_features,
+            x.shape[1], group_size, out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    def int8_matmul(
+        self,
+        x: torch.Tensor,  # [M, K] fp32, contiguous
+        weight: torch.Tensor,  # [N, K] int8
+        scales: torch.Tensor,  # [N] fp32
+    ) -> torch.Tensor:  # [M, N] fp32
+        a = self.quantize(x)
+        out = torch.empty(x.shape[0], weight.shape[0])
+        self._lib.edgechat_int8_matmul(
+            a.codes.data_ptr(), a.scales.data_ptr(), x.shape[0], weight.data_ptr(),
+            scales.data_ptr(), weight.shape[0], x.shape[1], out.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+
+def load(cache_dir: Path, arch_flag: str | None = None) -> NativeKernels:
+    """The kernels, compiled into ``cache_dir`` unless this source, compiler and CPU
+    have been built before; NativeBuildError if that is impossible here. ``arch_flag``
+    replaces ``-march=native`` (tests build the portable C path with it)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise NativeBuildError("no C compiler found (set CC, or install gcc)")
+    flags = ["-O3", arch_flag or _native_arch_flag(), "-fopenmp", "-shared", "-fPIC"]
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), _compiler_version(compiler), " ".join(flags), _cpu_id()):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    path = cache_dir / f"cpu_quant_gemm-{key.hexdigest()[:16]}.so"
+    if not path.exists():
+        _compile(compiler, flags, path)
+    try:
+        return NativeKernels(ctypes.CDLL(str(path)), path)
+    except OSError as e:
+        raise NativeBuildError(f"cannot load {path}: {e}") from None
+
+
+def _compile(compiler: str, flags: list[str], path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so.tmp")
+        os.close(fd)
+    except OSError as e:
+        raise NativeBuildError(f"cannot write to {path.parent}: {e}") from None
+    try:
+        result = subprocess.run(
+            [compiler, *flags, str(SOURCE), "-o", tmp],
+            capture_output=True,
+            text=True,
+            timeout=COMPILE_TIMEOUT_S,
+        )
+        if result.returncode != 0:
+            raise NativeBuildError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NativeBuildError(f"cannot run {compiler}: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _native_arch_flag() -> str:
+    # GCC and clang take -march=native on x86 and -mcpu=native on Arm.
+    return "-mcpu=native" if platform.machine() in ("aarch64", "arm64") else "-march=native"
+
+
+def _compiler_version(compiler: str) -> str:
+    try:
+        return subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NativeBuildError(f"cannot run {compiler}: {e}") from None
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() + platform.machine()
+    wanted = ("model name", "flags", "Features", "CPU part", "CPU implementer")
+    return "\n".join(sorted({line for line in lines if line.startswith(wanted)}))

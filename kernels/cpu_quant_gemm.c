@@ -1,0 +1,250 @@
+/* Weight-only int4 and int8 matmuls for CPUs, with the activations quantized to int8 on
+ * the fly (blocks of 32, as llama.cpp's Q8_0): integer dot products of 32 weights at a
+ * time, one float multiply-add per block. torch's own CPU int4 kernel dequantizes every
+ * weight to float on AVX2 and runs at a third of memory bandwidth; this one is memory
+ * bound. Built at run time by kernels/cpu_native.py (-O3 -march=native -fopenmp); the
+ * torch twins are in kernels/cpu_linear.py.
+ *
+ * Activations x [M, K] fp32, quantized per row in blocks of 32:
+ *   xs[b] = max|x_b| / 127, xq = round(x / xs[b]) (half to even), xsum[b] = xs[b] * sum(xq_b).
+ * int4 weights [N, K/2] bytes, per 32-block of a row 16 bytes: byte j holds code j (low
+ * nibble) and code j + 16 (high nibble); w = q * s[n, g] - m[n, g] (m = z * s), G | K:
+ *   y[m, n] = sum_g s[n, g] * sum_{b in g} xs[b] * dot(q_b, xq_b) - m[n, g] * sum_{b in g} xsum[b].
+ * int8 weights [N, K] with a scale per row: y[m, n] = s[n] * sum_b xs[b] * dot(w_b, xq_b).
+ */
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define EDGECHAT_AVX2 1
+#elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#define EDGECHAT_NEON_DOT 1
+#endif
+
+#define QBLOCK 32
+#define ROWS 4 /* weight rows per tile: one activation block load serves four */
+#define PREFETCH_BYTES 1024 /* how far ahead of a tile's stream to prefetch */
+
+const char *edgechat_simd(void) {
+#if defined(EDGECHAT_AVX2)
+    return "avx2";
+#elif defined(EDGECHAT_NEON_DOT)
+    return "neon-dotprod";
+#else
+    return "portable";
+#endif
+}
+
+/* xq [M, K] int8, xs and xsum [M, K/32] */
+void edgechat_quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, float *xs,
+                            float *xsum) {
+    const int64_t nb = K / QBLOCK;
+    for (int64_t i = 0; i < M * nb; i++) {
+        const float *xb = x + i * QBLOCK;
+        float amax = 0.0f;
+        for (int j = 0; j < QBLOCK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        const float scale = amax / 127.0f;
+        const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QBLOCK; j++) {
+            const int q = (int)nearbyintf(xb[j] * inverse);
+            xq[i * QBLOCK + j] = (int8_t)q;
+            sum += q;
+        }
+        xs[i] = scale;
+        xsum[i] = scale * (float)sum;
+    }
+}
+
+#if defined(EDGECHAT_AVX2)
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* dot of 32 unsigned 4-bit codes (16 bytes) with 32 int8 activations, as 8 int32 lanes */
+static inline __m256i dot_int4(const uint8_t *w, __m256i xv) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)w);
+    const __m256i codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
+                                           _mm256_set1_epi8(0x0F));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xv), _mm256_set1_epi16(1));
+}
+
+/* dot of 32 int8 weights with 32 int8 activations (|xq| <= 127, so the pairs fit int16) */
+static inline __m256i dot_int8(const int8_t *w, __m256i xv, __m256i abs_x) {
+    const __m256i signed_w = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)w), xv);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(abs_x, signed_w), _mm256_set1_epi16(1));
+}
+#endif
+
+/* A tile of ROWS rows of an int4 weight is one run of bytes: for each 32-block b, the 16
+ * bytes of row 0, then of rows 1..ROWS-1 (one cache line), so that a tile streams from
+ * memory in order; its scales and offsets likewise [K/G][ROWS]. */
+
+/* ROWS outputs of one weight tile against one quantized activation row */
+static void int4_tile(const uint8_t *w, const float *s, const float *m, const int8_t *xq,
+                      const float *xs, const float *xsum, int64_t K, int64_t G, float *y) {
+    const int64_t per_group = G / QBLOCK, num_groups = K / G;
+    const int64_t block_bytes = ROWS * (QBLOCK / 2);
+#if defined(EDGECHAT_AVX2)
+    __m256 acc[ROWS];
+    float zero_terms[ROWS] = {0};
+    for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < num_groups; g++) {
+        __m256 group[ROWS];
+        float sums = 0.0f;
+        for (int r = 0; r < ROWS; r++) group[r] = _mm256_setzero_ps();
+        for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
+            const uint8_t *wb = w + b * block_bytes;
+            _mm_prefetch((const char *)(wb + PREFETCH_BYTES), _MM_HINT_T0);
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
+            const __m256 scale = _mm256_set1_ps(xs[b]);
+            for (int r = 0; r < ROWS; r++) {
+                const __m256i dot = dot_int4(wb + r * (QBLOCK / 2), xv);
+                group[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, group[r]);
+            }
+            sums += xsum[b];
+        }
+        for (int r = 0; r < ROWS; r++) {
+            acc[r] = _mm256_fmadd_ps(group[r], _mm256_set1_ps(s[g * ROWS + r]), acc[r]);
+            zero_terms[r] += m[g * ROWS + r] * sums;
+        }
+    }
+    for (int r = 0; r < ROWS; r++) y[r] = hsum(acc[r]) - zero_terms[r];
+#elif defined(EDGECHAT_NEON_DOT)
+    float32x4_t acc[ROWS];
+    float zero_terms[ROWS] = {0};
+    for (int r = 0; r < ROWS; r++) acc[r] = vdupq_n_f32(0.0f);
+    for (int64_t g = 0; g < num_groups; g++) {
+        float32x4_t group[ROWS];
+        float sums = 0.0f;
+        for (int r = 0; r < ROWS; r++) group[r] = vdupq_n_f32(0.0f);
+        for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
+            const uint8_t *wb = w + b * block_bytes;
+            const int8x16_t x_low = vld1q_s8(xq + b * QBLOCK);
+            const int8x16_t x_high = vld1q_s8(xq + b * QBLOCK + QBLOCK / 2);
+            for (int r = 0; r < ROWS; r++) {
+                const uint8x16_t raw = vld1q_u8(wb + r * (QBLOCK / 2));
+                const int8x16_t low = vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(0x0F)));
+                const int8x16_t high = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
+                int32x4_t dot = vdotq_s32(vdupq_n_s32(0), low, x_low);
+                dot = vdotq_s32(dot, high, x_high);
+                group[r] = vfmaq_n_f32(group[r], vcvtq_f32_s32(dot), xs[b]);
+            }
+            sums += xsum[b];
+        }
+        for (int r = 0; r < ROWS; r++) {
+            acc[r] = vfmaq_n_f32(acc[r], group[r], s[g * ROWS + r]);
+            zero_terms[r] += m[g * ROWS + r] * sums;
+        }
+    }
+    for (int r = 0; r < ROWS; r++) y[r] = vaddvq_f32(acc[r]) - zero_terms[r];
+#else
+    for (int r = 0; r < ROWS; r++) {
+        float total = 0.0f;
+        for (int64_t g = 0; g < num_groups; g++) {
+            float group = 0.0f, sums = 0.0f;
+            for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
+                const uint8_t *wb = w + b * block_bytes + r * (QBLOCK / 2);
+                const int8_t *xb = xq + b * QBLOCK;
+                int dot = 0;
+                for (int j = 0; j < QBLOCK / 2; j++)
+                    dot += (wb[j] & 0x0F) * xb[j] + (wb[j] >> 4) * xb[j + QBLOCK / 2];
+                group += xs[b] * (float)dot;
+                sums += xsum[b];
+            }
+            total += s[g * ROWS + r] * group - m[g * ROWS + r] * sums;
+        }
+        y[r] = total;
+    }
+#endif
+}
+
+static float int8_row(const int8_t *w, float s, const int8_t *xq, const float *xs, int64_t K) {
+    float total = 0.0f;
+    for (int64_t b = 0; b < K / QBLOCK; b++) {
+        int dot = 0;
+        for (int j = 0; j < QBLOCK; j++) dot += w[b * QBLOCK + j] * xq[b * QBLOCK + j];
+        total += xs[b] * (float)dot;
+    }
+    return s * total;
+}
+
+static void int8_tile(const int8_t *w, const float *s, const int8_t *xq, const float *xs,
+                      int64_t K, float *y) {
+#if defined(EDGECHAT_AVX2)
+    __m256 acc[ROWS];
+    for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < K / QBLOCK; b++) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
+        const __m256i abs_x = _mm256_sign_epi8(xv, xv);
+        const __m256 scale = _mm256_set1_ps(xs[b]);
+        for (int r = 0; r < ROWS; r++) {
+            _mm_prefetch((const char *)(w + r * K + b * QBLOCK + PREFETCH_BYTES), _MM_HINT_T0);
+            const __m256i dot = dot_int8(w + r * K + b * QBLOCK, xv, abs_x);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+        }
+    }
+    for (int r = 0; r < ROWS; r++) y[r] = s[r] * hsum(acc[r]);
+#elif defined(EDGECHAT_NEON_DOT)
+    float32x4_t acc[ROWS];
+    for (int r = 0; r < ROWS; r++) acc[r] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < K / QBLOCK; b++) {
+        const int8x16_t x_low = vld1q_s8(xq + b * QBLOCK);
+        const int8x16_t x_high = vld1q_s8(xq + b * QBLOCK + QBLOCK / 2);
+        for (int r = 0; r < ROWS; r++) {
+            const int8_t *wb = w + r * K + b * QBLOCK;
+            int32x4_t dot = vdotq_s32(vdupq_n_s32(0), vld1q_s8(wb), x_low);
+            dot = vdotq_s32(dot, vld1q_s8(wb + QBLOCK / 2), x_high);
+            acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot), xs[b]);
+        }
+    }
+    for (int r = 0; r < ROWS; r++) y[r] = s[r] * vaddvq_f32(acc[r]);
+#else
+    for (int r = 0; r < ROWS; r++) y[r] = int8_row(w + r * K, s[r], xq, xs, K);
+#endif
+}
+
+/* y [M, N] = x @ W.T for int4 W packed in tiles (N rounded up to ROWS); x quantized by
+ * edgechat_quantize_rows. The tiles are shared out among the threads; each tile's bytes
+ * stay in L1 for all M rows of x. */
+void edgechat_int4_matmul(const int8_t *xq, const float *xs, const float *xsum, int64_t M,
+                          const uint8_t *w, const float *s, const float *m, int64_t N,
+                          int64_t K, int64_t G, float *y, int threads) {
+    const int64_t nb = K / QBLOCK, num_groups = K / G, num_tiles = (N + ROWS - 1) / ROWS;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < num_tiles; t++) {
+        const int64_t n = t * ROWS, rows = N - n < ROWS ? N - n : ROWS;
+        for (int64_t i = 0; i < M; i++) {
+            float out[ROWS];
+            int4_tile(w + t * ROWS * (K / 2), s + t * num_groups * ROWS,
+                      m + t * num_groups * ROWS, xq + i * K, xs + i * nb, xsum + i * nb, K, G,
+                      out);
+            for (int64_t r = 0; r < rows; r++) y[i * N + n + r] = out[r];
+        }
+    }
+}
+
+/* y [M, N] = x @ W.T for int8 W [N, K] with a scale per row */
+void edgechat_int8_matmul(const int8_t *xq, const float *xs, int64_t M, const int8_t *w,
+                          const float *s, int64_t N, int64_t K, float *y, int threads) {
+    const int64_t nb = K / QBLOCK, num_tiles = (N + ROWS - 1) / ROWS;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < num_tiles; t++) {
+        const int64_t n = t * ROWS;
+        for (int64_t i = 0; i < M; i++) {
+            if (n + ROWS <= N) {
+                float out[ROWS];
+                int8_tile(w + n * K, s + n, xq + i * K, xs + i * nb, K, out);
+                for (int r = 0; r < ROWS; r++) y[i * N + n + r] = out[r];
+            } else {
+                for (int64_t r = n; r < N; r++)
+                    y[i * N + r] = int8_row(w + r * K, s[r], xq + i * K, xs + i * nb, K);
+            }
+        }
+    }
+}
