@@ -9,7 +9,9 @@ patches of ``h`` x ``w`` tokens is ``t`` such grids in a row, all from ``p``, bu
 temporal position of patch ``k`` is ``p + int(k * interval)``, its ``interval`` (the
 config's ``tokens_per_second`` times the seconds one patch spans) in float32 as
 transformers computes it; the text after it continues from ``p + max(h, w)`` still
-(transformers 5.x; 4.x and vLLM went on from the video's largest position plus one). Past
+(transformers 5.x; 4.x and vLLM went on from the video's largest position plus one).
+Qwen3-VL's videos come here as one image grid per temporal patch, each at its own start
+(its ``get_rope_index`` splits a video so; qwen_requests.py does the same). Past
 the prompt a token's position is its index plus the prompt's ``delta`` (0 or less), in
 all three streams: its generate counts on from the prompt's last position (not from its
 ``rope_deltas``, one past the largest, which a video's temporal patches can outrun).

@@ -367,3 +367,9 @@ def test_a_video_longer_than_the_context_is_refused_before_decoding(qwen_dir, mo
     monkeypatch.setattr("engine.multimodal.video._decode_at", decode)
     with pytest.raises(InvalidRequestError, match="takes 48 tokens, more than the context of 40"):
         llm.engine.chat_request(CONVERSATIONS["video"])
+
+
+def test_a_truncated_video_is_a_400_naming_the_part(llm):
+    truncated = [{"role": "user", "content": [text_part("Hi"), video_part(VIDEO[:2000])]}]
+    with pytest.raises(InvalidRequestError, match=r"messages\[0\]\.content\[1\]: cannot decode"):
+        llm.engine.chat_request(truncated)
