@@ -25,7 +25,8 @@ class BlockRunner:
         self.position_embeddings = rotary(probe, positions)
         self.samples_per_chunk = max(1, MAX_CHUNK_TOKENS // seq_len)
 
-    def _call(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def call(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)`` for one chunk ``x`` [samples, seq_len, features]."""
         if "position_embeddings" in inspect.signature(module.forward).parameters:
             out = module(x, position_embeddings=self.position_embeddings, attention_mask=None)
         else:
@@ -37,16 +38,7 @@ class BlockRunner:
         return list(x.split(self.samples_per_chunk))
 
     def outputs(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._call(module, chunk) for chunk in self.chunks(x)])
-
-    def mean_squared_error(
-        self, module: nn.Module, x: torch.Tensor, reference: torch.Tensor
-    ) -> float:
-        """MSE of ``module(x)`` against ``reference``, never holding the whole output."""
-        total = 0.0
-        for chunk, expected in zip(self.chunks(x), self.chunks(reference)):
-            total += float((self._call(module, chunk) - expected).float().pow(2).sum())
-        return total / reference.numel()
+        return torch.cat([self.call(module, chunk) for chunk in self.chunks(x)])
 
 
 def record_inputs(

@@ -188,9 +188,10 @@ def _quantize_layers(
         x = source.embed(ids)  # [num_samples, seq_len, hidden]
         runner = BlockRunner(source.rotary(), ids.shape[1], source.dtype, source.device)
         logger.info("calibrating on %d samples of %d tokens", *ids.shape)
-    # tqdm's rate and remaining time are the mean time per layer and the estimated total;
-    # the postfix shows the last layer's own time.
+    # tqdm shows the time so far, the time left and the mean time per layer; the postfix,
+    # the last layer's own time and the estimated total (layers cost alike).
     bar = tqdm(range(source.num_layers), desc=f"quantizing ({config.method})", unit="layer")
+    first_start = time.perf_counter()
     for index in bar:
         start = time.perf_counter()
         name = source.layer_name(index)
@@ -203,7 +204,9 @@ def _quantize_layers(
         prefix = source.checkpoint_name(name)
         writer.add(_layer_tensors(layer, layout, prefix, config.group_size))
         source.release(layer)
-        bar.set_postfix_str(f"layer {index}: {time.perf_counter() - start:.1f} s")
+        done = time.perf_counter()
+        total = (done - first_start) / (index + 1) * source.num_layers
+        bar.set_postfix_str(f"layer {index}: {done - start:.1f} s, total ~{total / 60:.1f} min")
 
 
 def _layer_tensors(
