@@ -90,6 +90,16 @@ def check_native_shape(in_features: int, group_size: int) -> None:
         raise ValueError(f"int4 group size {group_size} does not divide {in_features} in-features")
 
 
+def check_int4_kernel_shape(
+    in_features: int, out_features: int, group_size: int, dtype: torch.dtype
+) -> None:
+    """Raise ValueError unless the int4 kernel computing in ``dtype`` takes this shape."""
+    if dtype == INT8_ACTIVATIONS:
+        check_native_shape(in_features, group_size)
+    else:
+        check_int4_shape(in_features, out_features, group_size)
+
+
 def pack_int4_native(
     codes: torch.Tensor,  # [N, K] integers in [0, 15]
     zeros: torch.Tensor,  # [K/G, N] integers in [0, 15]
@@ -226,16 +236,41 @@ def quantize_int8(
     """Round-to-nearest symmetric int8 per output channel of an ``[N, K]`` weight. The
     codes round against the scales as stored in ``dtype``, so that ``q * s`` is the
     weight's nearest value on the grid the kernel multiplies by."""
+    tiled = int8_tiled(dtype, weight.shape[1])
     dtype = scale_dtype(dtype)
     codes = torch.empty(weight.shape, dtype=torch.int8)
     scales = torch.empty(weight.shape[0], dtype=dtype)
-    for start in range(0, weight.shape[0], INT8_CHUNK_ROWS):
+    for start in range(0, weight.shape[0], INT8_CHUNK_ROWS):  # NOTE: a multiple of the tile
         w = weight[start : start + INT8_CHUNK_ROWS].float()
         chunk_scales = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=1e-12).to(dtype)
         rounded = torch.round(w / chunk_scales.float()[:, None]).clamp_(-INT8_MAX, INT8_MAX)
-        codes[start : start + len(w)] = rounded
+        codes[start : start + len(w)] = tile_int8_rows(rounded) if tiled else rounded
         scales[start : start + len(w)] = chunk_scales
     return codes, scales
+
+
+def int8_tiled(dtype: torch.dtype, in_features: int) -> bool:
+    """Whether ``quantize_int8`` lays the codes out in the native kernel's tiles: for
+    int8 activations, where the kernel can take the in-features."""
+    return dtype == INT8_ACTIVATIONS and in_features % ACTIVATION_BLOCK == 0
+
+
+def tile_int8_rows(rows: torch.Tensor) -> torch.Tensor:  # [R, K] -> [R, K]
+    """The native int8 layout of ``rows``: each whole tile of NATIVE_ROWS rows becomes, for
+    each 32-block, its 32 codes of row 0, then of the tile's next rows; the last
+    R % NATIVE_ROWS rows stay as they are (so that chunks of whole tiles tile alone)."""
+    whole, in_features = rows.shape[0] - rows.shape[0] % NATIVE_ROWS, rows.shape[1]
+    tiles = rows[:whole].reshape(-1, NATIVE_ROWS, in_features // ACTIVATION_BLOCK, ACTIVATION_BLOCK)
+    return torch.cat([tiles.transpose(1, 2).reshape(whole, in_features), rows[whole:]])
+
+
+def untile_int8_rows(tiled: torch.Tensor) -> torch.Tensor:  # [R, K] -> [R, K]
+    """``tile_int8_rows``' inverse: the codes row by row."""
+    whole, in_features = tiled.shape[0] - tiled.shape[0] % NATIVE_ROWS, tiled.shape[1]
+    tiles = tiled[:whole].reshape(
+        -1, in_features // ACTIVATION_BLOCK, NATIVE_ROWS, ACTIVATION_BLOCK
+    )
+    return torch.cat([tiles.transpose(1, 2).reshape(whole, in_features), tiled[whole:]])
 
 
 def int8_linear(
@@ -278,9 +313,25 @@ def int8_linear_reference(
 
 def int8_rows(
     ids: torch.Tensor,  # [...] int64
-    weight: torch.Tensor,  # [V, H] int8
+    weight: torch.Tensor,  # [V, H] int8, in tiles if ``tiled`` (tile_int8_rows)
     scales: torch.Tensor,  # [V]
     dtype: torch.dtype,
+    tiled: bool = False,
 ) -> torch.Tensor:  # [..., H]
     """The embedding lookup of an int8 table: only the rows read are dequantized."""
-    return (weight[ids].float() * scales[ids].float()[..., None]).to(dtype)
+    rows = weight.view(-1)[_tiled_offsets(ids, *weight.shape)] if tiled else weight[ids]
+    return (rows.float() * scales[ids].float()[..., None]).to(dtype)
+
+
+def _tiled_offsets(ids: torch.Tensor, num_rows: int, in_features: int) -> torch.Tensor:
+    """[..., K]: where each code of each row ``ids`` sits in a tiled table, flattened."""
+    k = torch.arange(in_features, device=ids.device)
+    n = ids[..., None]
+    in_tile = (
+        (n - n % NATIVE_ROWS) * in_features
+        + (k // ACTIVATION_BLOCK) * (NATIVE_ROWS * ACTIVATION_BLOCK)
+        + (n % NATIVE_ROWS) * ACTIVATION_BLOCK
+        + k % ACTIVATION_BLOCK
+    )
+    whole = num_rows - num_rows % NATIVE_ROWS
+    return torch.where(n < whole, in_tile, n * in_features + k)

@@ -174,18 +174,24 @@ static float int8_row(const int8_t *w, float s, const int8_t *xq, const float *x
     return s * total;
 }
 
+/* An int8 weight's whole tiles of ROWS rows are runs of bytes like int4's (for each
+ * 32-block, its 32 bytes of row 0, then of rows 1..ROWS-1); its last N % ROWS rows, if
+ * any, stay plain rows after them. */
 static void int8_tile(const int8_t *w, const float *s, const int8_t *xq, const float *xs,
                       int64_t K, float *y) {
+    const int64_t block_bytes = ROWS * QBLOCK;
 #if defined(EDGECHAT_AVX2)
     __m256 acc[ROWS];
     for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < K / QBLOCK; b++) {
+        const int8_t *wb = w + b * block_bytes;
+        _mm_prefetch((const char *)(wb + PREFETCH_BYTES), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wb + PREFETCH_BYTES + 64), _MM_HINT_T0);
         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
         const __m256i abs_x = _mm256_sign_epi8(xv, xv);
         const __m256 scale = _mm256_set1_ps(xs[b]);
         for (int r = 0; r < ROWS; r++) {
-            _mm_prefetch((const char *)(w + r * K + b * QBLOCK + PREFETCH_BYTES), _MM_HINT_T0);
-            const __m256i dot = dot_int8(w + r * K + b * QBLOCK, xv, abs_x);
+            const __m256i dot = dot_int8(wb + r * QBLOCK, xv, abs_x);
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
         }
     }
@@ -194,18 +200,27 @@ static void int8_tile(const int8_t *w, const float *s, const int8_t *xq, const f
     float32x4_t acc[ROWS];
     for (int r = 0; r < ROWS; r++) acc[r] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < K / QBLOCK; b++) {
+        const int8_t *wb = w + b * block_bytes;
         const int8x16_t x_low = vld1q_s8(xq + b * QBLOCK);
         const int8x16_t x_high = vld1q_s8(xq + b * QBLOCK + QBLOCK / 2);
         for (int r = 0; r < ROWS; r++) {
-            const int8_t *wb = w + r * K + b * QBLOCK;
-            int32x4_t dot = vdotq_s32(vdupq_n_s32(0), vld1q_s8(wb), x_low);
-            dot = vdotq_s32(dot, vld1q_s8(wb + QBLOCK / 2), x_high);
+            int32x4_t dot = vdotq_s32(vdupq_n_s32(0), vld1q_s8(wb + r * QBLOCK), x_low);
+            dot = vdotq_s32(dot, vld1q_s8(wb + r * QBLOCK + QBLOCK / 2), x_high);
             acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot), xs[b]);
         }
     }
     for (int r = 0; r < ROWS; r++) y[r] = s[r] * vaddvq_f32(acc[r]);
 #else
-    for (int r = 0; r < ROWS; r++) y[r] = int8_row(w + r * K, s[r], xq, xs, K);
+    for (int r = 0; r < ROWS; r++) {
+        float total = 0.0f;
+        for (int64_t b = 0; b < K / QBLOCK; b++) {
+            const int8_t *wb = w + b * block_bytes + r * QBLOCK;
+            int dot = 0;
+            for (int j = 0; j < QBLOCK; j++) dot += wb[j] * xq[b * QBLOCK + j];
+            total += xs[b] * (float)dot;
+        }
+        y[r] = s[r] * total;
+    }
 #endif
 }
 
@@ -229,7 +244,7 @@ void edgechat_int4_matmul(const int8_t *xq, const float *xs, const float *xsum, 
     }
 }
 
-/* y [M, N] = x @ W.T for int8 W [N, K] with a scale per row */
+/* y [M, N] = x @ W.T for int8 W [N, K] (tiled as above) with a scale per row */
 void edgechat_int8_matmul(const int8_t *xq, const float *xs, int64_t M, const int8_t *w,
                           const float *s, int64_t N, int64_t K, float *y, int threads) {
     const int64_t nb = K / QBLOCK, num_tiles = (N + ROWS - 1) / ROWS;

@@ -79,20 +79,27 @@ static int check_int8(int64_t M, int64_t N, int64_t K) {
     int8_t *xq = malloc(M * K), *w = malloc(N * K);
     float *y = malloc(sizeof(float) * M * N), *ref = calloc(M * N, sizeof(float));
     for (int64_t i = 0; i < M * K; i++) x[i] = uniform() * 2.0f - 1.0f;
-    for (int64_t i = 0; i < N * K; i++) w[i] = (int8_t)(rand() % 255 - 127);
+    int8_t *rows = malloc(N * K); /* row by row; w holds them in tiles (then the rest) */
+    for (int64_t i = 0; i < N * K; i++) rows[i] = (int8_t)(rand() % 255 - 127);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t t = n / ROWS, r = n % ROWS, b = k / QBLOCK, j = k % QBLOCK;
+            const int in_tile = t < N / ROWS;
+            w[in_tile ? ((t * blocks + b) * ROWS + r) * QBLOCK + j : n * K + k] = rows[n * K + k];
+        }
     for (int64_t n = 0; n < N; n++) s[n] = 0.001f + 0.001f * uniform();
     edgechat_quantize_rows(x, M, K, xq, xs, xsum);
     edgechat_int8_matmul(xq, xs, M, w, s, N, K, y, 2);
     for (int64_t i = 0; i < M; i++)
         for (int64_t n = 0; n < N; n++)
             for (int64_t k = 0; k < K; k++)
-                ref[i * N + n] += s[n] * (float)w[n * K + k] * (float)xq[i * K + k] *
+                ref[i * N + n] += s[n] * (float)rows[n * K + k] * (float)xq[i * K + k] *
                                   xs[i * blocks + k / QBLOCK];
     char what[64];
     snprintf(what, sizeof what, "int8 M=%lld N=%lld K=%lld", (long long)M, (long long)N,
              (long long)K);
     const int ok = check(what, y, ref, M * N);
-    free(x), free(xs), free(xsum), free(s), free(xq), free(w), free(y), free(ref);
+    free(x), free(xs), free(xsum), free(s), free(xq), free(w), free(rows), free(y), free(ref);
     return ok;
 }
 
