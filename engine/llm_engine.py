@@ -85,7 +85,7 @@ class LLMEngine:
             self.dtype,
             self.device,
             config.quantization,
-            kernel_dtype(config.dtype, self.dtype),
+            kernel_dtype(config.dtype, self.dtype, self.device),
         )
         is_vlm = isinstance(model, VisionLanguageModel)
         image_cache_bytes = config.image_cache_bytes if is_vlm else 0

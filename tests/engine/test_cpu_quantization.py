@@ -14,6 +14,7 @@ from torch import nn
 
 from engine import LLM, EngineError, ModelLoadError, SamplingParams
 from engine.config import EngineConfig
+from engine.layers import cpu_quant
 from engine.layers.awq_linear import AWQLinear
 from engine.layers.cpu_quant import (
     Int4Linear,
@@ -38,6 +39,9 @@ GREEDY = SamplingParams(max_tokens=NUM_NEW, temperature=0, ignore_eos=True)
 # bf16 matmuls (and, with dtype bfloat16, the whole model) against the fp32 reference:
 # logits of magnitude ~6 here drift by 0.11-0.22 at most over 5-7 steps, measured.
 BF16_TOLERANCE = dict(atol=0.3, rtol=0.03)
+# The native kernels' int8 activations (blocks of 32) against the fp32 reference: logits
+# of magnitude ~6.6 here drift by 0.10-0.42 at most over 5-7 steps, measured.
+INT8_ACTIVATION_TOLERANCE = dict(atol=0.5, rtol=0.03)
 
 
 def decoder_linears(model: nn.Module) -> list[nn.Module]:
@@ -87,17 +91,28 @@ def test_awq_on_cpu_runs_torch_int4_and_matches_dequantized_transformers(
     assert llm.generate([PROMPT], GREEDY)[0].token_ids == greedy_reference(reference)
 
 
-@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
-def test_awq_on_cpu_with_bf16_kernels_stays_near_the_fp32_reference(awq_checkpoint, dtype):
-    """``auto`` runs the int4 matmuls in bf16 (torch's fast path) whatever the model's
-    dtype; ``bfloat16`` runs everything in it."""
+def test_awq_on_cpu_in_bf16_stays_near_the_fp32_reference(awq_checkpoint):
+    """``bfloat16`` runs everything in it, torch's int4 kernel included."""
     awq_dir = awq_checkpoint("qwen2", 128)
     reference = dequantized_reference(awq_dir, 128)
-    engine = LLMEngine(EngineConfig(model=str(awq_dir), dtype=dtype, kv_cache_memory=0.01))
+    engine = LLMEngine(EngineConfig(model=str(awq_dir), dtype="bfloat16", kv_cache_memory=0.01))
     down_proj = engine.core.runner.model.model.layers[0].mlp.down_proj
-    assert down_proj.scales_and_zeros.dtype == torch.bfloat16
+    assert down_proj.native is None and down_proj.scales_and_zeros.dtype == torch.bfloat16
     for step, (ours, theirs) in enumerate(engine_logits_per_step(engine, PROMPT, 6, reference)):
         torch.testing.assert_close(ours.float(), theirs, **BF16_TOLERANCE, msg=f"step {step}")
+
+
+def test_awq_on_cpu_by_default_runs_the_int8_activation_kernels(awq_checkpoint):
+    """``auto`` on a CPU: fp32 model, int4 matmuls in the native kernels (int8
+    activations), near the fp32 reference (kernels/test_cpu_native.py holds them to their
+    exact twins)."""
+    awq_dir = awq_checkpoint("qwen2", 128)
+    reference = dequantized_reference(awq_dir, 128)
+    engine = LLMEngine(EngineConfig(model=str(awq_dir), kv_cache_memory=0.01))
+    model = engine.core.runner.model
+    assert all(layer.native is not None for layer in decoder_linears(model))
+    for step, (ours, theirs) in enumerate(engine_logits_per_step(engine, PROMPT, 6, reference)):
+        torch.testing.assert_close(ours, theirs, **INT8_ACTIVATION_TOLERANCE, msg=f"step {step}")
 
 
 def dequantized_dense_copy(
@@ -183,7 +198,7 @@ def test_dense_quantization_on_cpu_generates_and_reports_its_memory(
 
 
 @pytest.mark.parametrize("quantization", ["int4", "int8"])
-def test_dense_quantization_by_default_runs_bf16_kernels(
+def test_dense_quantization_by_default_runs_the_int8_activation_kernels(
     tiny_model_factory, tmp_path, quantization
 ):
     source = tiny_model_factory("qwen2", **CPU_TINY)
@@ -191,7 +206,27 @@ def test_dense_quantization_by_default_runs_bf16_kernels(
         EngineConfig(model=str(source), quantization=quantization, kv_cache_memory=0.01)
     )
     model = engine.core.runner.model
-    assert model.lm_head.scales.dtype == torch.bfloat16
+    assert all(layer.native is not None for layer in [*decoder_linears(model), model.lm_head])
+    assert model.lm_head.scales.dtype == torch.float32
+    assert weight_bytes(model) == expected_weight_bytes(source, quantization, kernel_bytes=4)
+    reference = load_reference(dequantized_dense_copy(source, tmp_path / "dq", quantization))
+    for step, (ours, theirs) in enumerate(engine_logits_per_step(engine, PROMPT, 4, reference)):
+        torch.testing.assert_close(ours, theirs, **INT8_ACTIVATION_TOLERANCE, msg=f"step {step}")
+
+
+@pytest.mark.parametrize("quantization", ["int4", "int8"])
+def test_dense_quantization_without_the_native_kernels_runs_torch_bf16_kernels(
+    tiny_model_factory, tmp_path, monkeypatch, quantization
+):
+    """Where the native kernels cannot be built (no C compiler), ``auto`` runs torch's
+    kernels in bf16 under the fp32 model."""
+    monkeypatch.setattr(cpu_quant, "native_kernels", lambda: None)
+    source = tiny_model_factory("qwen2", **CPU_TINY)
+    engine = LLMEngine(
+        EngineConfig(model=str(source), quantization=quantization, kv_cache_memory=0.01)
+    )
+    model = engine.core.runner.model
+    assert model.lm_head.native is None and model.lm_head.scales.dtype == torch.bfloat16
     assert weight_bytes(model) == expected_weight_bytes(source, quantization, kernel_bytes=2)
     dequantized = dequantized_dense_copy(source, tmp_path / "dq", quantization, torch.bfloat16)
     reference = load_reference(dequantized)
