@@ -189,10 +189,23 @@ def native_int4_linear(
     out_features: int,
     bias: torch.Tensor | None = None,  # [N] in x's dtype
 ) -> torch.Tensor:  # [..., N] in x's dtype
+    fused_bias, bias = _split_bias(bias)
+
     def matmul(rows: torch.Tensor) -> torch.Tensor:
-        return kernels.int4_matmul(rows, weight, scales, offsets, group_size, out_features)
+        return kernels.int4_linear(
+            rows, weight, scales, offsets, group_size, out_features, fused_bias
+        )
 
     return _linear_rows(x, out_features, torch.float32, matmul, bias)
+
+
+def _split_bias(
+    bias: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # (for the kernel, to add after)
+    """An fp32 bias is added by the native kernel itself; another dtype's after, in it."""
+    if bias is not None and bias.dtype == torch.float32:
+        return bias.contiguous(), None
+    return None, bias
 
 
 def _linear_rows(
@@ -292,8 +305,10 @@ def native_int8_linear(
     scales: torch.Tensor,  # [N] fp32
     bias: torch.Tensor | None = None,  # [N] in x's dtype
 ) -> torch.Tensor:  # [..., N] in x's dtype
+    fused_bias, bias = _split_bias(bias)
+
     def matmul(rows: torch.Tensor) -> torch.Tensor:
-        return kernels.int8_matmul(rows, weight, scales)
+        return kernels.int8_linear(rows, weight, scales, fused_bias)
 
     return _linear_rows(x, weight.shape[0], torch.float32, matmul, bias)
 

@@ -7,10 +7,10 @@ and reused by every later process; two processes building at once each write a f
 of their own and rename it into place. Where no compiler works, ``load`` raises
 NativeBuildError with what went wrong, and the caller falls back to torch's kernels.
 
-Each matmul quantizes its activations first (kernels/cpu_linear.py's
-``quantize_activations`` is the torch twin of that step) and then shares the weight's
-rows among ``torch.get_num_threads()`` OpenMP threads (torch's own libgomp, already
-loaded, runs them).
+Each linear is one call: it quantizes its activations (kernels/cpu_linear.py's
+``quantize_activations`` is the torch twin of that step; ``quantize`` exposes it for
+tests), shares the weight's rows among ``torch.get_num_threads()`` OpenMP threads (torch's
+own libgomp, already loaded, runs them) and adds the bias.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _SIGNATURES = {
     "edgechat_quantize_rows": [_P, _I64, _I64, _P, _P, _P],
-    "edgechat_int4_matmul": [_P, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _P, ctypes.c_int],
-    "edgechat_int8_matmul": [_P, _P, _I64, _P, _P, _I64, _I64, _P, ctypes.c_int],
+    "edgechat_int4_linear": [_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _P, ctypes.c_int],
+    "edgechat_int8_linear": [_P, _I64, _P, _P, _P, _I64, _I64, _P, ctypes.c_int],
 }
 
 
@@ -73,7 +73,7 @@ class NativeKernels:
         )  # fmt: skip
         return QuantizedActivations(codes, scales, scaled_sums)
 
-    def int4_matmul(
+    def int4_linear(
         self,
         x: torch.Tensor,  # [M, K] fp32, contiguous
         weight: torch.Tensor,  # tiles of rows (kernels/cpu_linear.py: pack_int4_native)
@@ -81,30 +81,39 @@ class NativeKernels:
         offsets: torch.Tensor,  # [tiles, K/G, rows] fp32: zero point times scale
         group_size: int,
         out_features: int,  # N: the tiles' rows without their padding
+        bias: torch.Tensor | None = None,  # [N] fp32
     ) -> torch.Tensor:  # [M, N] fp32
-        a = self.quantize(x)
         out = torch.empty(x.shape[0], out_features)
-        self._lib.edgechat_int4_matmul(
-            a.codes.data_ptr(), a.scales.data_ptr(), a.scaled_sums.data_ptr(), x.shape[0],
-            weight.data_ptr(), scales.data_ptr(), offsets.data_ptr(), out_features,
-            x.shape[1], group_size, out.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
-        return out
-
-    def int8_matmul(
-        self,
-        x: torch.Tensor,  # [M, K] fp32, contiguous
-        weight: torch.Tensor,  # [N, K] int8
-        scales: torch.Tensor,  # [N] fp32
-    ) -> torch.Tensor:  # [M, N] fp32
-        a = self.quantize(x)
-        out = torch.empty(x.shape[0], weight.shape[0])
-        self._lib.edgechat_int8_matmul(
-            a.codes.data_ptr(), a.scales.data_ptr(), x.shape[0], weight.data_ptr(),
-            scales.data_ptr(), weight.shape[0], x.shape[1], out.data_ptr(),
+        status = self._lib.edgechat_int4_linear(
+            x.data_ptr(), x.shape[0], weight.data_ptr(), scales.data_ptr(), offsets.data_ptr(),
+            _pointer(bias), out_features, x.shape[1], group_size, out.data_ptr(),
             torch.get_num_threads(),
         )  # fmt: skip
-        return out
+        return _checked(status, out)
+
+    def int8_linear(
+        self,
+        x: torch.Tensor,  # [M, K] fp32, contiguous
+        weight: torch.Tensor,  # [N, K] int8 in tiles (kernels/cpu_linear.py: tile_int8_rows)
+        scales: torch.Tensor,  # [N] fp32
+        bias: torch.Tensor | None = None,  # [N] fp32
+    ) -> torch.Tensor:  # [M, N] fp32
+        out = torch.empty(x.shape[0], weight.shape[0])
+        status = self._lib.edgechat_int8_linear(
+            x.data_ptr(), x.shape[0], weight.data_ptr(), scales.data_ptr(), _pointer(bias),
+            weight.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return _checked(status, out)
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _checked(status: int, out: torch.Tensor) -> torch.Tensor:
+    if status != 0:  # the scratch for the quantized activations could not be allocated
+        raise MemoryError("the native CPU kernel could not allocate its activation buffers")
+    return out
 
 
 def load(cache_dir: Path, arch_flag: str | None = None) -> NativeKernels:

@@ -14,6 +14,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -224,12 +225,35 @@ static void int8_tile(const int8_t *w, const float *s, const int8_t *xq, const f
 #endif
 }
 
-/* y [M, N] = x @ W.T for int4 W packed in tiles (N rounded up to ROWS); x quantized by
- * edgechat_quantize_rows. The tiles are shared out among the threads; each tile's bytes
- * stay in L1 for all M rows of x. */
-void edgechat_int4_matmul(const int8_t *xq, const float *xs, const float *xsum, int64_t M,
-                          const uint8_t *w, const float *s, const float *m, int64_t N,
-                          int64_t K, int64_t G, float *y, int threads) {
+/* Scratch for x's quantized rows: codes [M, K], then scales and scaled sums [M, K/32]. */
+typedef struct {
+    int8_t *codes;
+    float *scales, *scaled_sums;
+} Quantized;
+
+static int quantize(const float *x, int64_t M, int64_t K, Quantized *q) {
+    const int64_t blocks = M * (K / QBLOCK);
+    float *floats = malloc(sizeof(float) * 2 * blocks);
+    int8_t *codes = malloc(M * K);
+    if (!floats || !codes) {
+        free(floats), free(codes);
+        return -1;
+    }
+    q->codes = codes, q->scales = floats, q->scaled_sums = floats + blocks;
+    edgechat_quantize_rows(x, M, K, q->codes, q->scales, q->scaled_sums);
+    return 0;
+}
+
+static void release(Quantized *q) { free(q->codes), free(q->scales); }
+
+/* y [M, N] = x @ W.T (+ bias) for x [M, K] fp32 and int4 W packed in tiles (N rounded up
+ * to ROWS); bias may be NULL. The tiles are shared out among the threads; each tile's
+ * bytes stay in L1 for all M rows of x. 0, or -1 when out of memory. */
+int edgechat_int4_linear(const float *x, int64_t M, const uint8_t *w, const float *s,
+                         const float *m, const float *bias, int64_t N, int64_t K, int64_t G,
+                         float *y, int threads) {
+    Quantized q;
+    if (quantize(x, M, K, &q)) return -1;
     const int64_t nb = K / QBLOCK, num_groups = K / G, num_tiles = (N + ROWS - 1) / ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < num_tiles; t++) {
@@ -237,29 +261,39 @@ void edgechat_int4_matmul(const int8_t *xq, const float *xs, const float *xsum, 
         for (int64_t i = 0; i < M; i++) {
             float out[ROWS];
             int4_tile(w + t * ROWS * (K / 2), s + t * num_groups * ROWS,
-                      m + t * num_groups * ROWS, xq + i * K, xs + i * nb, xsum + i * nb, K, G,
-                      out);
-            for (int64_t r = 0; r < rows; r++) y[i * N + n + r] = out[r];
+                      m + t * num_groups * ROWS, q.codes + i * K, q.scales + i * nb,
+                      q.scaled_sums + i * nb, K, G, out);
+            for (int64_t r = 0; r < rows; r++)
+                y[i * N + n + r] = out[r] + (bias ? bias[n + r] : 0.0f);
         }
     }
+    release(&q);
+    return 0;
 }
 
-/* y [M, N] = x @ W.T for int8 W [N, K] (tiled as above) with a scale per row */
-void edgechat_int8_matmul(const int8_t *xq, const float *xs, int64_t M, const int8_t *w,
-                          const float *s, int64_t N, int64_t K, float *y, int threads) {
+/* y [M, N] = x @ W.T (+ bias) for int8 W [N, K] (tiled as above) with a scale per row */
+int edgechat_int8_linear(const float *x, int64_t M, const int8_t *w, const float *s,
+                         const float *bias, int64_t N, int64_t K, float *y, int threads) {
+    Quantized q;
+    if (quantize(x, M, K, &q)) return -1;
     const int64_t nb = K / QBLOCK, num_tiles = (N + ROWS - 1) / ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < num_tiles; t++) {
         const int64_t n = t * ROWS;
         for (int64_t i = 0; i < M; i++) {
-            if (n + ROWS <= N) {
-                float out[ROWS];
-                int8_tile(w + n * K, s + n, xq + i * K, xs + i * nb, K, out);
-                for (int r = 0; r < ROWS; r++) y[i * N + n + r] = out[r];
-            } else {
-                for (int64_t r = n; r < N; r++)
-                    y[i * N + r] = int8_row(w + r * K, s[r], xq + i * K, xs + i * nb, K);
-            }
+            const int8_t *xq = q.codes + i * K;
+            const float *xs = q.scales + i * nb;
+            float out[ROWS];
+            const int64_t rows = n + ROWS <= N ? ROWS : N - n;
+            if (rows == ROWS)
+                int8_tile(w + n * K, s + n, xq, xs, K, out);
+            else
+                for (int64_t r = 0; r < rows; r++)
+                    out[r] = int8_row(w + (n + r) * K, s[n + r], xq, xs, K);
+            for (int64_t r = 0; r < rows; r++)
+                y[i * N + n + r] = out[r] + (bias ? bias[n + r] : 0.0f);
         }
     }
+    release(&q);
+    return 0;
 }

@@ -10,11 +10,11 @@
 const char *edgechat_simd(void);
 void edgechat_quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, float *xs,
                             float *xsum);
-void edgechat_int4_matmul(const int8_t *xq, const float *xs, const float *xsum, int64_t M,
-                          const uint8_t *w, const float *s, const float *m, int64_t N,
-                          int64_t K, int64_t G, float *y, int threads);
-void edgechat_int8_matmul(const int8_t *xq, const float *xs, int64_t M, const int8_t *w,
-                          const float *s, int64_t N, int64_t K, float *y, int threads);
+int edgechat_int4_linear(const float *x, int64_t M, const uint8_t *w, const float *s,
+                         const float *m, const float *bias, int64_t N, int64_t K, int64_t G,
+                         float *y, int threads);
+int edgechat_int8_linear(const float *x, int64_t M, const int8_t *w, const float *s,
+                         const float *bias, int64_t N, int64_t K, float *y, int threads);
 
 enum { ROWS = 4, QBLOCK = 32 };
 
@@ -55,7 +55,7 @@ static int check_int4(int64_t M, int64_t N, int64_t K, int64_t G) {
         }
     }
     edgechat_quantize_rows(x, M, K, xq, xs, xsum);
-    edgechat_int4_matmul(xq, xs, xsum, M, w, s, m, N, K, G, y, 2);
+    if (edgechat_int4_linear(x, M, w, s, m, NULL, N, K, G, y, 2)) return 0;
     for (int64_t i = 0; i < M; i++)
         for (int64_t n = 0; n < N; n++)
             for (int64_t k = 0; k < K; k++) {
@@ -89,7 +89,7 @@ static int check_int8(int64_t M, int64_t N, int64_t K) {
         }
     for (int64_t n = 0; n < N; n++) s[n] = 0.001f + 0.001f * uniform();
     edgechat_quantize_rows(x, M, K, xq, xs, xsum);
-    edgechat_int8_matmul(xq, xs, M, w, s, N, K, y, 2);
+    if (edgechat_int8_linear(x, M, w, s, NULL, N, K, y, 2)) return 0;
     for (int64_t i = 0; i < M; i++)
         for (int64_t n = 0; n < N; n++)
             for (int64_t k = 0; k < K; k++)

@@ -108,8 +108,11 @@ def test_native_linears_keep_leading_dims_dtype_and_take_no_rows(kernels):
     codes, zeros, scales = awq_like_int4(8, 64, 32)
     packed = cpu_linear.pack_int4_native(codes, zeros, scales, 32)
     x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
-    out = cpu_linear.native_int4_linear(kernels, x, *packed, 32, 8)
+    bias = torch.randn(8, dtype=torch.bfloat16)  # added after the kernel, in bf16
+    out = cpu_linear.native_int4_linear(kernels, x, *packed, 32, 8, bias)
     assert out.shape == (2, 3, 8) and out.dtype == torch.bfloat16
+    without = cpu_linear.native_int4_linear(kernels, x, *packed, 32, 8)
+    assert torch.equal(out, without + bias)
     empty = cpu_linear.native_int4_linear(kernels, torch.empty(0, 64), *packed, 32, 8)
     assert empty.shape == (0, 8)
 
