@@ -26,9 +26,9 @@ from engine.multimodal.video import VideoInfo, decode_frames
 from engine.multimodal.video_frames import uniform_indices
 
 
-def make_clip(seconds: int, width: int, height: int, fps: int = 30) -> bytes:
+def make_clip(seconds: int, width: int, height: int, fps: int = 30, seed: int = 0) -> bytes:
     out = io.BytesIO()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     with av.open(out, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"

@@ -134,7 +134,10 @@ def data_url(seed: int) -> str:
 
 
 def messages_for(urls: list[str]) -> list[dict]:
-    parts = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    """A user message with ``urls`` (data URLs; a video's a ``video_url`` part), then
+    the prompt."""
+    kinds = ["video_url" if url.startswith("data:video/") else "image_url" for url in urls]
+    parts = [{"type": kind, kind: {"url": url}} for kind, url in zip(kinds, urls)]
     return [{"role": "user", "content": [*parts, {"type": "text", "text": PROMPT}]}]
 
 
