@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import torch
@@ -14,13 +14,19 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from engine.errors import ModelLoadError, UnsupportedModelError
+from engine.fill import fill_parameters
 from engine.layers.awq_linear import convert_to_awq
-from engine.layers.cpu_quant import check_quantization, prepare_cpu_weights
+from engine.layers.cpu_quant import (
+    check_quantization,
+    log_cpu_weights,
+    plan_cpu_weights,
+    weight_bytes,
+)
 from engine.models.registry import model_class_for
 from engine.models.vila import VilaConfig
 from engine.quant.config import AWQConfig, read_quant_config
 from engine.quant.tinychat import FILE_PATTERN, find_tinychat_checkpoint, open_tinychat_checkpoint
-from engine.weights import TensorEntry, checkpoint_entries, is_split_checkpoint, load_into
+from engine.weights import TensorEntry, checkpoint_entries, is_split_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +91,9 @@ def load_model(
     """Build the model for ``config`` and fill it from the checkpoint: safetensors (dense,
     or AutoAWQ GEMM int4 as found on disk), or for the language model a TinyChat ``.pt``
     (int4, converted to AutoAWQ GEMM while it is copied in). On a CPU the int4 layers
-    are then repacked for torch's kernels and ``quantization`` is applied, their
-    matmuls in ``kernel_dtype`` (default: ``dtype``; engine/layers/cpu_quant.py)."""
+    are repacked for torch's kernels and ``quantization`` is applied, their matmuls in
+    ``kernel_dtype`` (default: ``dtype``; engine/layers/cpu_quant.py), each layer as soon
+    as it is read: loading peaks near the quantized model's size, not the dense one's."""
     split = is_split_checkpoint(model_dir)
     tinychat_path = find_tinychat_checkpoint(model_dir)
     converted: Iterable[tuple[str | None, torch.Tensor]] = ()
@@ -104,16 +111,21 @@ def load_model(
         converted = ((part + name, t) for name, t in tinychat.tensors(device))
         converted_qweights = [f"{part}{layer}.qweight" for layer in tinychat.quantized_layers]
     check_quantization(quantization, quant_config is not None, device)
-    model = build_model(config, quant_config, dtype, device)
+    model = _meta_model(config, quant_config, dtype)
+    plan = None
+    if device.type == "cpu":
+        plan = plan_cpu_weights(model, quantization, kernel_dtype or dtype)
+    bytes_before = weight_bytes(model)
+    _allocate(model, device, plan.deferred if plan is not None else ())
     rename = model.checkpoint_name
     entries = _renamed(entries, rename)
     converted = ((rename(name), t) for name, t in converted)
     converted_qweights = [rename(name) for name in converted_qweights]
     qweights = [e.name for e in entries if e.name.endswith(".qweight")] + converted_qweights
     _check_quantized_scope(qweights, model.quantized_scope)
-    _fill_parameters(model, entries, converted)
-    if device.type == "cpu":
-        prepare_cpu_weights(model, quantization, kernel_dtype or dtype)
+    fill_parameters(model, entries, converted, plan)
+    if plan is not None:
+        log_cpu_weights(plan, bytes_before, weight_bytes(model))
     return model.eval()
 
 
@@ -136,62 +148,31 @@ def build_model(
     device: torch.device,
 ) -> nn.Module:
     """The model with its weights allocated but not filled (rotary tables built)."""
+    model = _meta_model(config, quant_config, dtype)
+    _allocate(model, device)
+    return model
+
+
+def _meta_model(
+    config: PretrainedConfig, quant_config: AWQConfig | None, dtype: torch.dtype
+) -> nn.Module:
     model_cls = model_class_for(config)
     with torch.device("meta"):
         model = model_cls(config)
         if quant_config is not None:
             convert_to_awq(model, quant_config)
     # Cast while still on meta (free), so memory is only ever allocated in the final dtype.
-    model = model.to(dtype).to_empty(device=device)
+    return model.to(dtype)
+
+
+def _allocate(model: nn.Module, device: torch.device, keep_on_meta: Collection[str] = ()) -> None:
+    """Allocate the tensors of ``model`` on ``device``, but those of the modules named in
+    ``keep_on_meta`` (the fill builds each of those alone), and build the rotary tables."""
+    kept = set(keep_on_meta)
+    for name, module in model.named_modules():
+        if name not in kept:
+            module.to_empty(device=device, recurse=False)
     model.init_buffers(device)
-    return model
-
-
-def _fill_parameters(
-    model: nn.Module,
-    entries: list[TensorEntry],
-    tensors: Iterable[tuple[str | None, torch.Tensor]] = (),
-) -> None:
-    """Copy the safetensors ``entries`` and the in-memory ``tensors`` (named as the
-    model's checkpoint names them; None: a tensor it does not use) into ``model``;
-    raise if any weight is left unfilled."""
-    params = _checkpoint_tensors(model)
-    modules = dict(model.named_modules())
-    fused = model.fused_layers
-    unfilled = _expected_checkpoint_names(params, fused)
-
-    def target_for(name: str) -> torch.Tensor | None:
-        module_name, _, param_name = name.rpartition(".")
-        parent_name, _, layer_name = module_name.rpartition(".")
-        if layer_name in fused:
-            fused_name, index = fused[layer_name]
-            target_name = f"{parent_name}.{fused_name}"
-            if f"{target_name}.{param_name}" in params:
-                unfilled.discard(name)
-                return modules[target_name].shard(param_name, index)
-        # Not fused here (e.g. a vision tower's q_proj): loads by its own name.
-        if name in params:
-            unfilled.discard(name)
-            return params[name].data
-        if not name.endswith("rotary_emb.inv_freq"):
-            logger.warning("ignoring checkpoint tensor %s", name)
-        return None
-
-    load_into(entries, lambda entry: target_for(entry.name))
-    for name, tensor in tensors:
-        target = target_for(name) if name is not None else None
-        if target is None:
-            continue
-        if target.shape != tensor.shape:
-            raise ModelLoadError(
-                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(target.shape)}"
-            )
-        target.copy_(tensor)
-    missing = sorted(unfilled)
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ModelLoadError(f"the checkpoint lacks {len(missing)} weights: {shown}")
 
 
 def _renamed(
@@ -205,28 +186,3 @@ def _renamed(
         if name is not None:
             renamed.append(dataclasses.replace(entry, name=name))
     return renamed
-
-
-def _expected_checkpoint_names(
-    params: dict[str, torch.Tensor], fused: dict[str, tuple[str, int]]
-) -> set[str]:
-    """The checkpoint tensors that fill ``params``: a fused parameter is one per member."""
-    members: dict[str, list[str]] = {}
-    for checkpoint_layer, (fused_layer, _) in fused.items():
-        members.setdefault(fused_layer, []).append(checkpoint_layer)
-    names = set()
-    for name in params:
-        module_name, _, param_name = name.rpartition(".")
-        parent_name, _, layer_name = module_name.rpartition(".")
-        for layer in members.get(layer_name, [layer_name]):
-            names.add(f"{parent_name}.{layer}.{param_name}" if parent_name else name)
-    return names
-
-
-def _checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers (AWQ's packed weights), by checkpoint name."""
-    # NOTE: named_parameters() lists a tied LM head once, as the embedding it shares.
-    tensors = dict(model.named_parameters())
-    persistent = model.state_dict(keep_vars=True).keys()
-    tensors.update((name, b) for name, b in model.named_buffers() if name in persistent)
-    return tensors

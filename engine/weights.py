@@ -4,12 +4,14 @@ We parse the (simple) safetensors header ourselves and ``readinto`` each tensor'
 rather than memory-mapping the file: pages of a mapping stay resident (and counted in
 RSS) until it is closed, so mapping a whole shard would briefly hold the weights twice —
 which a Jetson, whose GPU shares the RAM, cannot afford. Peak memory is the model plus
-the largest single tensor. The header is checked against the file size, so a truncated
-or corrupt file fails with a clear error before anything is read.
+the largest single tensor (``read_rows`` reads part of one: the CPU load quantizes an
+embedding a few rows at a time). The header is checked against the file size, so a
+truncated or corrupt file fails with a clear error before anything is read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,6 +19,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -142,44 +145,76 @@ def checkpoint_entries(model_dir: Path, with_language_model: bool = True) -> lis
 def load_into(
     entries: list[TensorEntry], target_for: Callable[[TensorEntry], torch.Tensor | None]
 ) -> None:
-    """Copy every tensor into ``target_for(entry)`` (skipped when it returns None), one
-    file open at a time, in file order. A contiguous CPU target of the same dtype is
-    read into directly; anything else goes through one temporary tensor."""
-    for path in dict.fromkeys(e.path for e in entries):
-        in_file = sorted((e for e in entries if e.path == path), key=lambda e: e.offset)
-        with open(path, "rb", buffering=0) as f:
-            for entry in in_file:
-                target = target_for(entry)
-                if target is None:
-                    continue
-                if target.shape != entry.shape:
-                    raise ModelLoadError(
-                        f"checkpoint tensor {entry.name!r} has shape {entry.shape}, "
-                        f"the model expects {tuple(target.shape)}"
-                    )
-                direct = (
-                    target.device.type == "cpu"
-                    and target.dtype == entry.dtype
-                    and target.is_contiguous()
-                )
-                if direct:
-                    _read_exactly(f, entry, target)
-                else:
-                    target.copy_(read_tensor(f, entry))
+    """Copy every tensor into ``target_for(entry)`` (skipped when it returns None), in
+    file order (see ``CheckpointReader.read_into``)."""
+    with CheckpointReader() as reader:
+        for entry in sorted(entries, key=file_order):
+            target = target_for(entry)
+            if target is not None:
+                reader.read_into(entry, target)
 
 
-def read_tensor(f, entry: TensorEntry) -> torch.Tensor:
-    tensor = torch.empty(entry.shape, dtype=entry.dtype)
-    _read_exactly(f, entry, tensor)
-    return tensor
+def check_shape(name: str, shape: tuple[int, ...], expected: torch.Size) -> None:
+    if tuple(shape) != tuple(expected):
+        raise ModelLoadError(
+            f"checkpoint tensor {name!r} has shape {tuple(shape)}, "
+            f"the model expects {tuple(expected)}"
+        )
 
 
-def _read_exactly(f, entry: TensorEntry, out: torch.Tensor) -> None:
-    buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
-    f.seek(entry.offset)
-    num_read = 0
-    while num_read < entry.num_bytes:  # one read() returns at most ~2 GiB on Linux
-        n = f.readinto(buffer[num_read:])
-        if not n:
-            raise ModelLoadError(f"{entry.path} is truncated while reading {entry.name!r}")
-        num_read += n
+def file_order(entry: TensorEntry) -> tuple[str, int]:
+    return str(entry.path), entry.offset
+
+
+class CheckpointReader:
+    """Reads tensors, or row ranges of them, in any order from the files it opens (each
+    once, unbuffered; all closed on exit), never through a memory map."""
+
+    def __init__(self):
+        self._files: dict[Path, BinaryIO] = {}
+        self._open_files = contextlib.ExitStack()
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._open_files.close()
+        self._files.clear()
+
+    def read_into(self, entry: TensorEntry, target: torch.Tensor) -> None:
+        """A contiguous CPU target of the entry's dtype is read into directly; anything
+        else goes through one temporary tensor."""
+        check_shape(entry.name, entry.shape, target.shape)
+        direct = (
+            target.device.type == "cpu" and target.dtype == entry.dtype and target.is_contiguous()
+        )
+        if direct:
+            self._read(entry, target, entry.offset)
+        else:
+            target.copy_(self.read(entry))
+
+    def read(self, entry: TensorEntry) -> torch.Tensor:
+        tensor = torch.empty(entry.shape, dtype=entry.dtype)
+        self._read(entry, tensor, entry.offset)
+        return tensor
+
+    def read_rows(self, entry: TensorEntry, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the entry's first dimension."""
+        tensor = torch.empty((stop - start, *entry.shape[1:]), dtype=entry.dtype)
+        row_bytes = entry.num_bytes // entry.shape[0]
+        self._read(entry, tensor, entry.offset + start * row_bytes)
+        return tensor
+
+    def _read(self, entry: TensorEntry, out: torch.Tensor, offset: int) -> None:
+        f = self._files.get(entry.path)
+        if f is None:
+            f = open(entry.path, "rb", buffering=0)  # noqa: SIM115 (closed on exit)
+            self._files[entry.path] = self._open_files.enter_context(f)
+        buffer = memoryview(out.view(-1).view(torch.uint8).numpy())
+        f.seek(offset)
+        num_read = 0
+        while num_read < len(buffer):  # one read() returns at most ~2 GiB on Linux
+            n = f.readinto(buffer[num_read:])
+            if not n:
+                raise ModelLoadError(f"{entry.path} is truncated while reading {entry.name!r}")
+            num_read += n

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,6 +36,8 @@ from kernels.cpu_native import NativeKernels
 logger = logging.getLogger(__name__)
 
 RTN_GROUP_SIZE = 128
+# Rows of an int8 table (embedding, LM head) read and quantized at a time, as fp32 bytes.
+INT8_TABLE_CHUNK_BYTES = 8 << 20
 MIB = 1 << 20
 
 
@@ -237,96 +241,156 @@ def int8_native_kernels(dtype: torch.dtype, in_features: int) -> NativeKernels |
     return native_kernels()
 
 
-def prepare_cpu_weights(model: nn.Module, quantization: str, dtype: torch.dtype) -> None:
-    """Swap a loaded CPU model's AWQ layers, and with ``quantization`` ("int4"/"int8")
-    its dense decoder linears, LM head and embedding, for the quantized layers above,
-    computing in ``dtype``, one layer at a time (so memory peaks at the model plus one
-    layer); logs what was done and the weights' bytes before and after."""
-    bytes_before = weight_bytes(model)
-    num_repacked = _repack_awq_layers(model, dtype)
+@dataclass(frozen=True)
+class CpuWeightPlan:
+    """The modules of a meta-built CPU model that the load replaces by quantized ones,
+    each as soon as its own weights are read, so that no dense copy of the model is ever
+    whole: ``linears`` maps a module's name to what it becomes ("awq": repacked, "int4" /
+    "int8": RTN); ``embedding`` and (untied) ``head`` are read a few rows at a time into
+    one int8 table each (None: left dense)."""
+
+    quantization: str
+    dtype: torch.dtype  # what the quantized matmuls compute in
+    linears: dict[str, str]
+    embedding: str | None
+    head: str | None
+    tied: bool
+
+    @property
+    def deferred(self) -> list[str]:
+        """The modules the loader must not allocate: they never exist dense, whole."""
+        tables = [name for name in (self.embedding, self.head) if name is not None]
+        return [*self.linears, *tables]
+
+    @property
+    def int8_tables(self) -> list[str]:
+        """The modules whose ``weight`` is an int8 table (a tied head reads the embedding's)."""
+        if self.embedding is None:
+            return []
+        return [self.embedding] if self.tied else [self.embedding, self.head]
+
+
+def plan_cpu_weights(model: nn.Module, quantization: str, dtype: torch.dtype) -> CpuWeightPlan:
+    """What a CPU load of ``model`` (built on meta) quantizes: its AWQ layers that torch's
+    int4 kernel can take (the others stay on the dequantizing AWQ path, with a warning),
+    and with ``quantization`` ("int4"/"int8") its dense decoder linears, LM head and
+    embedding, computing in ``dtype``."""
+    linears = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, AWQLinear):
+            continue
+        try:
+            cpu_linear.check_int4_kernel_shape(
+                layer.in_features, layer.out_features, layer.group_size, dtype
+            )
+        except ValueError as e:  # e.g. AWQ packs N by 8, torch by 16: still runs, slowly
+            logger.warning("%s stays on the dequantizing AWQ path on CPU: %s", name, e)
+            continue
+        linears[name] = "awq"
+    if quantization == "none":
+        return CpuWeightPlan(quantization, dtype, linears, None, None, False)
+    scope = model.quantized_scope
+    for name, layer in model.get_submodule(scope).named_modules(prefix=scope):
+        if isinstance(layer, nn.Linear):
+            linears[name] = quantization
+    text = scope.removesuffix("model.layers")  # "" or "language_model."
+    head_name, embed_name = f"{text}lm_head", f"{text}model.embed_tokens"
+    head, embed = model.get_submodule(head_name), model.get_submodule(embed_name)
+    assert head.bias is None, "an int8 table holds no bias"
+    try:
+        cpu_linear.check_int8_shape(head.in_features)
+    except ValueError as e:
+        raise ModelLoadError(f"int8 cannot take {head_name}: {e}") from None
+    return CpuWeightPlan(
+        quantization, dtype, linears, embed_name, head_name, head.weight is embed.weight
+    )
+
+
+def quantized_linear(plan: CpuWeightPlan, name: str, layer: nn.Module) -> nn.Module:
+    """``layer`` (filled) as ``plan`` quantizes it."""
+    kind = plan.linears[name]
+    if kind == "awq":
+        return Int4Linear.from_awq(layer, plan.dtype)
+    try:
+        if kind == "int4":
+            return Int4Linear.from_dense(layer, RTN_GROUP_SIZE, plan.dtype)
+        return Int8Linear.from_dense(layer, plan.dtype)
+    except ValueError as e:
+        raise ModelLoadError(f"--quantization {kind} cannot take {name}: {e}") from None
+
+
+def int8_table(
+    read_rows: Callable[[int, int], torch.Tensor],  # (start, stop) -> rows in the model's dtype
+    shape: tuple[int, int],  # [V, H]
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:  # as quantize_int8(the whole table, dtype)
+    """The int8 codes and per-row scales of a table read ``INT8_TABLE_CHUNK_BYTES`` of
+    fp32 rows at a time (quantize_int8 is row by row, so chunks change no value)."""
+    num_rows, row_size = shape
+    # whole tiles of the native int8 layout, so that each chunk tiles alone
+    tile = cpu_linear.NATIVE_ROWS
+    rows_per_chunk = max(1, INT8_TABLE_CHUNK_BYTES // (4 * row_size * tile)) * tile
+    codes = torch.empty(shape, dtype=torch.int8)
+    scales = None
+    for start in range(0, num_rows, rows_per_chunk):
+        stop = min(start + rows_per_chunk, num_rows)
+        chunk_codes, chunk_scales = cpu_linear.quantize_int8(read_rows(start, stop), dtype)
+        if scales is None:
+            scales = torch.empty(num_rows, dtype=chunk_scales.dtype)
+        codes[start:stop] = chunk_codes
+        scales[start:stop] = chunk_scales
+    return codes, scales
+
+
+def int8_table_layers(
+    plan: CpuWeightPlan,
+    name: str,
+    table: tuple[torch.Tensor, torch.Tensor],
+    model_dtype: torch.dtype,  # the embedding's rows are given in it
+) -> dict[str, nn.Module]:
+    """The quantized modules one int8 table (of module ``name``) becomes, by name: the
+    embedding (and the LM head tied to it), or the untied LM head."""
+    weight, scales = table
+    native = int8_native_kernels(plan.dtype, weight.shape[1])
+    head = Int8Linear(weight, scales, None, [weight.shape[0]], native)
+    if name == plan.head:
+        return {name: head}
+    tiled = cpu_linear.int8_tiled(plan.dtype, weight.shape[1])
+    layers = {name: Int8Embedding(weight, scales, model_dtype, tiled)}
+    if plan.tied:
+        layers[plan.head] = head
+    return layers
+
+
+def log_cpu_weights(plan: CpuWeightPlan, bytes_before: int, bytes_after: int) -> None:
+    """Says what ``plan`` did, and the weights' bytes before and after."""
+    kinds = list(plan.linears.values())
     done = []
-    if num_repacked:
-        done.append(f"{num_repacked} AWQ int4 layers repacked for the CPU int4 kernel")
-    if quantization != "none":
-        num_quantized = _quantize_dense_linears(model, quantization, dtype)
-        what = f"int4 (group {RTN_GROUP_SIZE})" if quantization == "int4" else "int8"
+    if "awq" in kinds:
+        done.append(f"{kinds.count('awq')} AWQ int4 layers repacked for the CPU int4 kernel")
+    if plan.quantization != "none":
+        what = f"int4 (group {RTN_GROUP_SIZE})" if plan.quantization == "int4" else "int8"
+        num_quantized = kinds.count(plan.quantization)
         done.append(f"{num_quantized} dense decoder linears quantized to {what} by RTN")
-        done.append(f"LM head and embedding int8 ({_quantize_head_and_embedding(model, dtype)})")
+        pairing = "tied: one int8 table" if plan.tied else "untied"
+        done.append(f"LM head and embedding int8 ({pairing})")
     if not done:
         return
-    note = "; `edgechat quantize` (AWQ) is more accurate" if quantization != "none" else ""
+    note = "; `edgechat quantize` (AWQ) is more accurate" if plan.quantization != "none" else ""
     logger.info(
         "CPU weights: %s; their matmuls in %s: weights %.1f MiB -> %.1f MiB%s",
         "; ".join(done),
-        str(dtype).removeprefix("torch."),
+        str(plan.dtype).removeprefix("torch."),
         bytes_before / MIB,
-        weight_bytes(model) / MIB,
+        bytes_after / MIB,
         note,
     )
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters and persistent buffers (a tied tensor once)."""
+    """Bytes of the model's parameters and persistent buffers (a tied tensor once; on
+    the meta device too, where every tensor's address is 0)."""
     seen: dict[int, int] = {}
     for tensor in model.state_dict(keep_vars=True).values():
-        seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+        seen[tensor.data_ptr() or id(tensor)] = tensor.numel() * tensor.element_size()
     return sum(seen.values())
-
-
-def _repack_awq_layers(model: nn.Module, dtype: torch.dtype) -> int:
-    num_repacked = 0
-    for name, layer in list(model.named_modules()):
-        if not isinstance(layer, AWQLinear):
-            continue
-        try:
-            repacked = Int4Linear.from_awq(layer, dtype)
-        except ValueError as e:  # e.g. AWQ packs N by 8, torch by 16: still runs, slowly
-            logger.warning("%s stays on the dequantizing AWQ path on CPU: %s", name, e)
-            continue
-        _replace(model, name, repacked)
-        num_repacked += 1
-    return num_repacked
-
-
-def _quantize_dense_linears(model: nn.Module, quantization: str, dtype: torch.dtype) -> int:
-    scope = model.quantized_scope
-    num_quantized = 0
-    for name, layer in list(model.get_submodule(scope).named_modules(prefix=scope)):
-        if not isinstance(layer, nn.Linear):
-            continue
-        try:
-            if quantization == "int4":
-                quantized = Int4Linear.from_dense(layer, RTN_GROUP_SIZE, dtype)
-            else:
-                quantized = Int8Linear.from_dense(layer, dtype)
-        except ValueError as e:
-            raise ModelLoadError(f"--quantization {quantization} cannot take {name}: {e}") from None
-        _replace(model, name, quantized)
-        num_quantized += 1
-    return num_quantized
-
-
-def _quantize_head_and_embedding(model: nn.Module, dtype: torch.dtype) -> str:
-    """Int8 LM head and embedding; a tied pair shares one int8 table. Says which."""
-    text = model.quantized_scope.removesuffix("model.layers")  # "" or "language_model."
-    head_name, embed_name = f"{text}lm_head", f"{text}model.embed_tokens"
-    head, embed = model.get_submodule(head_name), model.get_submodule(embed_name)
-    try:
-        cpu_linear.check_int8_shape(head.in_features)
-    except ValueError as e:
-        raise ModelLoadError(f"int8 cannot take {head_name}: {e}") from None
-    weight, scales = cpu_linear.quantize_int8(embed.weight.detach(), dtype)
-    tied = head.weight is embed.weight
-    tiled = cpu_linear.int8_tiled(dtype, weight.shape[1])
-    _replace(model, embed_name, Int8Embedding(weight, scales, embed.weight.dtype, tiled))
-    if tied:
-        native = int8_native_kernels(dtype, head.in_features)
-        _replace(model, head_name, Int8Linear(weight, scales, None, [head.out_features], native))
-        return "tied: one int8 table"
-    _replace(model, head_name, Int8Linear.from_dense(head, dtype))
-    return "untied"
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), attr, module)

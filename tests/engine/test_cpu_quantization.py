@@ -21,7 +21,7 @@ from engine.layers.cpu_quant import (
     Int8Embedding,
     Int8Linear,
     check_quantization,
-    prepare_cpu_weights,
+    plan_cpu_weights,
     weight_bytes,
 )
 from engine.llm_engine import LLMEngine
@@ -271,7 +271,7 @@ def test_awq_layer_torch_cannot_pack_stays_on_the_dequantizing_path(caplog):
     holder.proj.qzeros.random_(-(2**31), 2**31 - 1)
     holder.proj.scales.uniform_(0.01, 0.02)
     with caplog.at_level(logging.WARNING, logger="engine.layers.cpu_quant"):
-        prepare_cpu_weights(holder, "none", torch.bfloat16)
-    assert isinstance(holder.proj, AWQLinear)
+        plan = plan_cpu_weights(holder, "none", torch.bfloat16)
+    assert plan.linears == {}
     assert "proj stays on the dequantizing AWQ path" in caplog.text
     assert "24 out-features is not a multiple of 16" in caplog.text
