@@ -67,11 +67,15 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* dot of 32 unsigned 4-bit codes (16 bytes) with 32 int8 activations, as 8 int32 lanes */
-static inline __m256i dot_int4(const uint8_t *w, __m256i xv) {
+/* 32 unsigned 4-bit codes (16 bytes) as 32 bytes */
+static inline __m256i codes_int4(const uint8_t *w) {
     const __m128i raw = _mm_loadu_si128((const __m128i *)w);
-    const __m256i codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
-                                           _mm256_set1_epi8(0x0F));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
+                            _mm256_set1_epi8(0x0F));
+}
+
+/* dot of 32 codes in [0, 15] with 32 int8 activations, as 8 int32 lanes */
+static inline __m256i dot_codes(__m256i codes, __m256i xv) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xv), _mm256_set1_epi16(1));
 }
 
@@ -105,7 +109,7 @@ static void int4_tile(const uint8_t *w, const float *s, const float *m, const in
             const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
             const __m256 scale = _mm256_set1_ps(xs[b]);
             for (int r = 0; r < ROWS; r++) {
-                const __m256i dot = dot_int4(wb + r * (QBLOCK / 2), xv);
+                const __m256i dot = dot_codes(codes_int4(wb + r * (QBLOCK / 2)), xv);
                 group[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, group[r]);
             }
             sums += xsum[b];
@@ -163,6 +167,60 @@ static void int4_tile(const uint8_t *w, const float *s, const float *m, const in
         y[r] = total;
     }
 #endif
+}
+
+#if defined(EDGECHAT_AVX2)
+/* int4_tile for two activation rows at once (batches, prefill): each weight row's codes
+ * are unpacked once for both; two weight rows a pass, so the accumulators stay in the
+ * 16 vector registers. */
+static void int4_tile_pair(const uint8_t *w, const float *s, const float *m,
+                           const int8_t *const xq[2], const float *const xs[2],
+                           const float *const xsum[2], int64_t K, int64_t G,
+                           float y[2][ROWS]) {
+    const int64_t per_group = G / QBLOCK, num_groups = K / G;
+    const int64_t block_bytes = ROWS * (QBLOCK / 2);
+    for (int half = 0; half < ROWS; half += 2) {
+        __m256 acc[2][2];
+        float zero_terms[2][2] = {{0}};
+        for (int i = 0; i < 2; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < num_groups; g++) {
+            __m256 group[2][2];
+            float sums[2] = {0.0f, 0.0f};
+            for (int i = 0; i < 2; i++) group[i][0] = group[i][1] = _mm256_setzero_ps();
+            for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
+                const uint8_t *wb = w + b * block_bytes + half * (QBLOCK / 2);
+                _mm_prefetch((const char *)(wb + PREFETCH_BYTES), _MM_HINT_T0);
+                __m256i xv[2];
+                __m256 scale[2];
+                for (int i = 0; i < 2; i++) {
+                    xv[i] = _mm256_loadu_si256((const __m256i *)(xq[i] + b * QBLOCK));
+                    scale[i] = _mm256_set1_ps(xs[i][b]);
+                    sums[i] += xsum[i][b];
+                }
+                for (int r = 0; r < 2; r++) {
+                    const __m256i codes = codes_int4(wb + r * (QBLOCK / 2));
+                    for (int i = 0; i < 2; i++) {
+                        const __m256 dot = _mm256_cvtepi32_ps(dot_codes(codes, xv[i]));
+                        group[i][r] = _mm256_fmadd_ps(dot, scale[i], group[i][r]);
+                    }
+                }
+            }
+            for (int i = 0; i < 2; i++)
+                for (int r = 0; r < 2; r++) {
+                    const int64_t at = g * ROWS + half + r;
+                    acc[i][r] = _mm256_fmadd_ps(group[i][r], _mm256_set1_ps(s[at]), acc[i][r]);
+                    zero_terms[i][r] += m[at] * sums[i];
+                }
+        }
+        for (int i = 0; i < 2; i++)
+            for (int r = 0; r < 2; r++) y[i][half + r] = hsum(acc[i][r]) - zero_terms[i][r];
+    }
+}
+#endif
+
+/* out's first ``rows`` values (plus bias, if any) into y */
+static inline void store(float *y, const float *out, int64_t rows, const float *bias) {
+    for (int64_t r = 0; r < rows; r++) y[r] = out[r] + (bias ? bias[r] : 0.0f);
 }
 
 static float int8_row(const int8_t *w, float s, const int8_t *xq, const float *xs, int64_t K) {
@@ -258,13 +316,26 @@ int edgechat_int4_linear(const float *x, int64_t M, const uint8_t *w, const floa
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < num_tiles; t++) {
         const int64_t n = t * ROWS, rows = N - n < ROWS ? N - n : ROWS;
-        for (int64_t i = 0; i < M; i++) {
+        const uint8_t *wt = w + t * ROWS * (K / 2);
+        const float *st = s + t * num_groups * ROWS, *mt = m + t * num_groups * ROWS;
+        const float *bt = bias ? bias + n : NULL;
+        int64_t i = 0;
+#if defined(EDGECHAT_AVX2)
+        for (; i + 1 < M; i += 2) {
+            const int8_t *xq[2] = {q.codes + i * K, q.codes + (i + 1) * K};
+            const float *xs[2] = {q.scales + i * nb, q.scales + (i + 1) * nb};
+            const float *xsum[2] = {q.scaled_sums + i * nb, q.scaled_sums + (i + 1) * nb};
+            float out[2][ROWS];
+            int4_tile_pair(wt, st, mt, xq, xs, xsum, K, G, out);
+            store(y + i * N + n, out[0], rows, bt);
+            store(y + (i + 1) * N + n, out[1], rows, bt);
+        }
+#endif
+        for (; i < M; i++) {
             float out[ROWS];
-            int4_tile(w + t * ROWS * (K / 2), s + t * num_groups * ROWS,
-                      m + t * num_groups * ROWS, q.codes + i * K, q.scales + i * nb,
-                      q.scaled_sums + i * nb, K, G, out);
-            for (int64_t r = 0; r < rows; r++)
-                y[i * N + n + r] = out[r] + (bias ? bias[n + r] : 0.0f);
+            int4_tile(wt, st, mt, q.codes + i * K, q.scales + i * nb, q.scaled_sums + i * nb, K,
+                      G, out);
+            store(y + i * N + n, out, rows, bt);
         }
     }
     release(&q);
@@ -290,8 +361,7 @@ int edgechat_int8_linear(const float *x, int64_t M, const int8_t *w, const float
             else
                 for (int64_t r = 0; r < rows; r++)
                     out[r] = int8_row(w + (n + r) * K, s[n + r], xq, xs, K);
-            for (int64_t r = 0; r < rows; r++)
-                y[i * N + n + r] = out[r] + (bias ? bias[n + r] : 0.0f);
+            store(y + i * N + n, out, rows, bias ? bias + n : NULL);
         }
     }
     release(&q);
