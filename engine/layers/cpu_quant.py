@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ RTN_GROUP_SIZE = 128
 # Rows of an int8 table (embedding, LM head) read and quantized at a time, as fp32 bytes.
 INT8_TABLE_CHUNK_BYTES = 8 << 20
 MIB = 1 << 20
+NATIVE_KERNELS_ENV = "EDGECHAT_NATIVE_CPU_KERNELS"
 
 
 class Int4Linear(nn.Module):
@@ -217,10 +219,18 @@ def kernel_dtype(requested: str, model_dtype: torch.dtype, device: torch.device)
     return torch.bfloat16
 
 
-@functools.cache
 def native_kernels() -> NativeKernels | None:
     """The native CPU kernels, built (once per machine) into the cache directory, or None
-    with a warning where they cannot be."""
+    with a warning where they cannot be; None, too, where ``$EDGECHAT_NATIVE_CPU_KERNELS``
+    is 0 (to compare with torch's kernels, or to step around a compiler that fails)."""
+    if os.environ.get(NATIVE_KERNELS_ENV, "1").strip() == "0":
+        logger.info("%s=0: torch's kernels run the quantized CPU layers", NATIVE_KERNELS_ENV)
+        return None
+    return _built_native_kernels()
+
+
+@functools.cache
+def _built_native_kernels() -> NativeKernels | None:
     try:
         kernels = cpu_native.load(cache_dir() / "kernels")
     except cpu_native.NativeBuildError as e:

@@ -26,6 +26,7 @@ from engine.layers.cpu_quant import (
 )
 from engine.llm_engine import LLMEngine
 from engine.quant.pack import rtn_codes
+from kernels import cpu_native
 from kernels.cpu_linear import quantize_int8
 from server.cli import build_parser, engine_kwargs
 from tests.conftest import load_reference
@@ -218,9 +219,10 @@ def test_dense_quantization_by_default_runs_the_int8_activation_kernels(
 def test_dense_quantization_without_the_native_kernels_runs_torch_bf16_kernels(
     tiny_model_factory, tmp_path, monkeypatch, quantization
 ):
-    """Where the native kernels cannot be built (no C compiler), ``auto`` runs torch's
-    kernels in bf16 under the fp32 model."""
-    monkeypatch.setattr(cpu_quant, "native_kernels", lambda: None)
+    """Where the native kernels cannot be built (no C compiler), or are turned off,
+    ``auto`` runs torch's kernels in bf16 under the fp32 model."""
+    monkeypatch.setenv("EDGECHAT_NATIVE_CPU_KERNELS", "0")
+    assert cpu_quant.native_kernels() is None
     source = tiny_model_factory("qwen2", **CPU_TINY)
     engine = LLMEngine(
         EngineConfig(model=str(source), quantization=quantization, kv_cache_memory=0.01)
@@ -232,6 +234,17 @@ def test_dense_quantization_without_the_native_kernels_runs_torch_bf16_kernels(
     reference = load_reference(dequantized)
     for step, (ours, theirs) in enumerate(engine_logits_per_step(engine, PROMPT, 4, reference)):
         torch.testing.assert_close(ours.float(), theirs, **BF16_TOLERANCE, msg=f"step {step}")
+
+
+def test_a_failed_native_build_is_a_warning_and_no_kernels(monkeypatch, caplog):
+    def fail(cache_dir):
+        raise cpu_native.NativeBuildError("no C compiler found (set CC, or install gcc)")
+
+    monkeypatch.setattr(cpu_native, "load", fail)
+    with caplog.at_level(logging.WARNING, logger="engine.layers.cpu_quant"):
+        assert cpu_quant._built_native_kernels.__wrapped__() is None
+    assert "torch's bf16 kernels run the quantized layers" in caplog.text
+    assert "no C compiler found" in caplog.text
 
 
 def test_int4_refuses_layers_group_128_cannot_take(tiny_model_factory):
