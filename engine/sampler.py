@@ -105,7 +105,7 @@ class Sampler:
         if len(sampled_rows) == len(requests):
             token_ids = self._sample_rows(logits, requests)
         else:
-            token_ids = logits.argmax(dim=-1)
+            token_ids = _argmax(logits)
             if sampled_rows:
                 rows = torch.tensor(sampled_rows, device=logits.device)
                 token_ids[rows] = self._sample_rows(
@@ -147,7 +147,7 @@ class Sampler:
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws token i with probability
         # p_i (no renormalisation needed). E = -log U with U uniform in [0, 1), so E is
         # in (0, inf]: a filtered token's 0 / E is 0, never NaN.
-        return probs.div_(self._uniform(probs.shape, requests).log_().neg_()).argmax(dim=-1)
+        return _argmax(probs.div_(self._uniform(probs.shape, requests).log_().neg_()))
 
     def _uniform(self, shape: torch.Size, requests: Sequence[SampleRequest]) -> torch.Tensor:
         """[rows, vocab] uniform draws: seeded rows each from their own generator, all
@@ -189,6 +189,14 @@ def _smallest_kept(
         within = (mass_before < top_p) | (top_p >= 1)
         num_kept = (within & (rank < num_kept)).sum(dim=-1, keepdim=True)
     return ranked.gather(1, num_kept - 1)
+
+
+def _argmax(values: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [rows] int64
+    """Each row's index of its first largest value."""
+    if values.device.type == "cpu" and values.dtype == torch.float32:
+        # numpy's is ~15x faster than torch's on a CPU (one 152k-vocab row: 25 us vs 390).
+        return torch.from_numpy(values.numpy().argmax(axis=-1))
+    return values.argmax(dim=-1)
 
 
 def _sorted_descending(logits: torch.Tensor) -> torch.Tensor:

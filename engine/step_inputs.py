@@ -61,12 +61,15 @@ class StepArrays(Generic[A]):
     query_start_loc: A  # [num_seqs + 1] int32
     block_tables: A  # [num_seqs, width] int32
 
-    def attention_metadata(self) -> AttentionMetadata:
+    def attention_metadata(
+        self, host_lens: tuple[list[int], list[int]] | None = None
+    ) -> AttentionMetadata:
         return AttentionMetadata(
             slot_mapping=self.slot_mapping,
             block_tables=self.block_tables,
             seq_lens=self.seq_lens,
             query_start_loc=self.query_start_loc,
+            host_lens=host_lens,
         )
 
 

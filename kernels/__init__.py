@@ -78,10 +78,15 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     query_start_loc: torch.Tensor,  # [num_seqs + 1] int32
     scale: float,
+    host_lens: tuple[list[int], list[int]] | None = None,  # seq_lens, query_start_loc
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    return _ops(query).paged_attention(
-        query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale
-    )
+    """``host_lens``: the lengths as lists where the caller has them, for the torch twin,
+    which loops over sequences on the host (the Triton kernel reads the tensors)."""
+    args = (query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+    ops = _ops(query)
+    if ops is reference:
+        return reference.paged_attention(*args, host_lens)
+    return ops.paged_attention(*args)
 
 
 def awq_linear(

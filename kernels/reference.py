@@ -23,7 +23,7 @@ def write_kv_cache(
     """Store each new token's K and V at its slot (none for a negative slot: a padding
     row, as the kernel warm-up and CUDA graphs pass them)."""
     num_kv_heads, head_dim = k_cache.shape[2:]
-    if slot_mapping.numel() and slot_mapping.min() < 0:
+    if slot_mapping.numel() and slot_mapping.min().item() < 0:
         keep = slot_mapping >= 0
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
@@ -43,34 +43,40 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32: context length including the new tokens
     query_start_loc: torch.Tensor,  # [num_seqs + 1] int32: sequence i's queries start here
     scale: float,
+    host_lens: tuple[list[int], list[int]] | None = None,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Causal attention of each sequence's new tokens over its whole paged context.
 
     Sequence ``i`` has ``q_i = query_start_loc[i+1] - query_start_loc[i]`` new tokens at
     positions ``seq_lens[i] - q_i .. seq_lens[i] - 1`` (whose K/V are already written);
     decode is ``q_i = 1``, a prefill ``q_i = seq_lens[i]``, a chunked or prefix-cached
-    prefill anything between. Grouped-query heads share their KV head.
+    prefill anything between. Grouped-query heads share their KV head. ``host_lens``:
+    ``seq_lens`` and ``query_start_loc`` as lists, where the caller has them (every layer
+    would otherwise read the same tensors back).
 
     One sequence at a time: its blocks are gathered whole (a copy of its own context,
     nothing padded to the batch's longest) and attended with two matmuls and an fp32
     softmax, so the work is proportional to each sequence's context.
     """
-    out = torch.empty_like(query)
-    starts = query_start_loc.tolist()
-    for i, seq_len in enumerate(seq_lens.tolist()):
-        start, end = starts[i], starts[i + 1]
-        blocks = block_tables[i, : -(-seq_len // k_cache.shape[1])]
+    if host_lens is None:
+        host_lens = (seq_lens.tolist(), query_start_loc.tolist())
+    lens, starts = host_lens
+    block_size = k_cache.shape[1]
+    out = []
+    for i, seq_len in enumerate(lens):
+        blocks = block_tables[i, : -(-seq_len // block_size)]
         keys = _gather_context(k_cache, blocks, seq_len)
         values = _gather_context(v_cache, blocks, seq_len)
-        out[start:end] = _attend(query[start:end], keys, values, scale)
-    return out
+        out.append(_attend(query[starts[i] : starts[i + 1]], keys, values, scale))
+    if not out:
+        return torch.empty_like(query)
+    return (out[0] if len(out) == 1 else torch.cat(out)).to(query.dtype)
 
 
 def _gather_context(
     cache: torch.Tensor, blocks: torch.Tensor, seq_len: int
 ) -> torch.Tensor:  # [seq_len, num_kv_heads, head_dim] fp32
-    num_kv_heads, head_dim = cache.shape[2:]
-    rows = cache.index_select(0, blocks).view(-1, num_kv_heads, head_dim)
+    rows = cache.index_select(0, blocks).flatten(0, 1)
     return rows[:seq_len].float()
 
 
@@ -80,31 +86,51 @@ def _attend(
     values: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:  # [num_queries, num_heads, head_dim] fp32
-    num_queries, num_heads, head_dim = query.shape
-    seq_len, num_kv_heads = keys.shape[:2]
-    group = num_heads // num_kv_heads
+    num_queries, num_heads = query.shape[:2]
+    seq_len = keys.shape[0]
     # NOTE: strided views, no copies: each KV head's [seq_len, head_dim] rows are a matrix
     # with leading dimension num_kv_heads * head_dim, which the batched matmul reads as is.
     keys_t = keys.permute(1, 2, 0)  # [kv, head_dim, seq_len]
     values = values.transpose(0, 1)  # [kv, seq_len, head_dim]
-    key_pos = torch.arange(seq_len, device=query.device)
     chunk = max(1, MAX_SCORES_PER_CHUNK // (num_heads * seq_len))
-    out = []
-    for first in range(0, num_queries, chunk):
-        q = query[first : first + chunk].float() * scale  # fewer products than the scores
-        rows = q.shape[0]
-        # [kv, rows * group, head_dim]: a KV head's query heads, row after row
-        q = q.view(rows, num_kv_heads, group, head_dim).transpose(0, 1)
-        scores = torch.matmul(q.reshape(num_kv_heads, rows * group, head_dim), keys_t)
-        scores = scores.view(num_kv_heads, rows, group, seq_len)
-        first_pos = seq_len - num_queries + first
-        if first_pos < seq_len - 1:  # some query precedes a key: mask its future
-            future = key_pos > (first_pos + torch.arange(rows, device=query.device))[:, None]
-            scores.masked_fill_(future[None, :, None], float("-inf"))
-        probs = scores.softmax(-1).view(num_kv_heads, rows * group, seq_len)
-        heads = torch.matmul(probs, values).view(num_kv_heads, rows, group, head_dim)
-        out.append(heads.transpose(0, 1).reshape(rows, num_heads, head_dim))
+    if num_queries <= chunk:
+        return _attend_rows(query, keys_t, values, scale, seq_len - num_queries)
+    out = [
+        _attend_rows(
+            query[first : first + chunk], keys_t, values, scale, seq_len - num_queries + first
+        )
+        for first in range(0, num_queries, chunk)
+    ]
     return torch.cat(out)
+
+
+def _attend_rows(
+    query: torch.Tensor,  # [rows, num_heads, head_dim]
+    keys_t: torch.Tensor,  # [kv, head_dim, seq_len] fp32
+    values: torch.Tensor,  # [kv, seq_len, head_dim] fp32
+    scale: float,
+    first_pos: int,  # the first query's position
+) -> torch.Tensor:  # [rows, num_heads, head_dim] fp32
+    rows, num_heads, head_dim = query.shape
+    num_kv_heads, _, seq_len = keys_t.shape
+    group = num_heads // num_kv_heads
+    q = query.float() * scale  # fewer products than the scores
+    # [kv, rows * group, head_dim]: a KV head's query heads, row after row (one row, as at
+    # decode: that is the row's own layout)
+    if rows > 1:
+        q = q.view(rows, num_kv_heads, group, head_dim).transpose(0, 1)
+    q = q.reshape(num_kv_heads, rows * group, head_dim)
+    scores = torch.matmul(q, keys_t)  # [kv, rows * group, seq_len]
+    if first_pos < seq_len - 1:  # some query precedes a key: mask its future
+        key_pos = torch.arange(seq_len, device=query.device)
+        future = key_pos > (first_pos + torch.arange(rows, device=query.device))[:, None]
+        scores.view(num_kv_heads, rows, group, seq_len).masked_fill_(
+            future[None, :, None], float("-inf")
+        )
+    heads = torch.matmul(scores.softmax(-1), values)  # [kv, rows * group, head_dim]
+    if rows > 1:
+        heads = heads.view(num_kv_heads, rows, group, head_dim).transpose(0, 1)
+    return heads.reshape(rows, num_heads, head_dim)
 
 
 # Column j of each group of eight sits in nibble AWQ_NIBBLE_OF_COLUMN[j] (AutoAWQ's order).
@@ -135,9 +161,17 @@ def awq_linear(
     return out.to(x.dtype)
 
 
+_FUSED_RMS_NORM = hasattr(F, "rms_norm")  # torch >= 2.4 (pyproject allows 2.3)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm as Llama-family checkpoints define it: statistics in fp32, the normalized
     row rounded to x's dtype before the weight multiplies it."""
+    if _FUSED_RMS_NORM and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32:
+        # One call for eight (each op's dispatch costs more than a decode row's arithmetic):
+        # torch's CPU rms_norm is this formula, bit for bit, in fp32 (in bf16 or fp16 it
+        # multiplies by the weight before rounding to x's dtype, so those stay below).
+        return F.rms_norm(x, weight.shape, weight, eps)
     x32 = x.to(torch.float32)
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(x.dtype)
@@ -159,9 +193,10 @@ def rotary_embedding(
     sin: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate each head's two halves by its token's angles (the HF "rotate_half" way)."""
-    cos = cos[positions][:, None, :]  # [num_tokens, 1, head_dim // 2]
-    sin = sin[positions][:, None, :]
-    return _rotate(query, cos, sin), _rotate(key, cos, sin)
+    num_heads = query.shape[1]
+    # Queries and keys in one pass: at decode each op's dispatch costs more than its rows.
+    rotated = _rotate(torch.cat((query, key), dim=1), cos[positions], sin[positions])
+    return rotated[:, :num_heads], rotated[:, num_heads:]
 
 
 def rotary_write_kv_cache(
@@ -181,9 +216,18 @@ def rotary_write_kv_cache(
     return query
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+def _rotate(
+    x: torch.Tensor,  # [num_tokens, heads, head_dim]
+    cos: torch.Tensor,  # [num_tokens, head_dim // 2] fp32
+    sin: torch.Tensor,
+) -> torch.Tensor:
+    """``(x1 cos - x2 sin, x2 cos + x1 sin)`` for each head's halves ``(x1, x2)``, in fp32:
+    the halves times cos plus the swapped halves times ``(-sin, sin)``. Each product is
+    rounded as in the formula and ``a + -b`` is ``a - b`` exactly: the same bits."""
+    halves = x.float().unflatten(-1, (2, -1))  # [num_tokens, heads, 2, head_dim // 2]
+    signed_sin = torch.stack((-sin, sin), dim=1)[:, None]  # [num_tokens, 1, 2, head_dim // 2]
+    rotated = halves * cos[:, None, None] + halves.flip(2) * signed_sin
+    return rotated.flatten(-2).to(x.dtype)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [..., 2 * width] -> [..., width]

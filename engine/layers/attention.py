@@ -21,6 +21,9 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_seqs, max_blocks] int32
     seq_lens: torch.Tensor  # [num_seqs] int32: context length after this step
     query_start_loc: torch.Tensor  # [num_seqs + 1] int32: prefix sums of new-token counts
+    # seq_lens and query_start_loc as lists, where the runner has them: the CPU attention
+    # loops over sequences on the host, and would otherwise read them back in every layer.
+    host_lens: tuple[list[int], list[int]] | None = None
 
 
 class PagedAttention(nn.Module):
@@ -55,5 +58,6 @@ class PagedAttention(nn.Module):
             meta.seq_lens,
             meta.query_start_loc,
             self.scale,
+            meta.host_lens,
         )
         return out.reshape(out.shape[0], -1)

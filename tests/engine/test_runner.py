@@ -94,7 +94,11 @@ class RecordingModel(nn.Module):
 
     def forward(self, input_ids, positions, meta):
         self.seen = (input_ids.clone(), positions.clone())
-        self.meta = {name: getattr(meta, name).clone() for name in meta.__dataclass_fields__}
+        fields = {name: getattr(meta, name) for name in meta.__dataclass_fields__}
+        self.meta = {
+            name: value.clone() if isinstance(value, torch.Tensor) else value
+            for name, value in fields.items()
+        }
         return torch.arange(len(input_ids), dtype=torch.float32).unsqueeze(1)
 
     def compute_logits(self, hidden):
@@ -127,6 +131,7 @@ def test_a_mixed_batch_stages_what_the_sequences_say():
     assert model.meta["slot_mapping"].tolist() == slots
     assert model.meta["seq_lens"].tolist() == [10, 11]
     assert model.meta["query_start_loc"].tolist() == [0, 1, 8]
+    assert model.meta["host_lens"] == ([10, 11], [0, 1, 8])  # the same, as lists
     width = max(len(decoding.block_table), len(chunked.block_table))
     tables = model.meta["block_tables"].tolist()
     assert [row[: len(seq.block_table)] for row, seq in zip(tables, batch.seqs)] == [

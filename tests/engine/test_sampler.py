@@ -44,6 +44,18 @@ def test_greedy_is_argmax_without_logprobs():
     assert all(r.logprob is None and r.top_logprobs == () for r in results)
 
 
+def test_greedy_ties_take_the_first_largest():
+    """The CPU's argmax (numpy's) picks as torch's does: the first of equal maxima."""
+    sampler = Sampler()
+    logits = random_logits(5, 300).round()  # many equal values in every row
+    logits[1, [3, 200]] = 50.0
+    logits[2, :] = 0.0
+    requests = [add(sampler, i, temperature=0.0) for i in range(5)]
+    ids = tokens(sampler, logits, requests)
+    assert ids == logits.argmax(dim=-1).tolist()
+    assert ids[1:3] == [3, 0]
+
+
 RAW = [2.0, 1.0, -1.0, 0.5]
 
 

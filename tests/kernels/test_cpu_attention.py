@@ -115,3 +115,19 @@ def test_strided_queries():
     torch.testing.assert_close(
         reference.paged_attention(strided, *rest), padded_sdpa_attention(query, *rest)
     )
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_host_lens_give_the_same_attention(case):
+    """The lengths as lists (what the runner passes) stand in for the tensors, which are
+    zeroed here: only the lists can give them."""
+    torch.manual_seed(3)
+    args = batch(*CASES[case], 14, torch.float32)
+    expected = reference.paged_attention(*args)
+    query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale = args
+    host_lens = (seq_lens.tolist(), query_start_loc.tolist())
+    zeroed = (torch.zeros_like(seq_lens), torch.zeros_like(query_start_loc))
+    ours = reference.paged_attention(
+        query, k_cache, v_cache, block_tables, *zeroed, scale, host_lens
+    )
+    assert torch.equal(ours, expected)

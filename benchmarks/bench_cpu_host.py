@@ -1,0 +1,165 @@
+"""Host overhead of one CPU decode step on Qwen2-0.5B's shapes: the time in the weight
+layers (the quantized matmuls, the LM head, the embedding lookup) against everything
+else in the step (the torch ops around them: norms, rotary, KV write, attention, the
+runner and the sampler), and the torch ops the profiler sees outside the weight layers.
+
+Wall times are medians over ``--steps`` unprofiled steps; the op counts and self-CPU
+times come from a second run of the same steps under torch.profiler (which slows every
+op, so its times are for comparing two runs, not for adding to the wall times). Op counts
+are what a loaded machine cannot move.
+
+    .venv/bin/python benchmarks/bench_cpu_host.py --model /work/bench-cpu/awq [--steps 20]
+
+Without ``--model`` the random checkpoint is written into ``--work-dir`` as bench_cpu.py
+writes it (``write_checkpoints``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WEIGHTS = "weight layer"  # the profiler's label for a weight layer's forward
+
+
+class WeightClock:
+    """Wraps the forward of every weight layer (linears, quantized or not, and the
+    embedding) to add up its time and label its ops for the profiler."""
+
+    def __init__(self, model: nn.Module):
+        from engine.layers.cpu_quant import Int4Linear, Int8Embedding, Int8Linear
+
+        kinds = (nn.Linear, nn.Embedding, Int4Linear, Int8Linear, Int8Embedding)
+        self.seconds = 0.0
+        self.num_layers = 0
+        for module in model.modules():
+            if isinstance(module, kinds):
+                module.forward = self._timed(module.forward)
+                self.num_layers += 1
+
+    def _timed(self, forward: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                with torch.profiler.record_function(WEIGHTS):
+                    return forward(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+def under_weights(event) -> bool:
+    while event is not None:
+        if event.name == WEIGHTS:
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def profile_steps(step: Callable, num_steps: int) -> tuple[collections.Counter, dict]:
+    """(top-level op counts, self-CPU microseconds by op name) outside the weight layers,
+    over ``num_steps`` steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(num_steps):
+            step()
+    counts: collections.Counter = collections.Counter()
+    self_us: dict[str, float] = collections.defaultdict(float)
+    for event in prof.events():
+        if event.name == WEIGHTS or under_weights(event):
+            continue
+        self_us[event.name] += event.self_cpu_time_total
+        parent = event.cpu_parent
+        if parent is None or not parent.name.startswith("aten::"):
+            counts[event.name] += 1  # an op the Python code called (not one inside another)
+    return counts, self_us
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a checkpoint (default: write one)")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-cpu"))
+    parser.add_argument("--quantization", default="int4")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20, help="decode steps timed")
+    parser.add_argument("--top", type=int, default=25, help="ops listed by self-CPU time")
+    args = parser.parse_args()
+
+    from benchmarks.bench_cpu import QWEN2_05B, prompts, write_checkpoints
+    from engine import LLM, SamplingParams
+
+    model_dir = args.model
+    if model_dir is None:
+        model_dir = write_checkpoints(args.work_dir, QWEN2_05B, "q4_0")["awq"]
+    warmup = 3
+    new_tokens = 2 + warmup + 2 * args.steps  # one left over: the request is still running
+    llm = LLM(
+        str(model_dir),
+        dtype=args.dtype,
+        quantization=args.quantization,
+        threads=args.threads,
+        kv_cache_memory=0.1,
+        max_model_len=args.prompt_len + new_tokens + 16,
+        max_num_seqs=1,
+    )
+    core = llm.engine.core
+    clock = WeightClock(core.runner.model)
+    prompt = prompts(1, args.prompt_len, QWEN2_05B["vocab_size"])[0]
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    llm.engine.add_request("bench", prompt, params)
+    for _ in range(1 + warmup):  # the prefill, then a few decode steps
+        core.step()
+
+    step_ms, weight_ms = [], []
+    for _ in range(args.steps):
+        weights_before = clock.seconds
+        start = time.perf_counter()
+        core.step()
+        step_ms.append((time.perf_counter() - start) * 1e3)
+        weight_ms.append((clock.seconds - weights_before) * 1e3)
+    other_ms = [s - w for s, w in zip(step_ms, weight_ms)]
+    counts, self_us = profile_steps(core.step, args.steps)
+    assert core.has_unfinished, "the request ended before the profiled steps"
+
+    print(
+        f"{model_dir} quantization {args.quantization}, dtype {llm.engine.dtype}, "
+        f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f}; decode at context ~{args.prompt_len}"
+    )
+    print(f"{clock.num_layers} weight layers timed")
+    print()
+    print("| per decode step (median) | ms |")
+    print("|---|---|")
+    print(f"| whole step | {statistics.median(step_ms):.2f} |")
+    print(f"| weight layers | {statistics.median(weight_ms):.2f} |")
+    print(f"| everything else | {statistics.median(other_ms):.2f} |")
+    n = args.steps
+    print()
+    print(
+        f"outside the weight layers, per step (profiled): {sum(counts.values()) / n:.0f} "
+        f"ops called, {sum(self_us.values()) / n / 1e3:.2f} ms self CPU"
+    )
+    print()
+    print("| op | calls/step | self CPU us/step |")
+    print("|---|---|---|")
+    for name, us in sorted(self_us.items(), key=lambda item: -item[1])[: args.top]:
+        print(f"| {name} | {counts[name] / n:.0f} | {us / n:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
