@@ -37,8 +37,10 @@ from kernels.cpu_native import NativeKernels
 logger = logging.getLogger(__name__)
 
 RTN_GROUP_SIZE = 128
-# Rows of an int8 table (embedding, LM head) read and quantized at a time, as fp32 bytes.
-INT8_TABLE_CHUNK_BYTES = 8 << 20
+# Rows of an int8 table (embedding, LM head) read and quantized at a time, as fp32 bytes:
+# the quantizer's temporaries are a few of them, at the end of the load, when all else is
+# in memory (8 MiB chunks put 40-100 MiB on a Qwen2-0.5B int4 load's peak, 2 MiB 10-20).
+INT8_TABLE_CHUNK_BYTES = 2 << 20
 MIB = 1 << 20
 NATIVE_KERNELS_ENV = "EDGECHAT_NATIVE_CPU_KERNELS"
 
