@@ -3,10 +3,12 @@ layers (the quantized matmuls, the LM head, the embedding lookup) against everyt
 else in the step (the torch ops around them: norms, rotary, KV write, attention, the
 runner and the sampler), and the torch ops the profiler sees outside the weight layers.
 
-Wall times are medians over ``--steps`` unprofiled steps; the op counts and self-CPU
-times come from a second run of the same steps under torch.profiler (which slows every
-op, so its times are for comparing two runs, not for adding to the wall times). Op counts
-are what a loaded machine cannot move.
+Times are the process's CPU time (``time.process_time``: all of its threads, so all
+of the step's work; a shared machine's other processes then add cache misses but not
+their own time slices), medians over ``--steps`` unprofiled steps. The op counts and
+self-CPU times come from a second run of the same steps under torch.profiler (which
+slows every op, so its times are for comparing two runs, not for adding to the others).
+Op counts are what a loaded machine cannot move.
 
     .venv/bin/python benchmarks/bench_cpu_host.py --model /work/bench-cpu/awq [--steps 20]
 
@@ -51,12 +53,32 @@ class WeightClock:
 
     def _timed(self, forward: Callable) -> Callable:
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 with torch.profiler.record_function(WEIGHTS):
                     return forward(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                self.seconds += time.process_time() - start
+
+        return timed
+
+
+class ModelClock:
+    """Adds up the time of the model's ``forward`` and ``compute_logits`` (what is left of
+    the step is the runner's staging, the sampler and the scheduler)."""
+
+    def __init__(self, model: nn.Module):
+        self.seconds = 0.0
+        for name in ("forward", "compute_logits"):
+            setattr(model, name, self._timed(getattr(model, name)))
+
+    def _timed(self, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.process_time() - start
 
         return timed
 
@@ -119,20 +141,23 @@ def main() -> None:
     )
     core = llm.engine.core
     clock = WeightClock(core.runner.model)
+    model_clock = ModelClock(core.runner.model)
     prompt = prompts(1, args.prompt_len, QWEN2_05B["vocab_size"])[0]
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     llm.engine.add_request("bench", prompt, params)
     for _ in range(1 + warmup):  # the prefill, then a few decode steps
         core.step()
 
-    step_ms, weight_ms = [], []
+    step_ms, weight_ms, model_ms = [], [], []
     for _ in range(args.steps):
-        weights_before = clock.seconds
-        start = time.perf_counter()
+        weights_before, model_before = clock.seconds, model_clock.seconds
+        start = time.process_time()
         core.step()
-        step_ms.append((time.perf_counter() - start) * 1e3)
+        step_ms.append((time.process_time() - start) * 1e3)
         weight_ms.append((clock.seconds - weights_before) * 1e3)
+        model_ms.append((model_clock.seconds - model_before) * 1e3)
     other_ms = [s - w for s, w in zip(step_ms, weight_ms)]
+    outside_model_ms = [s - m for s, m in zip(step_ms, model_ms)]
     counts, self_us = profile_steps(core.step, args.steps)
     assert core.has_unfinished, "the request ended before the profiled steps"
 
@@ -143,11 +168,12 @@ def main() -> None:
     )
     print(f"{clock.num_layers} weight layers timed")
     print()
-    print("| per decode step (median) | ms |")
+    print("| per decode step (median CPU time) | ms |")
     print("|---|---|")
     print(f"| whole step | {statistics.median(step_ms):.2f} |")
     print(f"| weight layers | {statistics.median(weight_ms):.2f} |")
     print(f"| everything else | {statistics.median(other_ms):.2f} |")
+    print(f"| of which outside the model | {statistics.median(outside_model_ms):.2f} |")
     n = args.steps
     print()
     print(

@@ -130,8 +130,9 @@ class ModelRunner:
                 image_embeds=torch.cat(step.image_embeds),
                 image_rows=torch.tensor(step.image_rows, dtype=torch.int64, device=self.device),
             )
+        # Every slot staged here is a real one (only pad_decode_rows writes -1, for graphs).
         host_lens = (host.seq_lens.tolist(), host.query_start_loc.tolist())
-        meta = inputs.attention_metadata(host_lens)
+        meta = inputs.attention_metadata(host_lens, negative_slots=False)
         hidden = self.model(inputs.input_ids, positions, meta, **images)
         logits = self.model.compute_logits(hidden[inputs.sample_rows[:num_sampling]])
         return logits.float()

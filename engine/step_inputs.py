@@ -62,7 +62,7 @@ class StepArrays(Generic[A]):
     block_tables: A  # [num_seqs, width] int32
 
     def attention_metadata(
-        self, host_lens: tuple[list[int], list[int]] | None = None
+        self, host_lens: tuple[list[int], list[int]] | None = None, negative_slots: bool = True
     ) -> AttentionMetadata:
         return AttentionMetadata(
             slot_mapping=self.slot_mapping,
@@ -70,6 +70,7 @@ class StepArrays(Generic[A]):
             seq_lens=self.seq_lens,
             query_start_loc=self.query_start_loc,
             host_lens=host_lens,
+            negative_slots=negative_slots,
         )
 
 

@@ -62,12 +62,16 @@ def rotary_write_kv_cache(
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # [num_tokens] int64; negative slots are skipped
+    negative_slots: bool = True,  # False: the caller knows there are none
 ) -> torch.Tensor:  # the rotated queries, [num_tokens, num_heads, head_dim]
     """Rotate queries and keys, and store the rotated keys and the values at their
-    slots: what a decoder layer does before attention, in one launch."""
-    return _ops(query).rotary_write_kv_cache(
-        positions, query, key, value, cos, sin, k_cache, v_cache, slot_mapping
-    )
+    slots: what a decoder layer does before attention, in one launch. ``negative_slots``
+    spares the torch twin a check of the slots (the Triton kernel skips them as it goes)."""
+    args = (positions, query, key, value, cos, sin, k_cache, v_cache, slot_mapping)
+    ops = _ops(query)
+    if ops is reference:
+        return reference.rotary_write_kv_cache(*args, negative_slots)
+    return ops.rotary_write_kv_cache(*args)
 
 
 def paged_attention(

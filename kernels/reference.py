@@ -13,21 +13,28 @@ import torch
 import torch.nn.functional as F
 
 
+def _to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)``, with no call where x has that dtype already: on the CPU decode path
+    a call's argument parsing costs more than the row it would convert."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def write_kv_cache(
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # [num_tokens] int64; negative slots are skipped
+    negative_slots: bool = True,  # False: the caller knows there are none (no check)
 ) -> None:
     """Store each new token's K and V at its slot (none for a negative slot: a padding
     row, as the kernel warm-up and CUDA graphs pass them)."""
     num_kv_heads, head_dim = k_cache.shape[2:]
-    if slot_mapping.numel() and slot_mapping.min().item() < 0:
+    if negative_slots and slot_mapping.numel() and slot_mapping.min().item() < 0:
         keep = slot_mapping >= 0
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, _to(key, k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, _to(value, v_cache.dtype))
 
 
 # A query chunk's scores in fp32 stay under this many elements (64 MiB), however long the
@@ -70,14 +77,14 @@ def paged_attention(
         out.append(_attend(query[starts[i] : starts[i + 1]], keys, values, scale))
     if not out:
         return torch.empty_like(query)
-    return (out[0] if len(out) == 1 else torch.cat(out)).to(query.dtype)
+    return _to(out[0] if len(out) == 1 else torch.cat(out), query.dtype)
 
 
 def _gather_context(
     cache: torch.Tensor, blocks: torch.Tensor, seq_len: int
 ) -> torch.Tensor:  # [seq_len, num_kv_heads, head_dim] fp32
     rows = cache.index_select(0, blocks).flatten(0, 1)
-    return rows[:seq_len].float()
+    return _to(rows[:seq_len], torch.float32)
 
 
 def _attend(
@@ -114,7 +121,7 @@ def _attend_rows(
     rows, num_heads, head_dim = query.shape
     num_kv_heads, _, seq_len = keys_t.shape
     group = num_heads // num_kv_heads
-    q = query.float() * scale  # fewer products than the scores
+    q = _to(query, torch.float32) * scale  # fewer products than the scores
     # [kv, rows * group, head_dim]: a KV head's query heads, row after row (one row, as at
     # decode: that is the row's own layout)
     if rows > 1:
@@ -209,10 +216,11 @@ def rotary_write_kv_cache(
     k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # [num_tokens] int64; negative slots are skipped
+    negative_slots: bool = True,  # False: the caller knows there are none (no check)
 ) -> torch.Tensor:  # the rotated queries
     """``rotary_embedding``, then ``write_kv_cache`` of the rotated keys (one launch on a GPU)."""
     query, key = rotary_embedding(positions, query, key, cos, sin)
-    write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    write_kv_cache(key, value, k_cache, v_cache, slot_mapping, negative_slots)
     return query
 
 
@@ -224,10 +232,10 @@ def _rotate(
     """``(x1 cos - x2 sin, x2 cos + x1 sin)`` for each head's halves ``(x1, x2)``, in fp32:
     the halves times cos plus the swapped halves times ``(-sin, sin)``. Each product is
     rounded as in the formula and ``a + -b`` is ``a - b`` exactly: the same bits."""
-    halves = x.float().unflatten(-1, (2, -1))  # [num_tokens, heads, 2, head_dim // 2]
+    halves = _to(x, torch.float32).unflatten(-1, (2, -1))  # [num_tokens, heads, 2, head_dim // 2]
     signed_sin = torch.stack((-sin, sin), dim=1)[:, None]  # [num_tokens, 1, 2, head_dim // 2]
     rotated = halves * cos[:, None, None] + halves.flip(2) * signed_sin
-    return rotated.flatten(-2).to(x.dtype)
+    return _to(rotated.flatten(-2), x.dtype)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [..., 2 * width] -> [..., width]

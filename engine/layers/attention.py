@@ -24,6 +24,10 @@ class AttentionMetadata:
     # seq_lens and query_start_loc as lists, where the runner has them: the CPU attention
     # loops over sequences on the host, and would otherwise read them back in every layer.
     host_lens: tuple[list[int], list[int]] | None = None
+    # Whether slot_mapping may hold padding rows' negative slots (CUDA graphs' padding, the
+    # kernel warm-up); the runner's eager steps hold none, and the CPU's KV write then
+    # skips its check.
+    negative_slots: bool = True
 
 
 class PagedAttention(nn.Module):
@@ -48,7 +52,16 @@ class PagedAttention(nn.Module):
     ) -> torch.Tensor:  # [num_tokens, num_heads * head_dim]
         rows, cos, sin = self.rotary.tables(positions)
         query = kernels.rotary_write_kv_cache(
-            rows, query, key, value, cos, sin, self.k_cache, self.v_cache, meta.slot_mapping
+            rows,
+            query,
+            key,
+            value,
+            cos,
+            sin,
+            self.k_cache,
+            self.v_cache,
+            meta.slot_mapping,
+            meta.negative_slots,
         )
         out = kernels.paged_attention(
             query,

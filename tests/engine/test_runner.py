@@ -132,6 +132,7 @@ def test_a_mixed_batch_stages_what_the_sequences_say():
     assert model.meta["seq_lens"].tolist() == [10, 11]
     assert model.meta["query_start_loc"].tolist() == [0, 1, 8]
     assert model.meta["host_lens"] == ([10, 11], [0, 1, 8])  # the same, as lists
+    assert not model.meta["negative_slots"] and min(slots) >= 0
     width = max(len(decoding.block_table), len(chunked.block_table))
     tables = model.meta["block_tables"].tolist()
     assert [row[: len(seq.block_table)] for row, seq in zip(tables, batch.seqs)] == [

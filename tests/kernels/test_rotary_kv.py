@@ -84,3 +84,20 @@ def test_padding_rows_write_nothing(device):
     assert torch.equal(out, query)  # cos 1, sin 0: the identity, padding rows included
     for cache in (k_cache, v_cache):
         assert cache.view(-1, 16).sum(-1).nonzero().flatten().tolist() == [2, 5]
+
+
+def test_twin_without_the_slot_check_writes_the_same():
+    """``negative_slots=False`` (the runner's eager steps, whose slots are all real) skips
+    the twin's check and changes nothing else."""
+    torch.manual_seed(0)
+    query, key, value = qkv_views(5, 6, 2, 64, torch.float32, "cpu")
+    angles = torch.randn(16, 32)
+    positions = torch.tensor([3, 0, 15, 7, 7])
+    slots = torch.tensor([9, 10, 11, 20, 3])
+    caches = [torch.randn(NUM_BLOCKS, BLOCK_SIZE, 2, 64) for _ in range(2)]
+    checked = [c.clone() for c in caches]
+    args = (positions, query, key, value, angles.cos(), angles.sin())
+    expected = reference.rotary_write_kv_cache(*args, *checked, slots)
+    unchecked = reference.rotary_write_kv_cache(*args, *caches, slots, negative_slots=False)
+    assert torch.equal(unchecked, expected)
+    assert all(torch.equal(a, b) for a, b in zip(caches, checked))
