@@ -116,6 +116,9 @@ class _Filler:
                 logger.warning("ignoring checkpoint tensor %s", name)
             return
         module_name, param_name, index = located
+        if module_name not in self.modules:  # quantized already: a second copy of a tensor
+            logger.warning("ignoring checkpoint tensor %s: %s is loaded", name, module_name)
+            return
         self.unfilled.discard(name)
         if module_name in self.tables:
             self._fill_table(name, module_name, shape, read_rows)

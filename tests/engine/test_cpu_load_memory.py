@@ -6,10 +6,13 @@ torch's profiler, not by RSS)."""
 from __future__ import annotations
 
 import gc
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -22,6 +25,7 @@ from engine.quant.config import read_quant_config
 from engine.weights import checkpoint_entries
 from kernels.cpu_linear import quantize_int8
 from tests.engine.awq_fixtures import write_awq_checkpoint
+from tests.engine.test_tinychat_loading import write_tinychat_checkpoint
 
 CPU = torch.device("cpu")
 # K (128 in, 256 for down_proj) is a multiple of group 128, N of 16; 8 layers, so that
@@ -101,7 +105,13 @@ def test_layers_quantized_as_read_equal_the_whole_model_quantized(
     kernel_dtype = cpu_quant.kernel_dtype(requested, torch.float32, CPU)
     model_dir = checkpoint(kind)
     model = load(model_dir, quantization, kernel_dtype)
-    expected = whole_model_quantized(model_dir, quantization, kernel_dtype)
+    assert_same_layers(model, whole_model_quantized(model_dir, quantization, kernel_dtype))
+    assert not any(t.is_meta for t in model.state_dict().values())
+    tied = kind != "dense"
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+
+
+def assert_same_layers(model: nn.Module, expected: dict[str, nn.Module]) -> None:
     for name, reference in expected.items():
         layer = model.get_submodule(name)
         assert type(layer) is type(reference), name
@@ -111,9 +121,19 @@ def test_layers_quantized_as_read_equal_the_whole_model_quantized(
         for key, tensor in theirs.items():
             assert ours[key].dtype == tensor.dtype, f"{name}.{key}"
             assert torch.equal(ours[key], tensor), f"{name}.{key}"
-    assert not any(t.is_meta for t in model.state_dict().values())
-    tied = kind != "dense"
-    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+
+
+def test_tinychat_tensors_quantized_as_they_come_equal_the_whole_model_quantized(
+    checkpoint, tmp_path
+):
+    """A TinyChat ``.pt`` arrives as in-memory tensors, not safetensors entries (the int8
+    table sliced, not read): the same layers come out."""
+    awq_dir = write_awq_checkpoint(checkpoint("tied"), tmp_path / "awq", 32, False, ())
+    tinychat_dir = write_tinychat_checkpoint(
+        awq_dir, tmp_path / "tinychat", "qwen2-w4-g32-awq-v2.pt"
+    )
+    model = load(tinychat_dir, "int4", torch.float32)
+    assert_same_layers(model, whole_model_quantized(awq_dir, "int4", torch.float32))
 
 
 def test_awq_without_quantization_repacks_as_read_and_keeps_the_embedding(checkpoint):
@@ -166,3 +186,15 @@ def test_load_holds_the_quantized_model_and_one_layer_at_most(checkpoint, kind, 
     largest_layer = 2 * config.intermediate_size * config.hidden_size * 4  # gate_up, fp32
     assert peak <= weight_bytes(loaded[0]) + 3 * largest_layer
     assert largest <= largest_layer < config.vocab_size * config.hidden_size * 4
+
+
+def test_a_tensor_stored_twice_is_ignored_once_its_layer_is_quantized(checkpoint, tmp_path, caplog):
+    shutil.copytree(checkpoint("dense"), tmp_path, dirs_exist_ok=True)
+    name = "model.layers.0.mlp.down_proj.weight"
+    save_file({name: load_file(tmp_path / "model.safetensors")[name]}, tmp_path / "x.safetensors")
+    with caplog.at_level(logging.WARNING, logger="engine.fill"):
+        model = load(tmp_path, "int8", torch.float32)
+    assert f"ignoring checkpoint tensor {name}: model.layers.0.mlp.down_proj is loaded" in (
+        caplog.text
+    )
+    assert isinstance(model.model.layers[0].mlp.down_proj, Int8Linear)
