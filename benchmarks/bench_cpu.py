@@ -4,7 +4,9 @@ on the same weights, in the same run.
 The model is random (24 layers, hidden 896, intermediate 4864, 14 query / 2 KV heads,
 vocab 151936, tied embeddings, q/k/v biases), rounded to int4 (RTN, group 128) into an
 AutoAWQ GEMM checkpoint. The int4 row serves that checkpoint (``--quantization int4``:
-torch's int4 kernel for the decoder's linears, an int8 head and embedding); fp32, bf16
+the native int4 kernel for the decoder's linears, an int8 head and embedding, all with
+int8 activations; the int4-torch row runs torch's bf16 kernels instead, with
+``EDGECHAT_NATIVE_CPU_KERNELS=0``); fp32, bf16
 and int8 (``--quantization int8``) serve a dense fp32 copy holding exactly its
 dequantized weights; llama.cpp runs a GGUF of that copy (linears Q4_0 or Q8_0, the tied
 embedding Q8_0, like our int8 head) through llama-cpp-python, installed in an environment
@@ -17,7 +19,8 @@ their tokens/s from when all have their first token. The weights are random: the
 numbers measure speed, never quality.
 
     .venv/bin/python benchmarks/bench_cpu.py --work-dir /tmp/bench-cpu \
-        --llama-python /work/bench-venv/bin/python [--modes fp32 bf16 int8 int4 llama.cpp]
+        --llama-python /work/bench-venv/bin/python \
+        [--modes fp32 bf16 int8 int4 int4-torch llama.cpp]
 """
 
 from __future__ import annotations
@@ -57,11 +60,12 @@ TINY = dict(
     num_attention_heads=4,
 )
 GROUP_SIZE = 128
-ENGINE_MODES = {  # mode -> (checkpoint, dtype, quantization)
-    "fp32": ("dense", "float32", "none"),
-    "bf16": ("dense", "bfloat16", "none"),
-    "int8": ("dense", "auto", "int8"),
-    "int4": ("awq", "auto", "int4"),
+ENGINE_MODES = {  # mode -> (checkpoint, dtype, quantization, native CPU kernels)
+    "fp32": ("dense", "float32", "none", True),
+    "bf16": ("dense", "bfloat16", "none", True),
+    "int8": ("dense", "auto", "int8", True),
+    "int4": ("awq", "auto", "int4", True),
+    "int4-torch": ("awq", "auto", "int4", False),  # torch's bf16 int4/int8 kernels instead
 }
 MODES = [*ENGINE_MODES, "llama.cpp"]
 
@@ -100,7 +104,7 @@ def run_engine(args: argparse.Namespace) -> dict:
     """Our engine on one mode: load, then single stream and concurrent decode."""
     from engine import LLM, SamplingParams
 
-    _, dtype, quantization = ENGINE_MODES[args.mode]
+    _, dtype, quantization, _ = ENGINE_MODES[args.mode]
     before = peak_rss_bytes()
     start = time.perf_counter()
     llm = LLM(
@@ -172,7 +176,12 @@ def run_row(mode: str, paths: dict[str, Path], args: argparse.Namespace) -> dict
             f"--prompt-len={args.prompt_len}",
             *common,
         ]
-    done = subprocess.run(command, capture_output=True, text=True)
+    from engine.layers.cpu_quant import NATIVE_KERNELS_ENV
+
+    env = dict(os.environ)
+    if mode in ENGINE_MODES and not ENGINE_MODES[mode][3]:
+        env[NATIVE_KERNELS_ENV] = "0"
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]}
     return json.loads(done.stdout.strip().splitlines()[-1])
