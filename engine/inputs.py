@@ -70,7 +70,7 @@ class InputProcessor:
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.block_size = block_size
-        # None when the tokenizer cannot drive a grammar (structured outputs refused).
+        # None when the model has no EOS token to end a grammar (structured outputs refused).
         self.grammars = grammars
 
     def prepare(
@@ -152,7 +152,8 @@ class InputProcessor:
         self, prompt: PreparedPrompt, params: SamplingParams, fit_max_tokens: bool = False
     ) -> None:
         """Check ``params`` against the model, compiling a structured output's grammar
-        (cached: a new schema costs milliseconds). With ``fit_max_tokens`` the prompt and
+        (cached: a new schema costs milliseconds; the engine's first about a second, to
+        build the token trie). With ``fit_max_tokens`` the prompt and
         ``max_tokens`` together must fit the context (OpenAI's API is that strict; the
         engine alone would stop at the context's end)."""
         if not isinstance(params, SamplingParams):
@@ -171,8 +172,7 @@ class InputProcessor:
     def _grammar(self, spec: StructuredOutputSpec) -> CompiledGrammar:
         if self.grammars is None:
             raise InvalidRequestError(
-                f"model {self.model_name!r} has no fast tokenizer (tokenizer.json), which "
-                "structured outputs need"
+                f"model {self.model_name!r} has no EOS token, which structured outputs need"
             )
         return self.grammars.compile(spec)
 

@@ -3,6 +3,11 @@
 Compiling runs at intake (``InputProcessor.check_params``), so a schema, regex or grammar
 the library refuses is an ``InvalidRequestError`` before any generation. Each sequence
 then gets a matcher of its own, copied from the compiled grammar's pristine one.
+
+The token trie every grammar is compiled against is built at the first compile, not with
+the engine: for a 152k vocabulary it holds ~115 MiB (a third of a Qwen2-0.5B int4 model's
+weights) and takes about a second, which a server that never constrains its outputs
+should not pay.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ class GrammarCompiler:
     """Compiles ``StructuredOutputSpec``s for one tokenizer; thread-safe.
 
     ``vocab_size`` is the model's (the width of its logits, which may exceed the
-    tokenizer's). The one token a finished grammar allows is ``eos_token_id``.
+    tokenizer's). The one token a finished grammar allows is ``eos_token_id``. The
+    token trie is built by the first ``compile`` (see the module's docstring).
     """
 
     def __init__(
@@ -71,16 +77,17 @@ class GrammarCompiler:
         eos_token_id: int,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ):
-        # Builds the token trie the masks are computed over: once per engine.
-        self._tokenizer = llguidance.hf.from_tokenizer(
-            tokenizer, n_vocab=max(vocab_size, len(tokenizer)), eos_token=eos_token_id
-        )
+        self._hf_tokenizer = tokenizer
+        self._num_tokens = max(vocab_size, len(tokenizer))
         self.eos_token_id = eos_token_id
-        self.num_mask_words = -(-self._tokenizer.vocab_size // 32)
         self.cache_size = cache_size
         self._cache: OrderedDict[StructuredOutputSpec, CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
         self.num_compiled = 0
+        self._trie: llguidance.LLTokenizer | None = None
+        self._trie_error: str | None = None  # why the trie cannot be built, once tried
+        # NOTE: held through the build, so concurrent first requests wait for one build.
+        self._trie_lock = threading.Lock()
 
     def compile(self, spec: StructuredOutputSpec) -> CompiledGrammar:
         """The spec's grammar, from the cache when it was compiled before. Raises
@@ -90,8 +97,10 @@ class GrammarCompiler:
             if compiled is not None:
                 self._cache.move_to_end(spec)
                 return compiled
+        trie = self._token_trie()
+        num_mask_words = -(-trie.vocab_size // 32)
         # Outside the lock: a large grammar takes a while, and llguidance drops the GIL.
-        compiled = CompiledGrammar(self._matcher(spec), self.eos_token_id, self.num_mask_words)
+        compiled = CompiledGrammar(self._matcher(spec, trie), self.eos_token_id, num_mask_words)
         with self._lock:
             self.num_compiled += 1
             self._cache[spec] = compiled
@@ -99,12 +108,34 @@ class GrammarCompiler:
                 self._cache.popitem(last=False)
         return compiled
 
-    def _matcher(self, spec: StructuredOutputSpec) -> llguidance.LLMatcher:
+    def _token_trie(self) -> llguidance.LLTokenizer:
+        """The trie the masks are computed over, built at the first call. Raises
+        InvalidRequestError when the tokenizer cannot drive a grammar (llguidance needs
+        a fast one)."""
+        with self._trie_lock:
+            if self._trie is None and self._trie_error is None:
+                # NOTE: reads the intake tokenizer outside intake's lock: it is only
+                # copied, and intake never changes its truncation or padding (the writes).
+                try:
+                    self._trie = llguidance.hf.from_tokenizer(
+                        self._hf_tokenizer, n_vocab=self._num_tokens, eos_token=self.eos_token_id
+                    )
+                except ValueError as e:
+                    logger.warning("structured outputs are off: %s", e)
+                    self._trie_error = str(e)
+            if self._trie is None:
+                raise InvalidRequestError(
+                    f"structured outputs are off for this model: {self._trie_error}"
+                )
+            return self._trie
+
+    @staticmethod
+    def _matcher(spec: StructuredOutputSpec, trie: llguidance.LLTokenizer) -> llguidance.LLMatcher:
         grammar = _grammar(spec)
-        error = llguidance.LLMatcher.validate_grammar(grammar, self._tokenizer)
+        error = llguidance.LLMatcher.validate_grammar(grammar, trie)
         if error:
             raise StructuredOutputError(f"invalid {_described(spec)}: {error}", spec.source)
-        matcher = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
+        matcher = llguidance.LLMatcher(trie, grammar, log_level=0)
         if matcher.is_error():
             raise StructuredOutputError(
                 f"invalid {_described(spec)}: {matcher.get_error()}", spec.source
@@ -160,16 +191,12 @@ def _described(spec: StructuredOutputSpec) -> str:
 def grammar_compiler(
     tokenizer: PreTrainedTokenizerBase, vocab_size: int, eos_token_ids: frozenset[int]
 ) -> GrammarCompiler | None:
-    """The engine's compiler; None (structured outputs refused) for a tokenizer
-    llguidance cannot read (it needs a fast one) or a model without an EOS token."""
+    """The engine's compiler (cheap: nothing is built before the first compile); None
+    (structured outputs refused) for a model without an EOS token."""
     eos = tokenizer.eos_token_id
     if eos not in eos_token_ids:
         eos = min(eos_token_ids, default=None)
     if eos is None:
         logger.warning("structured outputs are off: the model has no EOS token")
         return None
-    try:
-        return GrammarCompiler(tokenizer, vocab_size, eos)
-    except ValueError as e:
-        logger.warning("structured outputs are off: %s", e)
-        return None
+    return GrammarCompiler(tokenizer, vocab_size, eos)
