@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 from kernels.cpu_native import NativeKernels
+from kernels.reference import to_dtype
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel implements
 INT4_OUT_MULTIPLE = 16  # torch packs the int4 weight in blocks of 16 output channels
@@ -215,10 +216,10 @@ def _linear_rows(
     matmul: Callable[[torch.Tensor], torch.Tensor],  # [M, K] contiguous -> [M, N]
     bias: torch.Tensor | None,
 ) -> torch.Tensor:  # [..., N] in x's dtype
-    rows = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
+    rows = to_dtype(x.reshape(-1, x.shape[-1]), dtype).contiguous()
     if rows.shape[0] == 0:  # the kernels cannot reduce over no rows
         return x.new_zeros(*x.shape[:-1], out_features)
-    out = matmul(rows).to(x.dtype)
+    out = to_dtype(matmul(rows), x.dtype)
     if bias is not None:
         out += bias
     return out.view(*x.shape[:-1], out_features)

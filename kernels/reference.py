@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def to_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x.to(dtype)``, with no call where x has that dtype already: on the CPU decode path
     a call's argument parsing costs more than the row it would convert."""
     return x if x.dtype == dtype else x.to(dtype)
@@ -33,8 +33,12 @@ def write_kv_cache(
     if negative_slots and slot_mapping.numel() and slot_mapping.min().item() < 0:
         keep = slot_mapping >= 0
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, _to(key, k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, _to(value, v_cache.dtype))
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(
+        0, slot_mapping, to_dtype(key, k_cache.dtype)
+    )
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(
+        0, slot_mapping, to_dtype(value, v_cache.dtype)
+    )
 
 
 # A query chunk's scores in fp32 stay under this many elements (64 MiB), however long the
@@ -77,14 +81,14 @@ def paged_attention(
         out.append(_attend(query[starts[i] : starts[i + 1]], keys, values, scale))
     if not out:
         return torch.empty_like(query)
-    return _to(out[0] if len(out) == 1 else torch.cat(out), query.dtype)
+    return to_dtype(out[0] if len(out) == 1 else torch.cat(out), query.dtype)
 
 
 def _gather_context(
     cache: torch.Tensor, blocks: torch.Tensor, seq_len: int
 ) -> torch.Tensor:  # [seq_len, num_kv_heads, head_dim] fp32
     rows = cache.index_select(0, blocks).flatten(0, 1)
-    return _to(rows[:seq_len], torch.float32)
+    return to_dtype(rows[:seq_len], torch.float32)
 
 
 def _attend(
@@ -121,7 +125,7 @@ def _attend_rows(
     rows, num_heads, head_dim = query.shape
     num_kv_heads, _, seq_len = keys_t.shape
     group = num_heads // num_kv_heads
-    q = _to(query, torch.float32) * scale  # fewer products than the scores
+    q = to_dtype(query, torch.float32) * scale  # fewer products than the scores
     # [kv, rows * group, head_dim]: a KV head's query heads, row after row (one row, as at
     # decode: that is the row's own layout)
     if rows > 1:
@@ -232,10 +236,11 @@ def _rotate(
     """``(x1 cos - x2 sin, x2 cos + x1 sin)`` for each head's halves ``(x1, x2)``, in fp32:
     the halves times cos plus the swapped halves times ``(-sin, sin)``. Each product is
     rounded as in the formula and ``a + -b`` is ``a - b`` exactly: the same bits."""
-    halves = _to(x, torch.float32).unflatten(-1, (2, -1))  # [num_tokens, heads, 2, head_dim // 2]
+    # [num_tokens, heads, 2, head_dim // 2]
+    halves = to_dtype(x, torch.float32).unflatten(-1, (2, -1))
     signed_sin = torch.stack((-sin, sin), dim=1)[:, None]  # [num_tokens, 1, 2, head_dim // 2]
     rotated = halves * cos[:, None, None] + halves.flip(2) * signed_sin
-    return _to(rotated.flatten(-2), x.dtype)
+    return to_dtype(rotated.flatten(-2), x.dtype)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [..., 2 * width] -> [..., width]
