@@ -3,9 +3,9 @@ and logits and greedy tokens equal to transformers' Qwen2_5_VLForConditionalGene
 fed the same patches (fp32, tiny random model).
 
 transformers' video processor imports torchvision, which we do not install: its
-``sample_frames`` (with ``fps``) and ``patchify`` are written out below from its code
-(transformers 5.24, models/qwen2_vl/video_processing_qwen2_vl.py), and the
-``second_per_grid_ts`` rule from Qwen2_5_VLProcessor._process_videos."""
+``sample_frames`` (with ``fps``) is written out below from its code (transformers 5.24,
+models/qwen2_vl/video_processing_qwen2_vl.py), its ``patchify`` in video_fixtures.py,
+and the ``second_per_grid_ts`` rule from Qwen2_5_VLProcessor._process_videos."""
 
 from __future__ import annotations
 
@@ -20,33 +20,23 @@ from engine.multimodal.qwen_video import QwenVideoInput
 from engine.multimodal.video import VideoInfo
 from tests.engine.qwen2_5_vl_fixtures import build_tiny_qwen2_5_vl, load_qwen2_5_vl_reference
 from tests.engine.test_qwen2_5_vl import NUM_DECODE, our_logits
-from tests.engine.video_fixtures import data_url, decode_all, make_video
+from tests.engine.video_fixtures import (
+    data_url,
+    decode_all,
+    forbid_decoding,
+    make_video,
+    their_patchify,
+    video_conversations,
+    video_part,
+)
 from tests.engine.vlm_fixtures import data_url as image_url
-from tests.engine.vlm_fixtures import image_part, random_image, text_part
+from tests.engine.vlm_fixtures import random_image, text_part
 
 # 4 s at 10 fps: 2 frames a second sample 8 frames (4 temporal patches); 112x84 frames
 # are 4 x 3 tokens, whose temporal positions (4 apart at 4 tokens a second) outrun them.
 VIDEO = make_video(num_frames=40, width=112, height=84, fps=10, gop=8)
 GREEDY = SamplingParams(max_tokens=NUM_DECODE, temperature=0, ignore_eos=True)
-
-
-def video_part(data: bytes = VIDEO) -> dict:
-    return {"type": "video_url", "video_url": {"url": data_url(data)}}
-
-
-CONVERSATIONS = {
-    "video": [{"role": "user", "content": [text_part("What happens?"), video_part()]}],
-    "image-video-text": [
-        {
-            "role": "user",
-            "content": [
-                image_part(image_url(random_image(1, (97, 233)))),
-                video_part(),
-                text_part("Which came first?"),
-            ],
-        }
-    ],
-}
+CONVERSATIONS = video_conversations(VIDEO, image_url(random_image(1, (97, 233))))
 
 
 @pytest.fixture(scope="module")
@@ -72,31 +62,6 @@ def their_sample_frames(info: VideoInfo, fps: float, min_frames=4, max_frames=76
     num_frames = min(max(num_frames, min_frames), max_frames, total)
     num_frames = math.floor(num_frames / t) * t
     return torch.arange(0, total, total / num_frames).int()
-
-
-def their_patchify(videos: torch.Tensor, patch_size=14, merge_size=2, temporal_patch_size=2):
-    """Qwen2VLVideoProcessor.patchify, written out: ``[b, n, c, h, w]`` -> flat patches."""
-    batch_size, num_frames, channel, height, width = videos.shape
-    if pad := -num_frames % temporal_patch_size:
-        videos = torch.cat((videos, videos[:, -1:].expand(-1, pad, -1, -1, -1)), dim=1)
-        num_frames += pad
-    grid_t = num_frames // temporal_patch_size
-    grid_h, grid_w = height // patch_size, width // patch_size
-    patches = videos.view(
-        batch_size,
-        grid_t,
-        temporal_patch_size,
-        channel,
-        grid_h // merge_size,
-        merge_size,
-        patch_size,
-        grid_w // merge_size,
-        merge_size,
-        patch_size,
-    )
-    patches = patches.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
-    flat = patches.reshape(batch_size, grid_t * grid_h * grid_w, -1)
-    return flat, (grid_t, grid_h, grid_w)
 
 
 def test_sampling_as_transformers(llm):
@@ -251,10 +216,6 @@ def test_a_video_longer_than_the_context_is_refused_before_decoding(qwen_dir, mo
     """48 tokens (4 temporal patches of 4 x 3) cannot fit a 40-token context: refused
     from the container's facts, no frame decoded."""
     llm = LLM(str(qwen_dir), kv_cache_memory=0.01, max_model_len=40)
-
-    def decode(*args):
-        raise AssertionError("decoded a video the context cannot hold")
-
-    monkeypatch.setattr("engine.multimodal.video._decode_at", decode)
+    forbid_decoding(monkeypatch)
     with pytest.raises(InvalidRequestError, match="takes 48 tokens, more than the context of 40"):
         llm.engine.chat_request(CONVERSATIONS["video"])

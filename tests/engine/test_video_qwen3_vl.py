@@ -6,7 +6,7 @@ Qwen3VLForConditionalGeneration fed the same patches (fp32, tiny random model).
 transformers' Qwen3VLVideoProcessor imports torchvision, which we do not install: its
 ``sample_frames`` and ``smart_resize`` are written out below from its code (transformers
 5.24, models/qwen3_vl/video_processing_qwen3_vl.py; its ``patchify`` is Qwen2-VL's,
-written out in test_video_qwen2_5_vl.py), and stand in for it inside transformers' own
+written out in video_fixtures.py), and stand in for it inside transformers' own
 Qwen3VLProcessor, which writes the timestamps and tokenizes the prompt."""
 
 from __future__ import annotations
@@ -37,10 +37,17 @@ from tests.engine.qwen3_vl_fixtures import (
     load_qwen3_vl_reference,
 )
 from tests.engine.test_qwen2_5_vl import NUM_DECODE, our_logits
-from tests.engine.test_video_qwen2_5_vl import their_patchify
-from tests.engine.video_fixtures import data_url, decode_all, make_video
+from tests.engine.video_fixtures import (
+    data_url,
+    decode_all,
+    forbid_decoding,
+    make_video,
+    their_patchify,
+    video_conversations,
+    video_part,
+)
 from tests.engine.vlm_fixtures import data_url as image_url
-from tests.engine.vlm_fixtures import image_part, random_image, text_part
+from tests.engine.vlm_fixtures import random_image, text_part
 
 # 3.5 s at 10 fps: 2 frames a second sample 7 frames, so the last of 4 temporal patches
 # repeats its last frame; 128x96 frames are 4 x 3 tokens of 32 px, and the clip's 8
@@ -48,25 +55,7 @@ from tests.engine.vlm_fixtures import image_part, random_image, text_part
 VIDEO = make_video(num_frames=35, width=128, height=96, fps=10, gop=8)
 IMAGE = random_image(1, (97, 150))
 GREEDY = SamplingParams(max_tokens=NUM_DECODE, temperature=0, ignore_eos=True)
-
-
-def video_part(data: bytes = VIDEO) -> dict:
-    return {"type": "video_url", "video_url": {"url": data_url(data)}}
-
-
-CONVERSATIONS = {
-    "video": [{"role": "user", "content": [text_part("What happens?"), video_part()]}],
-    "image-video-text": [
-        {
-            "role": "user",
-            "content": [
-                image_part(image_url(IMAGE)),
-                video_part(),
-                text_part("Which came first?"),
-            ],
-        }
-    ],
-}
+CONVERSATIONS = video_conversations(VIDEO, image_url(IMAGE))
 
 
 @pytest.fixture(scope="module")
@@ -360,11 +349,7 @@ def test_a_video_longer_than_the_context_is_refused_before_decoding(qwen_dir, mo
     """48 video tokens (4 temporal patches of 4 x 3) cannot fit a 40-token context:
     refused from the container's facts, no frame decoded."""
     llm = LLM(str(qwen_dir), kv_cache_memory=0.01, max_model_len=40)
-
-    def decode(*args):
-        raise AssertionError("decoded a video the context cannot hold")
-
-    monkeypatch.setattr("engine.multimodal.video._decode_at", decode)
+    forbid_decoding(monkeypatch)
     with pytest.raises(InvalidRequestError, match="takes 48 tokens, more than the context of 40"):
         llm.engine.chat_request(CONVERSATIONS["video"])
 

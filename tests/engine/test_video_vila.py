@@ -15,16 +15,12 @@ from PIL import Image
 from engine import LLM, InvalidRequestError
 from engine.multimodal.video_frames import uniform_indices
 from tests.engine.test_vila import GREEDY, Reference, build_tiny_vila
-from tests.engine.video_fixtures import data_url, decode_all, make_video
+from tests.engine.video_fixtures import decode_all, make_video, video_part
 from tests.engine.vlm_fixtures import build_tiny_llava, image_part, text_part
 from tests.engine.vlm_fixtures import data_url as image_url
 
 NUM_VIDEO_FRAMES = 6
 VIDEO = make_video(num_frames=23, width=64, height=48, fps=10, gop=5)
-
-
-def video_part(data: bytes = VIDEO) -> dict:
-    return {"type": "video_url", "video_url": {"url": data_url(data)}}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +43,7 @@ def test_a_video_is_its_frames_as_images(vila):
     frames = [decode_all(VIDEO)[i] for i in uniform_indices(23, NUM_VIDEO_FRAMES)]
     as_images = [image_part(image_url(Image.fromarray(frame))) for frame in frames]
     video_ids, video_inputs = engine.chat_request(
-        [{"role": "user", "content": [video_part(), text_part("What happens?")]}]
+        [{"role": "user", "content": [video_part(VIDEO), text_part("What happens?")]}]
     )
     image_ids, image_inputs = engine.chat_request(
         [{"role": "user", "content": [*as_images, text_part("What happens?")]}]
@@ -62,7 +58,9 @@ def test_a_video_is_its_frames_as_images(vila):
 
 def test_greedy_tokens_match_reference(vila):
     llm, reference = vila
-    messages = [{"role": "user", "content": [text_part("Watch:"), video_part(), text_part("and?")]}]
+    messages = [
+        {"role": "user", "content": [text_part("Watch:"), video_part(VIDEO), text_part("and?")]}
+    ]
     token_ids, inputs = llm.engine.chat_request(messages)
     output = llm.chat(messages, GREEDY)
     image_token = llm.engine.vision.image_token_id
@@ -71,7 +69,7 @@ def test_greedy_tokens_match_reference(vila):
 
 def test_video_limits(vila):
     llm, _ = vila
-    three = [{"role": "user", "content": [video_part(), video_part(), video_part()]}]
+    three = [{"role": "user", "content": [video_part(VIDEO), video_part(VIDEO), video_part(VIDEO)]}]
     with pytest.raises(InvalidRequestError, match="at most 2 videos"):
         llm.engine.chat_request(three)
     # A video's six frames count as one video, not as images.
@@ -79,7 +77,7 @@ def test_video_limits(vila):
     two_images = LLM(str(model_dir), kv_cache_memory=0.01, limit_images_per_prompt=2)
     image = image_part(image_url(Image.fromarray(decode_all(VIDEO)[0])))
     _, inputs = two_images.engine.chat_request(
-        [{"role": "user", "content": [image, video_part(), image]}]
+        [{"role": "user", "content": [image, video_part(VIDEO), image]}]
     )
     assert len(inputs) == 2 + NUM_VIDEO_FRAMES
 
@@ -87,7 +85,7 @@ def test_video_limits(vila):
 def test_models_without_videos_refuse_them(tmp_path):
     llava = LLM(str(build_tiny_llava(tmp_path / "llava")), kv_cache_memory=0.01)
     with pytest.raises(InvalidRequestError, match="does not accept videos"):
-        llava.engine.chat_request([{"role": "user", "content": [video_part()]}])
+        llava.engine.chat_request([{"role": "user", "content": [video_part(VIDEO)]}])
     text_only = LLM(None, kv_cache_memory=0.01)
     with pytest.raises(InvalidRequestError, match="does not accept videos"):
-        text_only.engine.chat_request([{"role": "user", "content": [video_part()]}])
+        text_only.engine.chat_request([{"role": "user", "content": [video_part(VIDEO)]}])

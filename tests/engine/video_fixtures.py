@@ -1,6 +1,8 @@
 """Small videos made in the test with PyAV: H.264 with B-frames and a keyframe every
 ``gop`` frames (MPEG-4 Part 2 where the wheel's FFmpeg lacks libx264), every frame
-different, and the reference decode: every frame, in order."""
+different, and the reference decode: every frame, in order. Also what the video tests
+share: chat parts and conversations with a video, a guard that no frame is decoded, and
+the Qwen-VL video processors' ``patchify`` written out."""
 
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
+import torch
+
+from tests.engine.vlm_fixtures import image_part, text_part
 
 
 def make_video(
@@ -64,3 +70,62 @@ def decode_all(data: bytes) -> list[np.ndarray]:
 
 def data_url(data: bytes) -> str:
     return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
+def video_part(data: bytes) -> dict:
+    return {"type": "video_url", "video_url": {"url": data_url(data)}}
+
+
+def video_conversations(video: bytes, image_url: str) -> dict[str, list[dict]]:
+    """The Qwen-VL video tests' chats, by name: a question before ``video``; an image,
+    ``video``, then a question."""
+    return {
+        "video": [{"role": "user", "content": [text_part("What happens?"), video_part(video)]}],
+        "image-video-text": [
+            {
+                "role": "user",
+                "content": [
+                    image_part(image_url),
+                    video_part(video),
+                    text_part("Which came first?"),
+                ],
+            }
+        ],
+    }
+
+
+def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test at the first frame decoded: for videos that must be refused from
+    their container's facts alone."""
+
+    def decode(*args):
+        raise AssertionError("decoded a video the context cannot hold")
+
+    monkeypatch.setattr("engine.multimodal.video._decode_at", decode)
+
+
+def their_patchify(videos: torch.Tensor, patch_size=14, merge_size=2, temporal_patch_size=2):
+    """Qwen2VLVideoProcessor.patchify (transformers 5.24,
+    models/qwen2_vl/video_processing_qwen2_vl.py; Qwen3-VL's is the same), written out:
+    ``[b, n, c, h, w]`` -> flat patches."""
+    batch_size, num_frames, channel, height, width = videos.shape
+    if pad := -num_frames % temporal_patch_size:
+        videos = torch.cat((videos, videos[:, -1:].expand(-1, pad, -1, -1, -1)), dim=1)
+        num_frames += pad
+    grid_t = num_frames // temporal_patch_size
+    grid_h, grid_w = height // patch_size, width // patch_size
+    patches = videos.view(
+        batch_size,
+        grid_t,
+        temporal_patch_size,
+        channel,
+        grid_h // merge_size,
+        merge_size,
+        patch_size,
+        grid_w // merge_size,
+        merge_size,
+        patch_size,
+    )
+    patches = patches.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    flat = patches.reshape(batch_size, grid_t * grid_h * grid_w, -1)
+    return flat, (grid_t, grid_h, grid_w)
