@@ -57,6 +57,7 @@ NATIVE_CHECK = kernels/cpu_quant_gemm.c tests/kernels/native_check.c -fopenmp -l
 native-check:
 	mkdir -p build/native-check
 	cc -O3 -march=native $(NATIVE_CHECK) -o build/native-check/native && build/native-check/native
+	cc -O3 -march=haswell $(NATIVE_CHECK) -o build/native-check/avx2 && build/native-check/avx2
 	cc -O3 $(NATIVE_CHECK) -o build/native-check/portable && build/native-check/portable
 	for arch in armv8.2-a+dotprod armv8-a; do \
 		aarch64-linux-gnu-gcc -O3 -march=$$arch $(NATIVE_CHECK) -o build/native-check/$$arch \

@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="decode steps timed")
+    parser.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     parser.add_argument("--top", type=int, default=25, help="ops listed by self-CPU time")
     args = parser.parse_args()
 
@@ -137,14 +138,14 @@ def main() -> None:
         threads=args.threads,
         kv_cache_memory=0.1,
         max_model_len=args.prompt_len + new_tokens + 16,
-        max_num_seqs=1,
+        max_num_seqs=args.batch,
     )
     core = llm.engine.core
     clock = WeightClock(core.runner.model)
     model_clock = ModelClock(core.runner.model)
-    prompt = prompts(1, args.prompt_len, QWEN2_05B["vocab_size"])[0]
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    llm.engine.add_request("bench", prompt, params)
+    for i, prompt in enumerate(prompts(args.batch, args.prompt_len, QWEN2_05B["vocab_size"])):
+        llm.engine.add_request(f"bench-{i}", prompt, params)
     for _ in range(1 + warmup):  # the prefill, then a few decode steps
         core.step()
 
@@ -164,7 +165,8 @@ def main() -> None:
     print(
         f"{model_dir} quantization {args.quantization}, dtype {llm.engine.dtype}, "
         f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-        f"load average {os.getloadavg()[0]:.1f}; decode at context ~{args.prompt_len}"
+        f"load average {os.getloadavg()[0]:.1f}; decode of {args.batch} sequence(s) at "
+        f"context ~{args.prompt_len}"
     )
     print(f"{clock.num_layers} weight layers timed")
     print()

@@ -16,12 +16,13 @@ and fp16 take a scalar path, 4-10x slower (measured on AVX2, torch 2.13), so a m
 fp32 runs its quantized linears in bf16 for speed, or in fp32 to be exact.
 
 With int8 activations (``torch.int8`` as the dtype to compute in), the matmuls are
-kernels/cpu_native.py's instead: the activations quantized to int8 in blocks of 32
-(``quantize_activations`` is the twin), integer dot products, fp32 out. They are 2-3x
-faster than torch's bf16 kernels on AVX2 and lose about as much precision (relative
-output error ~0.4%, measured on random layers); their twins are the references below fed
-``quantize_activations(x)``. Their int4 layout (``pack_int4_native``) keeps, for each 32
-codes of a row, code j in the low nibble of byte j and code j + 16 in its high nibble.
+kernels/cpu_native.py's instead: the activations quantized to int8 with a scale per
+block of in-features (``activation_block``; ``quantize_activations`` is the twin),
+integer dot products, fp32 out. They are 2-3x faster than torch's bf16 kernels on AVX2
+and lose about as much precision (relative output error ~0.4%, measured on random
+layers); their twins are the references below fed ``quantize_activations``. Their int4
+layout (``pack_int4_native``) keeps, for each 32 codes of a row, code j in the low
+nibble of byte j and code j + 16 in its high nibble.
 
 NOTE: CPU tensors only; the packed int4 layout is torch's own and depends on the CPU it
 was packed on, so weights are packed at load, never stored.
@@ -39,14 +40,17 @@ from kernels.reference import to_dtype
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel implements
 INT4_OUT_MULTIPLE = 16  # torch packs the int4 weight in blocks of 16 output channels
 INT4_OFFSET = 8  # torch's kernel reads each 4-bit code q as (q - 8)
-# torch's int8 kernel in bf16/fp16 misreads (or crashes on) other in-feature counts
-# (torch 2.13, AVX2); fp32 takes any, but one rule for every dtype is simpler to keep.
-INT8_IN_MULTIPLE = 8
+# torch's int8 kernel in bf16/fp16 misreads or crashes on other in-feature counts (torch
+# 2.13: multiples of 8 on AVX2; on AVX-512, bf16 segfaults at 8, 24, 40, 200); fp32 takes
+# any, but one rule for every dtype and CPU is simpler to keep.
+INT8_IN_MULTIPLE = 16
 INT8_MAX = 127
 # Rows quantized at a time: a 152k-vocab head's fp32 temporaries would otherwise be
 # several copies of a 545 MB table at the load's memory peak.
 INT8_CHUNK_ROWS = 8192
-ACTIVATION_BLOCK = 32  # in-features per int8 activation scale (kernels/cpu_quant_gemm.c)
+NATIVE_BLOCK = 32  # codes per vector in the native layouts (QBLOCK in kernels/cpu_quant_gemm.c)
+# In-features per activation scale, largest first (see ``activation_block``).
+ACTIVATION_BLOCKS = (128, 64, NATIVE_BLOCK)
 NATIVE_ROWS = 4  # weight rows per tile in the native int4 layout (ROWS there)
 INT8_ACTIVATIONS = torch.int8  # the "dtype to compute in" of the native kernels
 
@@ -80,12 +84,23 @@ def check_int8_shape(in_features: int) -> None:
         )
 
 
+def activation_block(reduced: int) -> int:
+    """In-features per activation scale of a native linear whose weight scales hold for
+    ``reduced`` in-features (int4: the group size; int8: all K): the largest of
+    ACTIVATION_BLOCKS dividing it. The kernels sum the integer products of a block before
+    one float multiply-add, so larger blocks make batches 2-3x cheaper; the cost in
+    precision, measured on SmolLM2-135M with every linear's input rounded so (held-out
+    perplexity, fp32 weights): +0.22% in blocks of 32, +0.66% of 64, +0.77% of 128 (64
+    where 128 does not divide), +0.93% of 256 (llama.cpp's Q8_K, for its K-quants)."""
+    return next(block for block in ACTIVATION_BLOCKS if reduced % block == 0)
+
+
 def check_native_shape(in_features: int, group_size: int) -> None:
     """Raise ValueError unless the native kernels can run a layer of this shape."""
-    if in_features % ACTIVATION_BLOCK or group_size % ACTIVATION_BLOCK:
+    if in_features % NATIVE_BLOCK or group_size % NATIVE_BLOCK:
         raise ValueError(
             f"{in_features} in-features in groups of {group_size}: the int8-activation "
-            f"kernels need multiples of {ACTIVATION_BLOCK}"
+            f"kernels need multiples of {NATIVE_BLOCK}"
         )
     if in_features % group_size:
         raise ValueError(f"int4 group size {group_size} does not divide {in_features} in-features")
@@ -114,10 +129,10 @@ def pack_int4_native(
     out_features, in_features = codes.shape
     check_native_shape(in_features, group_size)
     padded = out_features + -out_features % NATIVE_ROWS
-    num_tiles, num_blocks = padded // NATIVE_ROWS, in_features // ACTIVATION_BLOCK
+    num_tiles, num_blocks = padded // NATIVE_ROWS, in_features // NATIVE_BLOCK
     rows = codes.new_zeros(padded, in_features, dtype=torch.uint8)
     rows[:out_features] = codes
-    halves = rows.reshape(num_tiles, NATIVE_ROWS, num_blocks, 2, ACTIVATION_BLOCK // 2)
+    halves = rows.reshape(num_tiles, NATIVE_ROWS, num_blocks, 2, NATIVE_BLOCK // 2)
     weight = (halves[:, :, :, 0] | (halves[:, :, :, 1] << 4)).transpose(1, 2)
 
     def by_tile(per_group: torch.Tensor) -> torch.Tensor:  # [K/G, N] -> [tiles, K/G, rows]
@@ -130,10 +145,10 @@ def pack_int4_native(
     return weight.reshape(num_tiles, -1).contiguous(), by_tile(scales32), by_tile(offsets)
 
 
-def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+def quantize_activations(x: torch.Tensor, block: int) -> torch.Tensor:
     """The native kernels' view of ``x`` [..., K]: rounded (half to even) to int8 steps
-    of ``max|x| / 127`` per block of 32 in-features, returned as fp32 values."""
-    blocks = x.float().reshape(*x.shape[:-1], -1, ACTIVATION_BLOCK)
+    of ``max|x| / 127`` per ``block`` in-features, returned as fp32 values."""
+    blocks = x.float().reshape(*x.shape[:-1], -1, block)
     scales = blocks.abs().amax(dim=-1, keepdim=True) / 127
     inverse = torch.where(scales > 0, 1.0 / scales, torch.zeros_like(scales))
     return (torch.round(blocks * inverse) * scales).reshape(x.shape)
@@ -194,8 +209,9 @@ def native_int4_linear(
 
     def matmul(rows: torch.Tensor) -> torch.Tensor:
         return kernels.int4_linear(
-            rows, weight, scales, offsets, group_size, out_features, fused_bias
-        )
+            rows, weight, scales, offsets, group_size, activation_block(group_size),
+            out_features, fused_bias,
+        )  # fmt: skip
 
     return _linear_rows(x, out_features, torch.float32, matmul, bias)
 
@@ -266,7 +282,7 @@ def quantize_int8(
 def int8_tiled(dtype: torch.dtype, in_features: int) -> bool:
     """Whether ``quantize_int8`` lays the codes out in the native kernel's tiles: for
     int8 activations, where the kernel can take the in-features."""
-    return dtype == INT8_ACTIVATIONS and in_features % ACTIVATION_BLOCK == 0
+    return dtype == INT8_ACTIVATIONS and in_features % NATIVE_BLOCK == 0
 
 
 def tile_int8_rows(rows: torch.Tensor) -> torch.Tensor:  # [R, K] -> [R, K]
@@ -274,16 +290,14 @@ def tile_int8_rows(rows: torch.Tensor) -> torch.Tensor:  # [R, K] -> [R, K]
     each 32-block, its 32 codes of row 0, then of the tile's next rows; the last
     R % NATIVE_ROWS rows stay as they are (so that chunks of whole tiles tile alone)."""
     whole, in_features = rows.shape[0] - rows.shape[0] % NATIVE_ROWS, rows.shape[1]
-    tiles = rows[:whole].reshape(-1, NATIVE_ROWS, in_features // ACTIVATION_BLOCK, ACTIVATION_BLOCK)
+    tiles = rows[:whole].reshape(-1, NATIVE_ROWS, in_features // NATIVE_BLOCK, NATIVE_BLOCK)
     return torch.cat([tiles.transpose(1, 2).reshape(whole, in_features), rows[whole:]])
 
 
 def untile_int8_rows(tiled: torch.Tensor) -> torch.Tensor:  # [R, K] -> [R, K]
     """``tile_int8_rows``' inverse: the codes row by row."""
     whole, in_features = tiled.shape[0] - tiled.shape[0] % NATIVE_ROWS, tiled.shape[1]
-    tiles = tiled[:whole].reshape(
-        -1, in_features // ACTIVATION_BLOCK, NATIVE_ROWS, ACTIVATION_BLOCK
-    )
+    tiles = tiled[:whole].reshape(-1, in_features // NATIVE_BLOCK, NATIVE_ROWS, NATIVE_BLOCK)
     return torch.cat([tiles.transpose(1, 2).reshape(whole, in_features), tiled[whole:]])
 
 
@@ -307,9 +321,10 @@ def native_int8_linear(
     bias: torch.Tensor | None = None,  # [N] in x's dtype
 ) -> torch.Tensor:  # [..., N] in x's dtype
     fused_bias, bias = _split_bias(bias)
+    block = activation_block(weight.shape[1])
 
     def matmul(rows: torch.Tensor) -> torch.Tensor:
-        return kernels.int8_linear(rows, weight, scales, fused_bias)
+        return kernels.int8_linear(rows, weight, scales, block, fused_bias)
 
     return _linear_rows(x, weight.shape[0], torch.float32, matmul, bias)
 
@@ -345,9 +360,9 @@ def _tiled_offsets(ids: torch.Tensor, num_rows: int, in_features: int) -> torch.
     n = ids[..., None]
     in_tile = (
         (n - n % NATIVE_ROWS) * in_features
-        + (k // ACTIVATION_BLOCK) * (NATIVE_ROWS * ACTIVATION_BLOCK)
-        + (n % NATIVE_ROWS) * ACTIVATION_BLOCK
-        + k % ACTIVATION_BLOCK
+        + (k // NATIVE_BLOCK) * (NATIVE_ROWS * NATIVE_BLOCK)
+        + (n % NATIVE_ROWS) * NATIVE_BLOCK
+        + k % NATIVE_BLOCK
     )
     whole = num_rows - num_rows % NATIVE_ROWS
     return torch.where(n < whole, in_tile, n * in_features + k)

@@ -2,7 +2,8 @@
 run time with the machine's C compiler and loaded with ctypes.
 
 The library is compiled once per source, compiler and CPU (``-march=native``: AVX2 on
-x86, the dot-product instructions on Arm where the CPU has them) into a cache directory,
+x86, with VNNI's dot products where the CPU has them; the dot-product instructions on
+Arm where the CPU has them) into a cache directory,
 and reused by every later process; two processes building at once each write a file
 of their own and rename it into place. Where no compiler works, ``load`` raises
 NativeBuildError with what went wrong, and the caller falls back to torch's kernels.
@@ -27,15 +28,14 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_quant_gemm.c")
-QBLOCK = 32  # activations are quantized in blocks of this many in-features
 COMPILE_TIMEOUT_S = 120
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _SIGNATURES = {
-    "edgechat_quantize_rows": [_P, _I64, _I64, _P, _P, _P],
-    "edgechat_int4_linear": [_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _P, ctypes.c_int],
-    "edgechat_int8_linear": [_P, _I64, _P, _P, _P, _I64, _I64, _P, ctypes.c_int],
+    "edgechat_quantize_rows": [_P, _I64, _I64, _I64, _P, _P, _P],
+    "edgechat_int4_linear": [_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, ctypes.c_int],
+    "edgechat_int8_linear": [_P, _I64, _P, _P, _P, _I64, _I64, _I64, _P, ctypes.c_int],
 }
 
 
@@ -45,7 +45,7 @@ class NativeBuildError(RuntimeError):
 
 class QuantizedActivations:
     """Rows of activations as the kernels read them: int8 codes [M, K], and per block of
-    32 the scale and the scale times the codes' sum, [M, K/32] fp32 each."""
+    A in-features the scale and the scale times the codes' sum, [M, K/A] fp32 each."""
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, scaled_sums: torch.Tensor):
         self.codes, self.scales, self.scaled_sums = codes, scales, scaled_sums
@@ -60,15 +60,15 @@ class NativeKernels:
         self.path = path
         self.simd = library.edgechat_simd().decode()  # which code path was compiled in
 
-    def quantize(self, x: torch.Tensor) -> QuantizedActivations:
-        """``x`` [M, K] fp32 contiguous, K a multiple of 32."""
+    def quantize(self, x: torch.Tensor, block: int) -> QuantizedActivations:
+        """``x`` [M, K] fp32 contiguous in blocks of ``block`` (a multiple of 32 dividing K)."""
         rows, in_features = x.shape
-        blocks = in_features // QBLOCK
+        blocks = in_features // block
         codes = torch.empty(rows, in_features, dtype=torch.int8)
         scales = torch.empty(rows, blocks)
         scaled_sums = torch.empty(rows, blocks)
         self._lib.edgechat_quantize_rows(
-            x.data_ptr(), rows, in_features, codes.data_ptr(), scales.data_ptr(),
+            x.data_ptr(), rows, in_features, block, codes.data_ptr(), scales.data_ptr(),
             scaled_sums.data_ptr(),
         )  # fmt: skip
         return QuantizedActivations(codes, scales, scaled_sums)
@@ -80,13 +80,14 @@ class NativeKernels:
         scales: torch.Tensor,  # [tiles, K/G, rows] fp32
         offsets: torch.Tensor,  # [tiles, K/G, rows] fp32: zero point times scale
         group_size: int,
+        activation_block: int,  # in-features per activation scale: a multiple of 32 dividing G
         out_features: int,  # N: the tiles' rows without their padding
         bias: torch.Tensor | None = None,  # [N] fp32
     ) -> torch.Tensor:  # [M, N] fp32
         out = torch.empty(x.shape[0], out_features)
         status = self._lib.edgechat_int4_linear(
             x.data_ptr(), x.shape[0], weight.data_ptr(), scales.data_ptr(), offsets.data_ptr(),
-            _pointer(bias), out_features, x.shape[1], group_size, out.data_ptr(),
+            _pointer(bias), out_features, x.shape[1], group_size, activation_block, out.data_ptr(),
             torch.get_num_threads(),
         )  # fmt: skip
         return _checked(status, out)
@@ -96,12 +97,14 @@ class NativeKernels:
         x: torch.Tensor,  # [M, K] fp32, contiguous
         weight: torch.Tensor,  # [N, K] int8 in tiles (kernels/cpu_linear.py: tile_int8_rows)
         scales: torch.Tensor,  # [N] fp32
+        activation_block: int,  # in-features per activation scale: a multiple of 32 dividing K
         bias: torch.Tensor | None = None,  # [N] fp32
     ) -> torch.Tensor:  # [M, N] fp32
         out = torch.empty(x.shape[0], weight.shape[0])
         status = self._lib.edgechat_int8_linear(
             x.data_ptr(), x.shape[0], weight.data_ptr(), scales.data_ptr(), _pointer(bias),
-            weight.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads(),
+            weight.shape[0], x.shape[1], activation_block, out.data_ptr(),
+            torch.get_num_threads(),
         )  # fmt: skip
         return _checked(status, out)
 

@@ -1,20 +1,23 @@
 /* Weight-only int4 and int8 matmuls for CPUs, with the activations quantized to int8 on
- * the fly (blocks of 32, as llama.cpp's Q8_0): integer dot products of 32 weights at a
- * time, one float multiply-add per block. torch's own CPU int4 kernel dequantizes every
- * weight to float on AVX2 and runs at a third of memory bandwidth; this one is memory
- * bound. Built at run time by kernels/cpu_native.py (-O3 -march=native -fopenmp); the
- * torch twins are in kernels/cpu_linear.py.
+ * the fly: integer dot products of 32 weights at a time, summed in int32 over a block of
+ * A in-features that shares one activation scale, then one float multiply-add per block.
+ * torch's own CPU int4 kernel dequantizes every weight to float on AVX2 and runs at a
+ * third of memory bandwidth; this one is memory bound for one row of activations, and
+ * for a batch its float work is a fraction of the integer work. Built at run time by
+ * kernels/cpu_native.py (-O3 -march=native -fopenmp); the torch twins are in
+ * kernels/cpu_linear.py, which also picks A (``activation_block``).
  *
- * Activations x [M, K] fp32, quantized per row in blocks of 32:
- *   xs[b] = max|x_b| / 127, xq = round(x / xs[b]) (half to even), xsum[b] = xs[b] * sum(xq_b).
+ * Activations x [M, K] fp32, quantized per row in blocks of A (a multiple of 32):
+ *   xs[a] = max|x_a| / 127, xq = round(x / xs[a]) (half to even), xsum[a] = xs[a] * sum(xq_a).
  * int4 weights [N, K/2] bytes, per 32-block of a row 16 bytes: byte j holds code j (low
- * nibble) and code j + 16 (high nibble); w = q * s[n, g] - m[n, g] (m = z * s), G | K:
- *   y[m, n] = sum_g s[n, g] * sum_{b in g} xs[b] * dot(q_b, xq_b) - m[n, g] * sum_{b in g} xsum[b].
- * int8 weights [N, K] with a scale per row: y[m, n] = s[n] * sum_b xs[b] * dot(w_b, xq_b).
+ * nibble) and code j + 16 (high nibble); w = q * s[n, g] - m[n, g] (m = z * s), A | G | K:
+ *   y[m, n] = sum_a xs[a] * (s[n, g(a)] * dot(q_a, xq_a) - m[n, g(a)] * sum(xq_a)).
+ * int8 weights [N, K] with a scale per row, A | K: y[m, n] = s[n] * sum_a xs[a] * dot(w_a, xq_a).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -24,12 +27,116 @@
 #define EDGECHAT_NEON_DOT 1
 #endif
 
-#define QBLOCK 32
-#define ROWS 4 /* weight rows per tile: one activation block load serves four */
+#define QBLOCK 32 /* codes per vector of bytes */
+#define ROWS 4    /* weight rows per tile: one activation block load serves four */
+#define MAX_ACT_ROWS 4 /* activation rows a pass reads each weight vector for */
 #define PREFETCH_BYTES 1024 /* how far ahead of a tile's stream to prefetch */
+#define INLINE static inline __attribute__((always_inline))
+
+/* The primitives the passes below are written in, one set per instruction set:
+ *   Bytes: 32 int8 activations (and, on AVX2, their absolute values);
+ *   Codes: 32 weights as bytes; IntAcc: int32 partial dot products; FloatAcc: fp32 ones. */
+#if defined(EDGECHAT_AVX2)
+typedef struct { __m256i x, abs_x; } Bytes;
+typedef __m256i Codes;
+typedef __m256i IntAcc;
+typedef __m256 FloatAcc;
+
+INLINE Bytes load_bytes(const int8_t *x) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)x);
+    return (Bytes){v, _mm256_sign_epi8(v, v)};
+}
+/* 32 unsigned 4-bit codes (16 bytes) as 32 bytes */
+INLINE Codes load_int4(const uint8_t *w) {
+    const __m256i raw = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)w));
+    const __m256i both = _mm256_inserti128_si256(raw, _mm_srli_epi16(_mm256_castsi256_si128(raw), 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+INLINE Codes load_int8(const int8_t *w) { return _mm256_loadu_si256((const __m256i *)w); }
+INLINE IntAcc int_zero(void) { return _mm256_setzero_si256(); }
+/* acc + the dot of 32 unsigned bytes with 32 signed ones, as 8 int32 lanes (the pairs'
+ * int16 sums fit: |u| <= 127 or u <= 15, |s| <= 127) */
+INLINE IntAcc dot_unsigned(IntAcc acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+INLINE IntAcc dot_int4(IntAcc acc, Codes q, Bytes x) { return dot_unsigned(acc, q, x.x); }
+INLINE IntAcc dot_int8(IntAcc acc, Codes w, Bytes x) {
+    return dot_unsigned(acc, x.abs_x, _mm256_sign_epi8(w, x.x));
+}
+INLINE FloatAcc float_zero(void) { return _mm256_setzero_ps(); }
+INLINE FloatAcc add_scaled(FloatAcc f, IntAcc acc, float scale) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(scale), f);
+}
+INLINE float total(FloatAcc v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+INLINE void prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
+#elif defined(EDGECHAT_NEON_DOT)
+typedef struct { int8x16_t low, high; } Bytes;
+typedef Bytes Codes;
+typedef int32x4_t IntAcc;
+typedef float32x4_t FloatAcc;
+
+INLINE Bytes load_bytes(const int8_t *x) { return (Bytes){vld1q_s8(x), vld1q_s8(x + 16)}; }
+INLINE Codes load_int4(const uint8_t *w) {
+    const uint8x16_t raw = vld1q_u8(w);
+    return (Codes){vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(0x0F))),
+                   vreinterpretq_s8_u8(vshrq_n_u8(raw, 4))};
+}
+INLINE Codes load_int8(const int8_t *w) { return load_bytes(w); }
+INLINE IntAcc int_zero(void) { return vdupq_n_s32(0); }
+INLINE IntAcc dot_int4(IntAcc acc, Codes q, Bytes x) {
+    return vdotq_s32(vdotq_s32(acc, q.low, x.low), q.high, x.high);
+}
+INLINE IntAcc dot_int8(IntAcc acc, Codes w, Bytes x) { return dot_int4(acc, w, x); }
+INLINE FloatAcc float_zero(void) { return vdupq_n_f32(0.0f); }
+INLINE FloatAcc add_scaled(FloatAcc f, IntAcc acc, float scale) {
+    return vfmaq_n_f32(f, vcvtq_f32_s32(acc), scale);
+}
+INLINE float total(FloatAcc v) { return vaddvq_f32(v); }
+INLINE void prefetch(const void *p) { __builtin_prefetch(p); }
+#else
+typedef struct { int8_t v[QBLOCK]; } Bytes;
+typedef Bytes Codes;
+typedef int32_t IntAcc;
+typedef float FloatAcc;
+
+INLINE Bytes load_bytes(const int8_t *x) {
+    Bytes b;
+    memcpy(b.v, x, QBLOCK);
+    return b;
+}
+INLINE Codes load_int4(const uint8_t *w) {
+    Codes q;
+    for (int j = 0; j < QBLOCK / 2; j++) q.v[j] = w[j] & 0x0F, q.v[j + QBLOCK / 2] = w[j] >> 4;
+    return q;
+}
+INLINE Codes load_int8(const int8_t *w) { return load_bytes(w); }
+INLINE IntAcc int_zero(void) { return 0; }
+INLINE IntAcc dot_int4(IntAcc acc, Codes q, Bytes x) {
+    for (int j = 0; j < QBLOCK; j++) acc += q.v[j] * x.v[j];
+    return acc;
+}
+INLINE IntAcc dot_int8(IntAcc acc, Codes w, Bytes x) { return dot_int4(acc, w, x); }
+INLINE FloatAcc float_zero(void) { return 0.0f; }
+INLINE FloatAcc add_scaled(FloatAcc f, IntAcc acc, float scale) { return f + (float)acc * scale; }
+INLINE float total(FloatAcc v) { return v; }
+INLINE void prefetch(const void *p) { (void)p; }
+#endif
 
 const char *edgechat_simd(void) {
-#if defined(EDGECHAT_AVX2)
+#if defined(EDGECHAT_AVX2) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+    return "avx2-vnni";
+#elif defined(EDGECHAT_AVX2)
     return "avx2";
 #elif defined(EDGECHAT_NEON_DOT)
     return "neon-dotprod";
@@ -38,332 +145,259 @@ const char *edgechat_simd(void) {
 #endif
 }
 
-/* xq [M, K] int8, xs and xsum [M, K/32] */
-void edgechat_quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, float *xs,
-                            float *xsum) {
-    const int64_t nb = K / QBLOCK;
-    for (int64_t i = 0; i < M * nb; i++) {
-        const float *xb = x + i * QBLOCK;
-        float amax = 0.0f;
-        for (int j = 0; j < QBLOCK; j++) amax = fmaxf(amax, fabsf(xb[j]));
-        const float scale = amax / 127.0f;
-        const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
-        int sum = 0;
-        for (int j = 0; j < QBLOCK; j++) {
-            const int q = (int)nearbyintf(xb[j] * inverse);
-            xq[i * QBLOCK + j] = (int8_t)q;
-            sum += q;
-        }
-        xs[i] = scale;
-        xsum[i] = scale * (float)sum;
-    }
-}
-
+/* One block of A activations (a multiple of 32) to int8 codes; its scale and its scale
+ * times the codes' sum. Rounding is to nearest even, as the twin's torch.round (the
+ * vector conversions round so under the default floating-point environment). */
+static void quantize_block(const float *x, int64_t A, int8_t *q, float *scale_out,
+                           float *scaled_sum_out) {
 #if defined(EDGECHAT_AVX2)
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* 32 unsigned 4-bit codes (16 bytes) as 32 bytes */
-static inline __m256i codes_int4(const uint8_t *w) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *)w);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
-                            _mm256_set1_epi8(0x0F));
-}
-
-/* dot of 32 codes in [0, 15] with 32 int8 activations, as 8 int32 lanes */
-static inline __m256i dot_codes(__m256i codes, __m256i xv) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xv), _mm256_set1_epi16(1));
-}
-
-/* dot of 32 int8 weights with 32 int8 activations (|xq| <= 127, so the pairs fit int16) */
-static inline __m256i dot_int8(const int8_t *w, __m256i xv, __m256i abs_x) {
-    const __m256i signed_w = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)w), xv);
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(abs_x, signed_w), _mm256_set1_epi16(1));
-}
-#endif
-
-/* A tile of ROWS rows of an int4 weight is one run of bytes: for each 32-block b, the 16
- * bytes of row 0, then of rows 1..ROWS-1 (one cache line), so that a tile streams from
- * memory in order; its scales and offsets likewise [K/G][ROWS]. */
-
-/* ROWS outputs of one weight tile against one quantized activation row */
-static void int4_tile(const uint8_t *w, const float *s, const float *m, const int8_t *xq,
-                      const float *xs, const float *xsum, int64_t K, int64_t G, float *y) {
-    const int64_t per_group = G / QBLOCK, num_groups = K / G;
-    const int64_t block_bytes = ROWS * (QBLOCK / 2);
-#if defined(EDGECHAT_AVX2)
-    __m256 acc[ROWS];
-    float zero_terms[ROWS] = {0};
-    for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < num_groups; g++) {
-        __m256 group[ROWS];
-        float sums = 0.0f;
-        for (int r = 0; r < ROWS; r++) group[r] = _mm256_setzero_ps();
-        for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
-            const uint8_t *wb = w + b * block_bytes;
-            _mm_prefetch((const char *)(wb + PREFETCH_BYTES), _MM_HINT_T0);
-            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
-            const __m256 scale = _mm256_set1_ps(xs[b]);
-            for (int r = 0; r < ROWS; r++) {
-                const __m256i dot = dot_codes(codes_int4(wb + r * (QBLOCK / 2)), xv);
-                group[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, group[r]);
-            }
-            sums += xsum[b];
+    __m256 amax = _mm256_setzero_ps();
+    for (int64_t j = 0; j < A; j += 8)
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_loadu_ps(x + j)));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    const float scale = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m))) / 127.0f;
+    const __m256 inverse = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+    /* packs interleave the 128-bit lanes: this puts the 4-byte groups back in order */
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i sums = _mm256_setzero_si256();
+    for (int64_t j = 0; j < A; j += QBLOCK) {
+        __m256i v[4];
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8 * k), inverse));
+            sums = _mm256_add_epi32(sums, v[k]);
         }
-        for (int r = 0; r < ROWS; r++) {
-            acc[r] = _mm256_fmadd_ps(group[r], _mm256_set1_ps(s[g * ROWS + r]), acc[r]);
-            zero_terms[r] += m[g * ROWS + r] * sums;
-        }
+        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]),
+                                                 _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(q + j), _mm256_permutevar8x32_epi32(bytes, order));
     }
-    for (int r = 0; r < ROWS; r++) y[r] = hsum(acc[r]) - zero_terms[r];
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    const int sum = _mm_cvtsi128_si32(s);
 #elif defined(EDGECHAT_NEON_DOT)
-    float32x4_t acc[ROWS];
-    float zero_terms[ROWS] = {0};
-    for (int r = 0; r < ROWS; r++) acc[r] = vdupq_n_f32(0.0f);
-    for (int64_t g = 0; g < num_groups; g++) {
-        float32x4_t group[ROWS];
-        float sums = 0.0f;
-        for (int r = 0; r < ROWS; r++) group[r] = vdupq_n_f32(0.0f);
-        for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
-            const uint8_t *wb = w + b * block_bytes;
-            const int8x16_t x_low = vld1q_s8(xq + b * QBLOCK);
-            const int8x16_t x_high = vld1q_s8(xq + b * QBLOCK + QBLOCK / 2);
-            for (int r = 0; r < ROWS; r++) {
-                const uint8x16_t raw = vld1q_u8(wb + r * (QBLOCK / 2));
-                const int8x16_t low = vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(0x0F)));
-                const int8x16_t high = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
-                int32x4_t dot = vdotq_s32(vdupq_n_s32(0), low, x_low);
-                dot = vdotq_s32(dot, high, x_high);
-                group[r] = vfmaq_n_f32(group[r], vcvtq_f32_s32(dot), xs[b]);
-            }
-            sums += xsum[b];
-        }
-        for (int r = 0; r < ROWS; r++) {
-            acc[r] = vfmaq_n_f32(acc[r], group[r], s[g * ROWS + r]);
-            zero_terms[r] += m[g * ROWS + r] * sums;
-        }
+    float32x4_t amax = vdupq_n_f32(0.0f);
+    for (int64_t j = 0; j < A; j += 4) amax = vmaxq_f32(amax, vabsq_f32(vld1q_f32(x + j)));
+    const float scale = vmaxvq_f32(amax) / 127.0f;
+    const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+    int32x4_t sums = vdupq_n_s32(0);
+    for (int64_t j = 0; j < A; j += 8) {
+        const int32x4_t low = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + j), inverse));
+        const int32x4_t high = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + j + 4), inverse));
+        sums = vaddq_s32(sums, vaddq_s32(low, high));
+        vst1_s8(q + j, vqmovn_s16(vcombine_s16(vqmovn_s32(low), vqmovn_s32(high))));
     }
-    for (int r = 0; r < ROWS; r++) y[r] = vaddvq_f32(acc[r]) - zero_terms[r];
+    const int sum = vaddvq_s32(sums);
 #else
-    for (int r = 0; r < ROWS; r++) {
-        float total = 0.0f;
-        for (int64_t g = 0; g < num_groups; g++) {
-            float group = 0.0f, sums = 0.0f;
-            for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
-                const uint8_t *wb = w + b * block_bytes + r * (QBLOCK / 2);
-                const int8_t *xb = xq + b * QBLOCK;
-                int dot = 0;
-                for (int j = 0; j < QBLOCK / 2; j++)
-                    dot += (wb[j] & 0x0F) * xb[j] + (wb[j] >> 4) * xb[j + QBLOCK / 2];
-                group += xs[b] * (float)dot;
-                sums += xsum[b];
-            }
-            total += s[g * ROWS + r] * group - m[g * ROWS + r] * sums;
-        }
-        y[r] = total;
+    float amax = 0.0f;
+    for (int64_t j = 0; j < A; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float scale = amax / 127.0f;
+    const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+    int sum = 0;
+    for (int64_t j = 0; j < A; j++) {
+        const int code = (int)nearbyintf(x[j] * inverse);
+        q[j] = (int8_t)code;
+        sum += code;
     }
 #endif
+    *scale_out = scale;
+    *scaled_sum_out = scale * (float)sum;
 }
 
-#if defined(EDGECHAT_AVX2)
-/* int4_tile for two activation rows at once (batches, prefill): each weight row's codes
- * are unpacked once for both; two weight rows a pass, so the accumulators stay in the
- * 16 vector registers. */
-static void int4_tile_pair(const uint8_t *w, const float *s, const float *m,
-                           const int8_t *const xq[2], const float *const xs[2],
-                           const float *const xsum[2], int64_t K, int64_t G,
-                           float y[2][ROWS]) {
-    const int64_t per_group = G / QBLOCK, num_groups = K / G;
-    const int64_t block_bytes = ROWS * (QBLOCK / 2);
-    for (int half = 0; half < ROWS; half += 2) {
-        __m256 acc[2][2];
-        float zero_terms[2][2] = {{0}};
-        for (int i = 0; i < 2; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-        for (int64_t g = 0; g < num_groups; g++) {
-            __m256 group[2][2];
-            float sums[2] = {0.0f, 0.0f};
-            for (int i = 0; i < 2; i++) group[i][0] = group[i][1] = _mm256_setzero_ps();
-            for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) {
-                const uint8_t *wb = w + b * block_bytes + half * (QBLOCK / 2);
-                _mm_prefetch((const char *)(wb + PREFETCH_BYTES), _MM_HINT_T0);
-                __m256i xv[2];
-                __m256 scale[2];
-                for (int i = 0; i < 2; i++) {
-                    xv[i] = _mm256_loadu_si256((const __m256i *)(xq[i] + b * QBLOCK));
-                    scale[i] = _mm256_set1_ps(xs[i][b]);
-                    sums[i] += xsum[i][b];
-                }
-                for (int r = 0; r < 2; r++) {
-                    const __m256i codes = codes_int4(wb + r * (QBLOCK / 2));
-                    for (int i = 0; i < 2; i++) {
-                        const __m256 dot = _mm256_cvtepi32_ps(dot_codes(codes, xv[i]));
-                        group[i][r] = _mm256_fmadd_ps(dot, scale[i], group[i][r]);
-                    }
-                }
-            }
-            for (int i = 0; i < 2; i++)
-                for (int r = 0; r < 2; r++) {
-                    const int64_t at = g * ROWS + half + r;
-                    acc[i][r] = _mm256_fmadd_ps(group[i][r], _mm256_set1_ps(s[at]), acc[i][r]);
-                    zero_terms[i][r] += m[at] * sums[i];
-                }
-        }
-        for (int i = 0; i < 2; i++)
-            for (int r = 0; r < 2; r++) y[i][half + r] = hsum(acc[i][r]) - zero_terms[i][r];
-    }
-}
-#endif
-
-/* out's first ``rows`` values (plus bias, if any) into y */
-static inline void store(float *y, const float *out, int64_t rows, const float *bias) {
-    for (int64_t r = 0; r < rows; r++) y[r] = out[r] + (bias ? bias[r] : 0.0f);
+/* xq [M, K] int8, xs and xsum [M, K/A] */
+void edgechat_quantize_rows(const float *x, int64_t M, int64_t K, int64_t A, int8_t *xq,
+                            float *xs, float *xsum) {
+    for (int64_t i = 0; i < M * (K / A); i++) quantize_block(x + i * A, A, xq + i * A, xs + i, xsum + i);
 }
 
-static float int8_row(const int8_t *w, float s, const int8_t *xq, const float *xs, int64_t K) {
-    float total = 0.0f;
-    for (int64_t b = 0; b < K / QBLOCK; b++) {
-        int dot = 0;
-        for (int j = 0; j < QBLOCK; j++) dot += w[b * QBLOCK + j] * xq[b * QBLOCK + j];
-        total += xs[b] * (float)dot;
-    }
-    return s * total;
-}
-
-/* An int8 weight's whole tiles of ROWS rows are runs of bytes like int4's (for each
- * 32-block, its 32 bytes of row 0, then of rows 1..ROWS-1); its last N % ROWS rows, if
- * any, stay plain rows after them. */
-static void int8_tile(const int8_t *w, const float *s, const int8_t *xq, const float *xs,
-                      int64_t K, float *y) {
-    const int64_t block_bytes = ROWS * QBLOCK;
-#if defined(EDGECHAT_AVX2)
-    __m256 acc[ROWS];
-    for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < K / QBLOCK; b++) {
-        const int8_t *wb = w + b * block_bytes;
-        _mm_prefetch((const char *)(wb + PREFETCH_BYTES), _MM_HINT_T0);
-        _mm_prefetch((const char *)(wb + PREFETCH_BYTES + 64), _MM_HINT_T0);
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QBLOCK));
-        const __m256i abs_x = _mm256_sign_epi8(xv, xv);
-        const __m256 scale = _mm256_set1_ps(xs[b]);
-        for (int r = 0; r < ROWS; r++) {
-            const __m256i dot = dot_int8(wb + r * QBLOCK, xv, abs_x);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
-        }
-    }
-    for (int r = 0; r < ROWS; r++) y[r] = s[r] * hsum(acc[r]);
-#elif defined(EDGECHAT_NEON_DOT)
-    float32x4_t acc[ROWS];
-    for (int r = 0; r < ROWS; r++) acc[r] = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < K / QBLOCK; b++) {
-        const int8_t *wb = w + b * block_bytes;
-        const int8x16_t x_low = vld1q_s8(xq + b * QBLOCK);
-        const int8x16_t x_high = vld1q_s8(xq + b * QBLOCK + QBLOCK / 2);
-        for (int r = 0; r < ROWS; r++) {
-            int32x4_t dot = vdotq_s32(vdupq_n_s32(0), vld1q_s8(wb + r * QBLOCK), x_low);
-            dot = vdotq_s32(dot, vld1q_s8(wb + r * QBLOCK + QBLOCK / 2), x_high);
-            acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot), xs[b]);
-        }
-    }
-    for (int r = 0; r < ROWS; r++) y[r] = s[r] * vaddvq_f32(acc[r]);
-#else
-    for (int r = 0; r < ROWS; r++) {
-        float total = 0.0f;
-        for (int64_t b = 0; b < K / QBLOCK; b++) {
-            const int8_t *wb = w + b * block_bytes + r * QBLOCK;
-            int dot = 0;
-            for (int j = 0; j < QBLOCK; j++) dot += wb[j] * xq[b * QBLOCK + j];
-            total += xs[b] * (float)dot;
-        }
-        y[r] = s[r] * total;
-    }
-#endif
-}
-
-/* Scratch for x's quantized rows: codes [M, K], then scales and scaled sums [M, K/32]. */
+/* x's quantized rows: codes [M, K], then scales and scaled sums [M, K/A] */
 typedef struct {
     int8_t *codes;
     float *scales, *scaled_sums;
-} Quantized;
+    int64_t K, A;
+} Activations;
 
-static int quantize(const float *x, int64_t M, int64_t K, Quantized *q) {
-    const int64_t blocks = M * (K / QBLOCK);
+static int quantize(const float *x, int64_t M, int64_t K, int64_t A, Activations *q) {
+    const int64_t blocks = M * (K / A);
     float *floats = malloc(sizeof(float) * 2 * blocks);
     int8_t *codes = malloc(M * K);
     if (!floats || !codes) {
         free(floats), free(codes);
         return -1;
     }
-    q->codes = codes, q->scales = floats, q->scaled_sums = floats + blocks;
-    edgechat_quantize_rows(x, M, K, q->codes, q->scales, q->scaled_sums);
+    *q = (Activations){codes, floats, floats + blocks, K, A};
+    edgechat_quantize_rows(x, M, K, A, q->codes, q->scales, q->scaled_sums);
     return 0;
 }
 
-static void release(Quantized *q) { free(q->codes), free(q->scales); }
+static void release(Activations *q) { free(q->codes), free(q->scales); }
+
+/* Where a weight row's 32-blocks lie: block b of row r at w + b * block_step + r * row_step.
+ * A tile of ROWS rows is one run of bytes (for each 32-block, that block of row 0, then
+ * of rows 1..ROWS-1), so that it streams from memory in order; a plain row is its own run. */
+typedef struct {
+    int64_t block_step, row_step;
+} Layout;
+
+/* out[i][r] += the int4 dot products of NI activation rows (from i0) with NW weight rows
+ * (from r0) of one tile, for the tile's scales and offsets [K/G][ROWS]. NI and NW are
+ * constants where this is inlined, so the accumulators live in registers. */
+INLINE void int4_pass(const uint8_t *w, const float *s, const float *m, const Activations *a,
+                      int64_t i0, const int NI, const int r0, const int NW, int64_t G,
+                      float out[MAX_ACT_ROWS][ROWS]) {
+    const int64_t per_block = a->A / QBLOCK, num_blocks = a->K / a->A, tile_bytes = QBLOCK / 2;
+    const int64_t K = a->K;
+    FloatAcc f[MAX_ACT_ROWS][ROWS];
+    float zero_terms[MAX_ACT_ROWS][ROWS] = {{0}};
+    for (int i = 0; i < NI; i++)
+        for (int r = 0; r < NW; r++) f[i][r] = float_zero();
+    for (int64_t ab = 0; ab < num_blocks; ab++) {
+        IntAcc acc[MAX_ACT_ROWS][ROWS];
+        for (int i = 0; i < NI; i++)
+            for (int r = 0; r < NW; r++) acc[i][r] = int_zero();
+        for (int64_t b = ab * per_block; b < (ab + 1) * per_block; b++) {
+            const uint8_t *wb = w + (b * ROWS + r0) * tile_bytes;
+            prefetch(wb + PREFETCH_BYTES);
+            Bytes x[MAX_ACT_ROWS];
+            for (int i = 0; i < NI; i++) x[i] = load_bytes(a->codes + (i0 + i) * K + b * QBLOCK);
+            for (int r = 0; r < NW; r++) {
+                const Codes q = load_int4(wb + r * tile_bytes);
+                for (int i = 0; i < NI; i++) acc[i][r] = dot_int4(acc[i][r], q, x[i]);
+            }
+        }
+        const int64_t g = ab * a->A / G;
+        for (int i = 0; i < NI; i++) {
+            const float xs = a->scales[(i0 + i) * num_blocks + ab];
+            const float xsum = a->scaled_sums[(i0 + i) * num_blocks + ab];
+            for (int r = 0; r < NW; r++) {
+                f[i][r] = add_scaled(f[i][r], acc[i][r], xs * s[g * ROWS + r0 + r]);
+                zero_terms[i][r] += m[g * ROWS + r0 + r] * xsum;
+            }
+        }
+    }
+    for (int i = 0; i < NI; i++)
+        for (int r = 0; r < NW; r++) out[i][r0 + r] = total(f[i][r]) - zero_terms[i][r];
+}
+
+/* out[i][r] = the int8 dot products (before the rows' scales) of NI activation rows (from
+ * i0) with NW weight rows (from r0) laid out from w as ``layout`` says */
+INLINE void int8_pass(const int8_t *w, Layout layout, const Activations *a, int64_t i0,
+                      const int NI, const int r0, const int NW, float out[MAX_ACT_ROWS][ROWS]) {
+    const int64_t per_block = a->A / QBLOCK, num_blocks = a->K / a->A, K = a->K;
+    FloatAcc f[MAX_ACT_ROWS][ROWS];
+    for (int i = 0; i < NI; i++)
+        for (int r = 0; r < NW; r++) f[i][r] = float_zero();
+    for (int64_t ab = 0; ab < num_blocks; ab++) {
+        IntAcc acc[MAX_ACT_ROWS][ROWS];
+        for (int i = 0; i < NI; i++)
+            for (int r = 0; r < NW; r++) acc[i][r] = int_zero();
+        for (int64_t b = ab * per_block; b < (ab + 1) * per_block; b++) {
+            const int8_t *wb = w + b * layout.block_step;
+            prefetch(wb + PREFETCH_BYTES);
+            prefetch(wb + PREFETCH_BYTES + 64);
+            Bytes x[MAX_ACT_ROWS];
+            for (int i = 0; i < NI; i++) x[i] = load_bytes(a->codes + (i0 + i) * K + b * QBLOCK);
+            for (int r = 0; r < NW; r++) {
+                const Codes q = load_int8(wb + (r0 + r) * layout.row_step);
+                for (int i = 0; i < NI; i++) acc[i][r] = dot_int8(acc[i][r], q, x[i]);
+            }
+        }
+        for (int i = 0; i < NI; i++) {
+            const float xs = a->scales[(i0 + i) * num_blocks + ab];
+            for (int r = 0; r < NW; r++) f[i][r] = add_scaled(f[i][r], acc[i][r], xs);
+        }
+    }
+    for (int i = 0; i < NI; i++)
+        for (int r = 0; r < NW; r++) out[i][r0 + r] = total(f[i][r]);
+}
+
+/* y's rows i0.. (NI of them), columns n..n+rows: out times the rows' scales, if any, plus
+ * the bias, if any */
+static void scale_and_store(float *y, int64_t N, int64_t i0, int NI, int64_t n, int64_t rows,
+                            float out[MAX_ACT_ROWS][ROWS], const float *s, const float *bias) {
+    for (int i = 0; i < NI; i++)
+        for (int64_t r = 0; r < rows; r++)
+            y[(i0 + i) * N + n + r] = out[i][r] * (s ? s[r] : 1.0f) + (bias ? bias[n + r] : 0.0f);
+}
 
 /* y [M, N] = x @ W.T (+ bias) for x [M, K] fp32 and int4 W packed in tiles (N rounded up
- * to ROWS); bias may be NULL. The tiles are shared out among the threads; each tile's
- * bytes stay in L1 for all M rows of x. 0, or -1 when out of memory. */
+ * to ROWS), activations in blocks of A; bias may be NULL. The tiles are shared out among
+ * the threads; each tile's bytes stay in L1 for all M rows of x, read once per pass of
+ * MAX_ACT_ROWS rows. 0, or -1 when out of memory. */
 int edgechat_int4_linear(const float *x, int64_t M, const uint8_t *w, const float *s,
                          const float *m, const float *bias, int64_t N, int64_t K, int64_t G,
-                         float *y, int threads) {
-    Quantized q;
-    if (quantize(x, M, K, &q)) return -1;
-    const int64_t nb = K / QBLOCK, num_groups = K / G, num_tiles = (N + ROWS - 1) / ROWS;
+                         int64_t A, float *y, int threads) {
+    Activations a;
+    if (quantize(x, M, K, A, &a)) return -1;
+    const int64_t num_groups = K / G, num_tiles = (N + ROWS - 1) / ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < num_tiles; t++) {
         const int64_t n = t * ROWS, rows = N - n < ROWS ? N - n : ROWS;
         const uint8_t *wt = w + t * ROWS * (K / 2);
         const float *st = s + t * num_groups * ROWS, *mt = m + t * num_groups * ROWS;
-        const float *bt = bias ? bias + n : NULL;
+        float out[MAX_ACT_ROWS][ROWS];
         int64_t i = 0;
-#if defined(EDGECHAT_AVX2)
-        for (; i + 1 < M; i += 2) {
-            const int8_t *xq[2] = {q.codes + i * K, q.codes + (i + 1) * K};
-            const float *xs[2] = {q.scales + i * nb, q.scales + (i + 1) * nb};
-            const float *xsum[2] = {q.scaled_sums + i * nb, q.scaled_sums + (i + 1) * nb};
-            float out[2][ROWS];
-            int4_tile_pair(wt, st, mt, xq, xs, xsum, K, G, out);
-            store(y + i * N + n, out[0], rows, bt);
-            store(y + (i + 1) * N + n, out[1], rows, bt);
+        /* Two weight rows a pass when several activation rows share it, so that the
+         * accumulators fit the registers. */
+        for (; i + 4 <= M; i += 4) {
+            int4_pass(wt, st, mt, &a, i, 4, 0, 2, G, out);
+            int4_pass(wt, st, mt, &a, i, 4, 2, 2, G, out);
+            scale_and_store(y, N, i, 4, n, rows, out, NULL, bias);
         }
-#endif
+        for (; i + 2 <= M; i += 2) {
+            int4_pass(wt, st, mt, &a, i, 2, 0, 2, G, out);
+            int4_pass(wt, st, mt, &a, i, 2, 2, 2, G, out);
+            scale_and_store(y, N, i, 2, n, rows, out, NULL, bias);
+        }
         for (; i < M; i++) {
-            float out[ROWS];
-            int4_tile(wt, st, mt, q.codes + i * K, q.scales + i * nb, q.scaled_sums + i * nb, K,
-                      G, out);
-            store(y + i * N + n, out, rows, bt);
+            int4_pass(wt, st, mt, &a, i, 1, 0, 4, G, out);
+            scale_and_store(y, N, i, 1, n, rows, out, NULL, bias);
         }
     }
-    release(&q);
+    release(&a);
     return 0;
 }
 
-/* y [M, N] = x @ W.T (+ bias) for int8 W [N, K] (tiled as above) with a scale per row */
+/* An int8 weight's whole tiles of ROWS rows are runs of bytes like int4's (for each
+ * 32-block, its 32 bytes of row 0, then of rows 1..ROWS-1); its last N % ROWS rows, if
+ * any, stay plain rows after them. */
+static void int8_rows(const int8_t *w, Layout layout, const float *s, const Activations *a,
+                      int64_t M, int64_t N, int64_t n, int64_t rows, const float *bias,
+                      float *y) {
+    float out[MAX_ACT_ROWS][ROWS];
+    int64_t i = 0;
+    if (rows == ROWS) {
+        for (; i + 4 <= M; i += 4) {
+            int8_pass(w, layout, a, i, 4, 0, 2, out);
+            int8_pass(w, layout, a, i, 4, 2, 2, out);
+            scale_and_store(y, N, i, 4, n, ROWS, out, s, bias);
+        }
+        for (; i < M; i++) {
+            int8_pass(w, layout, a, i, 1, 0, 4, out);
+            scale_and_store(y, N, i, 1, n, ROWS, out, s, bias);
+        }
+        return;
+    }
+    for (; i < M; i++) {
+        for (int r = 0; r < rows; r++) int8_pass(w, layout, a, i, 1, r, 1, out);
+        scale_and_store(y, N, i, 1, n, rows, out, s, bias);
+    }
+}
+
+/* y [M, N] = x @ W.T (+ bias) for int8 W [N, K] (tiled as above) with a scale per row,
+ * activations in blocks of A */
 int edgechat_int8_linear(const float *x, int64_t M, const int8_t *w, const float *s,
-                         const float *bias, int64_t N, int64_t K, float *y, int threads) {
-    Quantized q;
-    if (quantize(x, M, K, &q)) return -1;
-    const int64_t nb = K / QBLOCK, num_tiles = (N + ROWS - 1) / ROWS;
+                         const float *bias, int64_t N, int64_t K, int64_t A, float *y,
+                         int threads) {
+    Activations a;
+    if (quantize(x, M, K, A, &a)) return -1;
+    const int64_t num_tiles = (N + ROWS - 1) / ROWS;
+    const Layout tile = {ROWS * QBLOCK, QBLOCK}, plain = {QBLOCK, K};
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < num_tiles; t++) {
-        const int64_t n = t * ROWS;
-        for (int64_t i = 0; i < M; i++) {
-            const int8_t *xq = q.codes + i * K;
-            const float *xs = q.scales + i * nb;
-            float out[ROWS];
-            const int64_t rows = n + ROWS <= N ? ROWS : N - n;
-            if (rows == ROWS)
-                int8_tile(w + n * K, s + n, xq, xs, K, out);
-            else
-                for (int64_t r = 0; r < rows; r++)
-                    out[r] = int8_row(w + (n + r) * K, s[n + r], xq, xs, K);
-            store(y + i * N + n, out, rows, bias ? bias + n : NULL);
-        }
+        const int64_t n = t * ROWS, rows = n + ROWS <= N ? ROWS : N - n;
+        int8_rows(w + n * K, rows == ROWS ? tile : plain, s + n, &a, M, N, n, rows, bias, y);
     }
-    release(&q);
+    release(&a);
     return 0;
 }

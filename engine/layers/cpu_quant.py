@@ -248,7 +248,7 @@ def _built_native_kernels() -> NativeKernels | None:
 
 def int8_native_kernels(dtype: torch.dtype, in_features: int) -> NativeKernels | None:
     """The native kernels for an int8 layer computing in ``dtype``, where they can run it."""
-    if dtype != cpu_linear.INT8_ACTIVATIONS or in_features % cpu_linear.ACTIVATION_BLOCK:
+    if dtype != cpu_linear.INT8_ACTIVATIONS or in_features % cpu_linear.NATIVE_BLOCK:
         return None
     return native_kernels()
 

@@ -8,13 +8,14 @@
 #include <stdlib.h>
 
 const char *edgechat_simd(void);
-void edgechat_quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, float *xs,
-                            float *xsum);
+void edgechat_quantize_rows(const float *x, int64_t M, int64_t K, int64_t A, int8_t *xq,
+                            float *xs, float *xsum);
 int edgechat_int4_linear(const float *x, int64_t M, const uint8_t *w, const float *s,
                          const float *m, const float *bias, int64_t N, int64_t K, int64_t G,
-                         float *y, int threads);
+                         int64_t A, float *y, int threads);
 int edgechat_int8_linear(const float *x, int64_t M, const int8_t *w, const float *s,
-                         const float *bias, int64_t N, int64_t K, float *y, int threads);
+                         const float *bias, int64_t N, int64_t K, int64_t A, float *y,
+                         int threads);
 
 enum { ROWS = 4, QBLOCK = 32 };
 
@@ -31,10 +32,11 @@ static int check(const char *what, const float *ours, const float *reference, in
     return ok;
 }
 
-static int check_int4(int64_t M, int64_t N, int64_t K, int64_t G) {
+/* A: in-features per activation scale */
+static int check_int4(int64_t M, int64_t N, int64_t K, int64_t G, int64_t A) {
     const int64_t tiles = (N + ROWS - 1) / ROWS, groups = K / G, blocks = K / QBLOCK;
-    float *x = malloc(sizeof(float) * M * K), *xs = malloc(sizeof(float) * M * blocks);
-    float *xsum = malloc(sizeof(float) * M * blocks);
+    float *x = malloc(sizeof(float) * M * K), *xs = malloc(sizeof(float) * M * (K / A));
+    float *xsum = malloc(sizeof(float) * M * (K / A));
     int8_t *xq = malloc(M * K);
     uint8_t *codes = malloc(N * K), *w = calloc(tiles * ROWS * K / 2, 1);
     float *s = calloc(tiles * groups * ROWS, sizeof(float));
@@ -54,28 +56,28 @@ static int check_int4(int64_t M, int64_t N, int64_t K, int64_t G) {
             m[(t * groups + g) * ROWS + r] = (float)(rand() % 16) * s[(t * groups + g) * ROWS + r];
         }
     }
-    edgechat_quantize_rows(x, M, K, xq, xs, xsum);
-    if (edgechat_int4_linear(x, M, w, s, m, NULL, N, K, G, y, 2)) return 0;
+    edgechat_quantize_rows(x, M, K, A, xq, xs, xsum);
+    if (edgechat_int4_linear(x, M, w, s, m, NULL, N, K, G, A, y, 2)) return 0;
     for (int64_t i = 0; i < M; i++)
         for (int64_t n = 0; n < N; n++)
             for (int64_t k = 0; k < K; k++) {
                 const int64_t at = (n / ROWS * groups + k / G) * ROWS + n % ROWS;
                 const float weight = (float)codes[n * K + k] * s[at] - m[at];
-                ref[i * N + n] += weight * (float)xq[i * K + k] * xs[i * blocks + k / QBLOCK];
+                ref[i * N + n] += weight * (float)xq[i * K + k] * xs[i * (K / A) + k / A];
             }
-    char what[64];
-    snprintf(what, sizeof what, "int4 M=%lld N=%lld K=%lld G=%lld", (long long)M, (long long)N,
-             (long long)K, (long long)G);
+    char what[80];
+    snprintf(what, sizeof what, "int4 M=%lld N=%lld K=%lld G=%lld A=%lld", (long long)M,
+             (long long)N, (long long)K, (long long)G, (long long)A);
     const int ok = check(what, y, ref, M * N);
     free(x), free(xs), free(xsum), free(xq), free(codes), free(w), free(s), free(m), free(y);
     free(ref);
     return ok;
 }
 
-static int check_int8(int64_t M, int64_t N, int64_t K) {
+static int check_int8(int64_t M, int64_t N, int64_t K, int64_t A) {
     const int64_t blocks = K / QBLOCK;
-    float *x = malloc(sizeof(float) * M * K), *xs = malloc(sizeof(float) * M * blocks);
-    float *xsum = malloc(sizeof(float) * M * blocks), *s = malloc(sizeof(float) * N);
+    float *x = malloc(sizeof(float) * M * K), *xs = malloc(sizeof(float) * M * (K / A));
+    float *xsum = malloc(sizeof(float) * M * (K / A)), *s = malloc(sizeof(float) * N);
     int8_t *xq = malloc(M * K), *w = malloc(N * K);
     float *y = malloc(sizeof(float) * M * N), *ref = calloc(M * N, sizeof(float));
     for (int64_t i = 0; i < M * K; i++) x[i] = uniform() * 2.0f - 1.0f;
@@ -88,16 +90,16 @@ static int check_int8(int64_t M, int64_t N, int64_t K) {
             w[in_tile ? ((t * blocks + b) * ROWS + r) * QBLOCK + j : n * K + k] = rows[n * K + k];
         }
     for (int64_t n = 0; n < N; n++) s[n] = 0.001f + 0.001f * uniform();
-    edgechat_quantize_rows(x, M, K, xq, xs, xsum);
-    if (edgechat_int8_linear(x, M, w, s, NULL, N, K, y, 2)) return 0;
+    edgechat_quantize_rows(x, M, K, A, xq, xs, xsum);
+    if (edgechat_int8_linear(x, M, w, s, NULL, N, K, A, y, 2)) return 0;
     for (int64_t i = 0; i < M; i++)
         for (int64_t n = 0; n < N; n++)
             for (int64_t k = 0; k < K; k++)
                 ref[i * N + n] += s[n] * (float)rows[n * K + k] * (float)xq[i * K + k] *
-                                  xs[i * blocks + k / QBLOCK];
-    char what[64];
-    snprintf(what, sizeof what, "int8 M=%lld N=%lld K=%lld", (long long)M, (long long)N,
-             (long long)K);
+                                  xs[i * (K / A) + k / A];
+    char what[80];
+    snprintf(what, sizeof what, "int8 M=%lld N=%lld K=%lld A=%lld", (long long)M, (long long)N,
+             (long long)K, (long long)A);
     const int ok = check(what, y, ref, M * N);
     free(x), free(xs), free(xsum), free(s), free(xq), free(w), free(rows), free(y), free(ref);
     return ok;
@@ -106,10 +108,13 @@ static int check_int8(int64_t M, int64_t N, int64_t K) {
 int main(void) {
     printf("code path: %s\n", edgechat_simd());
     int ok = 1;
-    ok &= check_int4(1, 37, 256, 32);
-    ok &= check_int4(3, 64, 256, 128);
-    ok &= check_int4(17, 130, 512, 256);
-    ok &= check_int8(1, 37, 160);
-    ok &= check_int8(5, 64, 896);
+    /* every pass: 4, 2 and 1 activation rows (M = 7, 17), whole tiles and padded ones */
+    ok &= check_int4(1, 37, 256, 32, 32);
+    ok &= check_int4(3, 64, 256, 128, 128);
+    ok &= check_int4(7, 38, 384, 64, 64);
+    ok &= check_int4(17, 130, 512, 256, 128);
+    ok &= check_int8(1, 37, 160, 32);
+    ok &= check_int8(5, 64, 896, 128);
+    ok &= check_int8(7, 38, 192, 64);
     return ok ? 0 : 1;
 }

@@ -43,16 +43,20 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-def test_quantized_activations_equal_the_torch_twin(kernels):
+@pytest.mark.parametrize("block", [32, 64, 128])
+def test_quantized_activations_equal_the_torch_twin(kernels, block):
     x = torch.randn(5, 256) * torch.logspace(-3, 3, 256)
-    x[1, :32] = 0  # a block of zeros: scale 0, codes 0
-    x[2, 32:64] = 0.5  # ties round half to even
-    quantized = kernels.quantize(x)
-    values = quantized.codes.float().reshape(5, -1, 32) * quantized.scales[..., None]
-    assert torch.equal(values.reshape(5, 256), cpu_linear.quantize_activations(x))
-    code_sums = quantized.codes.float().reshape(5, -1, 32).sum(-1)  # exact: integers
+    x[1, :128] = 0  # a block of zeros: scale 0, codes 0
+    x[2, 128:256] = 0.5
+    x[3, :4] = torch.tensor([127.0, 2.5, 3.5, -2.5])  # scale 1: ties round half to even
+    quantized = kernels.quantize(x, block)
+    assert quantized.scales.shape == (5, 256 // block)
+    values = quantized.codes.float().reshape(5, -1, block) * quantized.scales[..., None]
+    assert torch.equal(values.reshape(5, 256), cpu_linear.quantize_activations(x, block))
+    code_sums = quantized.codes.float().reshape(5, -1, block).sum(-1)  # exact: integers
     assert torch.equal(quantized.scaled_sums, quantized.scales * code_sums)
     assert int(quantized.codes.abs().max()) == 127
+    assert quantized.codes[3, :4].tolist() == [127, 2, 4, -2]
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256])
@@ -66,27 +70,32 @@ def test_int4_matches_the_twin(kernels, threads, group_size, out_features, num_r
     bias = torch.randn(out_features, generator=generator)
     x = torch.randn(num_rows, in_features, generator=generator)
     ours = cpu_linear.native_int4_linear(kernels, x, *packed, group_size, out_features, bias)
+    block = cpu_linear.activation_block(group_size)
     twin = cpu_linear.int4_linear_reference(
-        cpu_linear.quantize_activations(x), codes, zeros, scales, group_size, bias
+        cpu_linear.quantize_activations(x, block), codes, zeros, scales, group_size, bias
     )
     torch.testing.assert_close(ours, twin, **TWIN_TOLERANCE)
     exact = cpu_linear.int4_linear_reference(x, codes, zeros, scales, group_size, bias)
     assert (ours - exact).abs().max() < FP32_RELATIVE_ERROR * exact.abs().max()
 
 
+@pytest.mark.parametrize("in_features", [160, 192, 256])  # activations in 32s, 64s, 128s
 @pytest.mark.parametrize("out_features", [4, 37])
-@pytest.mark.parametrize("num_rows", [1, 17])
-def test_int8_matches_the_twin(kernels, threads, out_features, num_rows):
+@pytest.mark.parametrize("num_rows", [1, 3, 17])
+def test_int8_matches_the_twin(kernels, threads, in_features, out_features, num_rows):
     generator = torch.Generator().manual_seed(out_features + num_rows)
-    dense = torch.randn(out_features, 160, generator=generator) / 12
+    dense = torch.randn(out_features, in_features, generator=generator) / 12
     weight, scales = cpu_linear.quantize_int8(dense, cpu_linear.INT8_ACTIVATIONS)
     assert scales.dtype == torch.float32
     rows, _ = cpu_linear.quantize_int8(dense, torch.float32)
     assert torch.equal(cpu_linear.untile_int8_rows(weight), rows)
-    x = torch.randn(num_rows, 160, generator=generator)
+    x = torch.randn(num_rows, in_features, generator=generator)
     bias = torch.randn(out_features, generator=generator)
     ours = cpu_linear.native_int8_linear(kernels, x, weight, scales, bias)
-    twin = cpu_linear.int8_linear_reference(cpu_linear.quantize_activations(x), rows, scales, bias)
+    block = cpu_linear.activation_block(in_features)
+    twin = cpu_linear.int8_linear_reference(
+        cpu_linear.quantize_activations(x, block), rows, scales, bias
+    )
     torch.testing.assert_close(ours, twin, **TWIN_TOLERANCE)
     exact = cpu_linear.int8_linear_reference(x, rows, scales, bias)
     assert (ours - exact).abs().max() < FP32_RELATIVE_ERROR * exact.abs().max()
@@ -129,9 +138,15 @@ def test_an_awq_layer_torch_cannot_pack_runs_natively():
     assert native.native is not None
     x = torch.randn(3, 64)
     twin = cpu_linear.int4_linear_reference(
-        cpu_linear.quantize_activations(x), codes, zeros, scales, 32
+        cpu_linear.quantize_activations(x, 32), codes, zeros, scales, 32
     )
     torch.testing.assert_close(native(x), twin, **TWIN_TOLERANCE)
+
+
+def test_activations_take_the_largest_block_the_weight_scales_allow():
+    assert [cpu_linear.activation_block(n) for n in (32, 64, 96, 128, 256, 576, 896)] == [
+        32, 64, 32, 128, 128, 64, 128,
+    ]  # fmt: skip
 
 
 def test_shapes_the_native_kernels_cannot_take_are_refused():
