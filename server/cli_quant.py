@@ -14,16 +14,16 @@ import time
 # NOTE: the engine (torch) is imported by the commands themselves, so that registering
 # them does not slow down `edgechat chat`, which never needs it.
 
-# The one measured time (benchmarks/bench_awq.py, docs/benchmarks.md); the rest scale it by
-# the search's arithmetic per layer (block losses on at most 4096 tokens, the Gram matrices
-# and recorded inputs on all of them, the clip search on 512).
+# Measured times: docs/benchmarks.md, "AWQ speed on Qwen2.5-0.5B shapes" (a random model
+# of that shape, benchmarks/bench_awq_speed.py) and the SmolLM2 table (bench_awq.py).
 AWQ_TIME = (
-    "How long AWQ takes on a 2-core x86 CPU: SmolLM2-135M (30 layers, hidden 576) with "
-    "--num-samples 4 took 224 s, about 7 s a layer (measured, quiet machine). Extrapolated "
-    "from that by operation count, not measured: about 13 min for SmolLM2-135M at the "
-    "defaults (128 x 512 tokens); for a 0.5B model (Qwen2.5-0.5B: 24 layers, hidden 896, "
-    "intermediate 4864) about 55 min at the defaults, 16 min with --num-samples 4. On a GPU: "
-    "not measured yet. RTN takes seconds."
+    "How long AWQ takes on a 2-core x86 CPU (measured): a 0.5B model (Qwen2.5-0.5B's "
+    "shapes: 24 layers, hidden 896, intermediate 4864) at the defaults (128 x 512 tokens) "
+    "about 45 s a layer on a quiet machine, 18 min in all, twice that on a busy one; "
+    "SmolLM2-135M (30 layers, hidden 576) with --num-samples 4 about 4 min. Half of a "
+    "layer's time at the defaults is recording its inputs, which grows with --num-samples; "
+    "the search measures its errors on at most 2048 tokens. On a GPU: not measured yet. "
+    "RTN takes seconds."
 )
 
 

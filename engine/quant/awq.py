@@ -25,14 +25,14 @@ logger = logging.getLogger(__name__)
 
 NUM_GRID = 20
 # Tokens on which a block's (or single linear's) error is measured for each candidate:
-# enough to rank them (on SmolLM2-135M, 2k tokens rank them as held-out text does), and
-# a bound on the search's cost whatever the calibration size. A single linear's error on
-# all tokens costs a Gram matrix of tokens * K * K: 3.1 TFLOP for Qwen2.5-0.5B's down_proj
-# at 128 x 512 tokens, 70 s a layer on 2 cores, against 20 s for the sample. Measured on
-# SmolLM2-135M (32 x 512 calibration tokens, down_proj of all 30 layers): the sample picks
-# the all-token winner in 24 layers; elsewhere its pick's all-token error is at most 0.18%
-# above the winner's (mean 0.02%).
-MAX_LOSS_TOKENS = 4096
+# enough to rank them, and a bound on the search's cost whatever the calibration size
+# (the MLP block's 21 candidate forwards on this sample are most of a layer's search).
+# On SmolLM2-135M (benchmarks/bench_awq.py, 2048 held-out tokens) 2048 ranks them as
+# well as 4096, for half the search: AWQ perplexity 17.360 against 17.449 with 8 x 512
+# calibration tokens, 17.336 against 17.369 with 16 x 512. A single linear's error on
+# all tokens would cost a Gram matrix of tokens * K * K: 3.1 TFLOP for Qwen2.5-0.5B's
+# down_proj at 128 x 512 tokens, 70 s a layer on 2 cores.
+MAX_LOSS_TOKENS = 2048
 # Elements of one batch of candidate weight errors (64 MiB in fp32).
 MAX_BATCH_ELEMENTS = 1 << 24
 

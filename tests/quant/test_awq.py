@@ -7,14 +7,16 @@ import pytest
 import torch
 
 from engine.quant.awq import (
+    MAX_LOSS_TOKENS,
     NUM_GRID,
     _linear_errors,
+    _sample_sequences,
     apply_scales,
     candidate_scales,
     group_applies,
     search_scales,
 )
-from engine.quant.clip import apply_clip, search_clip
+from engine.quant.clip import CLIP_GRID, MAX_SHRINK, apply_clip, search_clip
 from engine.quant.dense import load_dense
 from engine.quant.forward import BlockRunner, record_inputs
 from engine.quant.layout import LLAMA
@@ -142,6 +144,35 @@ def test_clip_search_never_does_worse_than_no_clip(first_layer):
     assert clipped_error < unclipped_error
 
 
+@pytest.mark.parametrize("name", ["mlp.down_proj", "self_attn.o_proj"])
+def test_clip_search_picks_the_ratio_with_the_least_partial_output_error(first_layer, name):
+    """The search computes each group's error from a Gram matrix; AutoAWQ's definition is
+    the MSE of the group's partial outputs x_g @ w_g, computed here directly in float64
+    for every ratio (x is under NUM_SAMPLE_TOKENS tokens, so the search sees all of it)."""
+    layer, _, _, inputs = first_layer
+    weight = layer.get_submodule(name).weight.detach()
+    x = inputs[name].reshape(-1, weight.shape[1])
+    chosen = search_clip(weight, x, GROUP_SIZE)
+    grouped = weight.reshape(*chosen.shape[:2], -1)  # [N, groups, G]
+    x_groups = x.double().reshape(len(x), *grouped.shape[1:])  # [tokens, groups, G]
+    max_abs = grouped.abs().amax(-1, keepdim=True)
+    steps = range(int(MAX_SHRINK * CLIP_GRID))
+    limits = torch.stack([max_abs * (1 - step / CLIP_GRID) for step in steps])
+    errors = []
+    for limit in limits:
+        clipped = torch.clamp(grouped, -limit, limit).reshape(weight.shape)
+        delta = (fake_quantize(clipped, GROUP_SIZE) - weight).double().reshape(grouped.shape)
+        errors.append(torch.einsum("tgk,ngk->ntg", x_groups, delta).pow(2).mean(1))
+    errors = torch.stack(errors)  # [ratios, N, groups]
+    limits = limits[..., 0]
+    is_chosen = limits == chosen[None, ..., 0]
+    assert is_chosen.any(0).all()
+    # Ratios whose errors tie to fp32 rounding may swap; the pick must be as good.
+    assert is_chosen.gather(0, errors.argmin(0, keepdim=True)).float().mean() > 0.999
+    picked = errors.gather(0, is_chosen.float().argmax(0, keepdim=True))[0]
+    torch.testing.assert_close(picked, errors.amin(0), rtol=1e-5, atol=1e-12)
+
+
 def test_candidates_are_no_scaling_then_autoawqs_normalised_grid():
     generator = torch.Generator().manual_seed(0)
     x_mean, w_mean = torch.rand(2, 64, generator=generator) + 0.01
@@ -152,6 +183,16 @@ def test_candidates_are_no_scaling_then_autoawqs_normalised_grid():
     half = (x_mean.sqrt() / w_mean.sqrt()).clamp(min=1e-4)  # ratio 1/2
     expected = half / (half.max() * half.min()).sqrt()
     torch.testing.assert_close(candidates[1 + NUM_GRID // 2], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_loss_sample_is_evenly_spaced_whole_sequences():
+    seq_len = 512
+    x = torch.arange(4 * MAX_LOSS_TOKENS // seq_len, dtype=torch.float32)[:, None, None]
+    sample = _sample_sequences(x.expand(-1, seq_len, 3))
+    assert sample.shape == (MAX_LOSS_TOKENS // seq_len, seq_len, 3)
+    first = sample[:, 0, 0]
+    assert torch.equal(first, torch.arange(len(first)) * 4.0)
+    assert torch.equal(sample, first[:, None, None].expand(-1, seq_len, 3))
 
 
 @pytest.mark.parametrize("tokens", ["fewer", "more"])
