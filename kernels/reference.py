@@ -67,11 +67,16 @@ def paged_attention(
 
     One sequence at a time: its blocks are gathered whole (a copy of its own context,
     nothing padded to the batch's longest) and attended with two matmuls and an fp32
-    softmax, so the work is proportional to each sequence's context.
+    softmax, so the work is proportional to each sequence's context. A batch of decodes
+    whose contexts are alike in length is attended at once instead (``_attend_decodes``).
     """
     if host_lens is None:
         host_lens = (seq_lens.tolist(), query_start_loc.tolist())
     lens, starts = host_lens
+    if _alike_decodes(lens, starts):
+        return to_dtype(
+            _attend_decodes(query, k_cache, v_cache, block_tables, lens, scale), query.dtype
+        )
     block_size = k_cache.shape[1]
     out = []
     for i, seq_len in enumerate(lens):
@@ -82,6 +87,55 @@ def paged_attention(
     if not out:
         return torch.empty_like(query)
     return to_dtype(out[0] if len(out) == 1 else torch.cat(out), query.dtype)
+
+
+# Decodes are batched while padding every context to the longest at most doubles the work.
+MAX_DECODE_PADDING = 2
+
+
+def _alike_decodes(lens: list[int], starts: list[int]) -> bool:
+    """Whether every sequence decodes one token (a query each) and the contexts, padded
+    to the longest, take at most MAX_DECODE_PADDING times their own work."""
+    num_seqs = len(lens)
+    return (
+        num_seqs > 1
+        and starts[-1] == num_seqs
+        and max(lens) * num_seqs <= MAX_DECODE_PADDING * sum(lens)
+    )
+
+
+def _attend_decodes(
+    query: torch.Tensor,  # [num_seqs, num_heads, head_dim]: one query a sequence
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    lens: list[int],
+    scale: float,
+) -> torch.Tensor:  # [num_seqs, num_heads, head_dim] fp32
+    """Decode attention for the whole batch in one gather and two batched matmuls: each
+    context padded to the longest with keys masked out. A few ops instead of a dozen per
+    sequence, which is what decode on a CPU spends its time outside the linears on.
+    The padding rows are whatever the blocks behind a table's end hold (stale but valid
+    block ids): their scores are masked and their values zeroed, so not even a NaN there
+    reaches the output."""
+    num_seqs, num_heads, head_dim = query.shape
+    block_size, num_kv_heads = k_cache.shape[1:3]
+    longest = max(lens)
+    blocks = block_tables[:num_seqs, : -(-longest // block_size)].reshape(-1)
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:  # [num_seqs, kv, longest, head_dim]
+        rows = cache.index_select(0, blocks).view(num_seqs, -1, num_kv_heads, head_dim)
+        return to_dtype(rows[:, :longest], torch.float32).transpose(1, 2)
+
+    q = to_dtype(query, torch.float32) * scale
+    q = q.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = torch.matmul(q, gather(k_cache).transpose(2, 3))  # [seqs, kv, group, longest]
+    device = query.device
+    padding = torch.arange(longest, device=device) >= torch.tensor(lens, device=device)[:, None]
+    scores.masked_fill_(padding[:, None, None], float("-inf"))
+    values = gather(v_cache).masked_fill_(padding[:, None, :, None], 0)
+    heads = torch.matmul(scores.softmax(-1), values)  # [seqs, kv, group, head_dim]
+    return heads.view(num_seqs, num_heads, head_dim)
 
 
 def _gather_context(

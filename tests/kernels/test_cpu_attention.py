@@ -78,7 +78,33 @@ CASES = {
     "decode": ([1, 7, 13, 4, 33], [1, 1, 1, 1, 1]),
     # a fresh prompt, a cached prefix extended, a middle chunk, a decode row, in one batch
     "mixed": ([9, 17, 23, 5], [9, 6, 11, 1]),
+    # decodes alike enough in length to be attended as one padded batch
+    "alike decodes": ([13, 9, 16, 11, 12], [1, 1, 1, 1, 1]),
 }
+
+
+def test_which_decodes_are_batched():
+    assert reference._alike_decodes(*CASES["alike decodes"][0:1], [0, 1, 2, 3, 4, 5])
+    assert not reference._alike_decodes([1, 7, 13, 4, 33], [0, 1, 2, 3, 4, 5])  # padding 2.8x
+    assert not reference._alike_decodes([9, 17], [0, 9, 10])  # a prefill
+    assert not reference._alike_decodes([9], [0, 1])  # one sequence: nothing to batch
+
+
+@pytest.mark.parametrize("num_heads", [2, 14])
+def test_batched_decodes_read_nothing_behind_a_table_end(num_heads):
+    """Padding columns pointing at a NaN block, and the NaN-free rows of each sequence's
+    last block past its length, leave the batched decode's output as the oracle's."""
+    torch.manual_seed(4)
+    query, k_cache, v_cache, block_tables, *rest = batch(
+        *CASES["alike decodes"], num_heads, torch.float32
+    )
+    expected = padded_sdpa_attention(query, k_cache, v_cache, block_tables, *rest)
+    nan_block = int(k_cache.isnan().flatten(1).any(1).nonzero()[0])
+    lens = rest[0].tolist()
+    for i, seq_len in enumerate(lens):
+        block_tables[i, -(-seq_len // BLOCK_SIZE) :] = nan_block
+    ours = reference.paged_attention(query, k_cache, v_cache, block_tables, *rest)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", list(CASES))
