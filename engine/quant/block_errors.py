@@ -25,8 +25,8 @@ from engine.quant.rtn import fake_quantize
 # largest intermediates, the MLP's [rows, intermediate] activations: 16384 rows of a
 # 4864-wide MLP (Qwen2.5-0.5B) are 320 MiB in fp32, of which the forward holds about
 # four (SmolLM2-135M's peak RSS, 4 x 512 calibration tokens: 1.09 GiB one candidate at a
-# time, 1.46 GiB with 8 a forward). That is 4 candidates of a 4096-token sample, tall
-# enough to keep a GPU busy; on 2 CPU cores it was 10% faster than one at a time.
+# time, 1.46 GiB with 8 a forward). That is 8 candidates of the 2048-token loss sample,
+# tall enough to keep a GPU busy; on 2 CPU cores batching was 10% faster than one at a time.
 MAX_CANDIDATE_ROWS = 16384
 
 
