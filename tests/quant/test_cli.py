@@ -88,4 +88,4 @@ def test_quantize_help_shows_every_default_and_how_long_awq_takes(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for default in ("(default: awq)", "(default: 128)", "(default: 512)", "(default: auto)"):
         assert default in text
-    assert "How long AWQ takes" in text and "Extrapolated" in text
+    assert "How long AWQ takes" in text and "(measured)" in text
