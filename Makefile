@@ -58,6 +58,9 @@ native-check:
 	mkdir -p build/native-check
 	cc -O3 -march=native $(NATIVE_CHECK) -o build/native-check/native && build/native-check/native
 	cc -O3 -march=haswell $(NATIVE_CHECK) -o build/native-check/avx2 && build/native-check/avx2
+	if grep -qw avx_vnni /proc/cpuinfo; then \
+		cc -O3 -march=alderlake $(NATIVE_CHECK) -o build/native-check/avx2-vnni && build/native-check/avx2-vnni; \
+	fi
 	cc -O3 $(NATIVE_CHECK) -o build/native-check/portable && build/native-check/portable
 	for arch in armv8.2-a+dotprod armv8-a; do \
 		aarch64-linux-gnu-gcc -O3 -march=$$arch $(NATIVE_CHECK) -o build/native-check/$$arch \

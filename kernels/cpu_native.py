@@ -2,11 +2,12 @@
 run time with the machine's C compiler and loaded with ctypes.
 
 The library is compiled once per source, compiler and CPU (``-march=native``: AVX2 on
-x86, with VNNI's dot products where the CPU has them; the dot-product instructions on
-Arm where the CPU has them) into a cache directory,
-and reused by every later process; two processes building at once each write a file
-of their own and rename it into place. Where no compiler works, ``load`` raises
-NativeBuildError with what went wrong, and the caller falls back to torch's kernels.
+x86, with VNNI's dot products where the CPU has them and 512-bit tile passes where it
+has AVX-512 BW and VNNI; the dot-product instructions on Arm where the CPU has them)
+into a cache directory, and reused by every later process; two processes building at
+once each write a file of their own and rename it into place. Where no compiler works,
+``load`` raises NativeBuildError with what went wrong, and the caller falls back to
+torch's kernels.
 
 Each linear is one call: it quantizes its activations (kernels/cpu_linear.py's
 ``quantize_activations`` is the torch twin of that step; ``quantize`` exposes it for

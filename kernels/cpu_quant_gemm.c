@@ -22,6 +22,9 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define EDGECHAT_AVX2 1
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define EDGECHAT_AVX512 1 /* 512-bit tile passes (below); AVX2 for the rest */
+#endif
 #elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
 #include <arm_neon.h>
 #define EDGECHAT_NEON_DOT 1
@@ -29,7 +32,7 @@
 
 #define QBLOCK 32 /* codes per vector of bytes */
 #define ROWS 4    /* weight rows per tile: one activation block load serves four */
-#define MAX_ACT_ROWS 4 /* activation rows a pass reads each weight vector for */
+#define MAX_ACT_ROWS 8 /* activation rows a pass reads each weight vector for (AVX2, NEON: 4) */
 #define PREFETCH_BYTES 1024 /* how far ahead of a tile's stream to prefetch */
 #define INLINE static inline __attribute__((always_inline))
 
@@ -134,7 +137,9 @@ INLINE void prefetch(const void *p) { (void)p; }
 #endif
 
 const char *edgechat_simd(void) {
-#if defined(EDGECHAT_AVX2) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+#if defined(EDGECHAT_AVX512)
+    return "avx512-vnni";
+#elif defined(EDGECHAT_AVX2) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
     return "avx2-vnni";
 #elif defined(EDGECHAT_AVX2)
     return "avx2";
@@ -320,10 +325,201 @@ static void scale_and_store(float *y, int64_t N, int64_t i0, int NI, int64_t n, 
             y[(i0 + i) * N + n + r] = out[i][r] * (s ? s[r] : 1.0f) + (bias ? bias[n + r] : 0.0f);
 }
 
+#if defined(EDGECHAT_AVX512)
+/* With 512-bit vectors one load holds a whole tile's 32-block (int4: 4 rows x 16 bytes;
+ * int8: 2 rows x 32 bytes), and the 32 registers hold the sums of 8 activation rows. In
+ * a vector of partial sums, lane l belongs to the row its bytes came from. */
+
+/* v[0..3], each four times: a per-row value for the int4 tile's lanes */
+INLINE __m512 per_row(const float *v) {
+    const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    return _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(v)));
+}
+/* v[0..3] in the first lane of each row's four, zeros elsewhere: a term counted once */
+INLINE __m512 once_per_row(const float *v) {
+    return _mm512_maskz_mov_ps(0x1111, per_row(v));
+}
+/* out[0..3] = the sums of each 128-bit quarter's four lanes */
+INLINE void store_quarter_sums(__m512 f, float *out) {
+    f = _mm512_add_ps(f, _mm512_permute_ps(f, _MM_SHUFFLE(2, 3, 0, 1)));
+    f = _mm512_add_ps(f, _mm512_permute_ps(f, _MM_SHUFFLE(1, 0, 3, 2)));
+    const __m512i firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(firsts, f)));
+}
+/* 16 activation bytes in each 128-bit quarter; 32 in each half */
+INLINE __m512i quarters(const int8_t *x) {
+    return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)x));
+}
+INLINE __m512i halves(const int8_t *x) {
+    return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x));
+}
+
+/* out[i][r] = the int4 dot products of NI activation rows (from i0) with one tile's rows,
+ * for the tile's scales and offsets [K/G][ROWS]; low and high nibbles (codes j and
+ * j + 16 of a 32-block) sum apart, so that no accumulator waits on its last product. */
+INLINE void int4_tile_pass(const uint8_t *w, const float *s, const float *m,
+                           const Activations *a, int64_t i0, const int NI, int64_t G,
+                           float out[MAX_ACT_ROWS][ROWS]) {
+    const int64_t per_block = a->A / QBLOCK, num_blocks = a->K / a->A, K = a->K;
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    __m512 f[MAX_ACT_ROWS];
+    for (int i = 0; i < NI; i++) f[i] = _mm512_setzero_ps();
+    for (int64_t ab = 0; ab < num_blocks; ab++) {
+        __m512i low[MAX_ACT_ROWS], high[MAX_ACT_ROWS];
+        for (int i = 0; i < NI; i++) low[i] = high[i] = _mm512_setzero_si512();
+        for (int64_t b = ab * per_block; b < (ab + 1) * per_block; b++) {
+            const uint8_t *wb = w + b * ROWS * (QBLOCK / 2);
+            prefetch(wb + PREFETCH_BYTES);
+            const __m512i raw = _mm512_loadu_si512(wb);
+            const __m512i q_low = _mm512_and_si512(raw, nibble);
+            const __m512i q_high = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+            for (int i = 0; i < NI; i++) {
+                const int8_t *xb = a->codes + (i0 + i) * K + b * QBLOCK;
+                low[i] = _mm512_dpbusd_epi32(low[i], q_low, quarters(xb));
+                high[i] = _mm512_dpbusd_epi32(high[i], q_high, quarters(xb + QBLOCK / 2));
+            }
+        }
+        const int64_t g = ab * a->A / G;
+        const __m512 scale = per_row(s + g * ROWS), offset = once_per_row(m + g * ROWS);
+        for (int i = 0; i < NI; i++) {
+            const int64_t at = (i0 + i) * num_blocks + ab;
+            const __m512 dots = _mm512_cvtepi32_ps(_mm512_add_epi32(low[i], high[i]));
+            f[i] = _mm512_fmadd_ps(dots, _mm512_mul_ps(scale, _mm512_set1_ps(a->scales[at])), f[i]);
+            f[i] = _mm512_fnmadd_ps(offset, _mm512_set1_ps(a->scaled_sums[at]), f[i]);
+        }
+    }
+    for (int i = 0; i < NI; i++) store_quarter_sums(f[i], out[i]);
+}
+
+static void int4_tile(const uint8_t *w, const float *s, const float *m, const Activations *a,
+                      int64_t M, int64_t G, float *y, int64_t N, int64_t n, int64_t rows,
+                      const float *bias) {
+    float out[MAX_ACT_ROWS][ROWS];
+    int64_t i = 0;
+    for (; i + 8 <= M; i += 8) {
+        int4_tile_pass(w, s, m, a, i, 8, G, out);
+        scale_and_store(y, N, i, 8, n, rows, out, NULL, bias);
+    }
+    if (i + 4 <= M) {
+        int4_tile_pass(w, s, m, a, i, 4, G, out);
+        scale_and_store(y, N, i, 4, n, rows, out, NULL, bias);
+        i += 4;
+    }
+    if (i + 2 <= M) {
+        int4_tile_pass(w, s, m, a, i, 2, G, out);
+        scale_and_store(y, N, i, 2, n, rows, out, NULL, bias);
+        i += 2;
+    }
+    if (i < M) {
+        int4_tile_pass(w, s, m, a, i, 1, G, out);
+        scale_and_store(y, N, i, 1, n, rows, out, NULL, bias);
+    }
+}
+
+/* out[i][r] = the int8 dot products (before the rows' scales) of NI activation rows (from
+ * i0) with one whole tile's rows. dpbusd takes unsigned bytes on one side: the
+ * activations shifted by 128 (x ^ 0x80), and 128 times each weight row's sum taken off. */
+INLINE void int8_tile_pass(const int8_t *w, const Activations *a, int64_t i0, const int NI,
+                           float out[MAX_ACT_ROWS][ROWS]) {
+    const int64_t per_block = a->A / QBLOCK, num_blocks = a->K / a->A, K = a->K;
+    const __m512i ones = _mm512_set1_epi8(1), shift = _mm512_set1_epi8((char)0x80);
+    __m512 f01[MAX_ACT_ROWS / 2], f23[MAX_ACT_ROWS / 2]; /* rows 0 and 1; rows 2 and 3 */
+    for (int i = 0; i < NI; i++) f01[i] = f23[i] = _mm512_setzero_ps();
+    for (int64_t ab = 0; ab < num_blocks; ab++) {
+        __m512i acc01[MAX_ACT_ROWS / 2], acc23[MAX_ACT_ROWS / 2];
+        __m512i sum01 = _mm512_setzero_si512(), sum23 = _mm512_setzero_si512();
+        for (int i = 0; i < NI; i++) acc01[i] = acc23[i] = _mm512_setzero_si512();
+        for (int64_t b = ab * per_block; b < (ab + 1) * per_block; b++) {
+            const int8_t *wb = w + b * ROWS * QBLOCK;
+            prefetch(wb + PREFETCH_BYTES);
+            prefetch(wb + PREFETCH_BYTES + 64);
+            const __m512i w01 = _mm512_loadu_si512(wb), w23 = _mm512_loadu_si512(wb + 2 * QBLOCK);
+            sum01 = _mm512_dpbusd_epi32(sum01, ones, w01);
+            sum23 = _mm512_dpbusd_epi32(sum23, ones, w23);
+            for (int i = 0; i < NI; i++) {
+                const __m512i x = _mm512_xor_si512(halves(a->codes + (i0 + i) * K + b * QBLOCK), shift);
+                acc01[i] = _mm512_dpbusd_epi32(acc01[i], x, w01);
+                acc23[i] = _mm512_dpbusd_epi32(acc23[i], x, w23);
+            }
+        }
+        sum01 = _mm512_slli_epi32(sum01, 7), sum23 = _mm512_slli_epi32(sum23, 7);
+        for (int i = 0; i < NI; i++) {
+            const __m512 xs = _mm512_set1_ps(a->scales[(i0 + i) * num_blocks + ab]);
+            f01[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc01[i], sum01)), xs, f01[i]);
+            f23[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc23[i], sum23)), xs, f23[i]);
+        }
+    }
+    for (int i = 0; i < NI; i++) {
+        /* quarters (row 0, row 0, row 1, row 1) and (row 2, ...): one row a quarter */
+        const __m512 even = _mm512_shuffle_f32x4(f01[i], f23[i], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512 odd = _mm512_shuffle_f32x4(f01[i], f23[i], _MM_SHUFFLE(3, 1, 3, 1));
+        store_quarter_sums(_mm512_add_ps(even, odd), out[i]);
+    }
+}
+
+/* An int8 tile's passes: 4 activation rows at a time, as its sums fill the registers */
+static void int8_tile(const int8_t *w, const float *s, const Activations *a, int64_t M,
+                      float *y, int64_t N, int64_t n, const float *bias) {
+    float out[MAX_ACT_ROWS][ROWS];
+    int64_t i = 0;
+    for (; i + 4 <= M; i += 4) {
+        int8_tile_pass(w, a, i, 4, out);
+        scale_and_store(y, N, i, 4, n, ROWS, out, s, bias);
+    }
+    for (; i + 2 <= M; i += 2) {
+        int8_tile_pass(w, a, i, 2, out);
+        scale_and_store(y, N, i, 2, n, ROWS, out, s, bias);
+    }
+    for (; i < M; i++) {
+        int8_tile_pass(w, a, i, 1, out);
+        scale_and_store(y, N, i, 1, n, ROWS, out, s, bias);
+    }
+}
+#else
+/* A tile's passes: two weight rows a pass when several activation rows share it, so that
+ * the accumulators fit the registers. */
+static void int4_tile(const uint8_t *w, const float *s, const float *m, const Activations *a,
+                      int64_t M, int64_t G, float *y, int64_t N, int64_t n, int64_t rows,
+                      const float *bias) {
+    float out[MAX_ACT_ROWS][ROWS];
+    int64_t i = 0;
+    for (; i + 4 <= M; i += 4) {
+        int4_pass(w, s, m, a, i, 4, 0, 2, G, out);
+        int4_pass(w, s, m, a, i, 4, 2, 2, G, out);
+        scale_and_store(y, N, i, 4, n, rows, out, NULL, bias);
+    }
+    for (; i + 2 <= M; i += 2) {
+        int4_pass(w, s, m, a, i, 2, 0, 2, G, out);
+        int4_pass(w, s, m, a, i, 2, 2, 2, G, out);
+        scale_and_store(y, N, i, 2, n, rows, out, NULL, bias);
+    }
+    for (; i < M; i++) {
+        int4_pass(w, s, m, a, i, 1, 0, 4, G, out);
+        scale_and_store(y, N, i, 1, n, rows, out, NULL, bias);
+    }
+}
+
+static void int8_tile(const int8_t *w, const float *s, const Activations *a, int64_t M,
+                      float *y, int64_t N, int64_t n, const float *bias) {
+    const Layout tile = {ROWS * QBLOCK, QBLOCK};
+    float out[MAX_ACT_ROWS][ROWS];
+    int64_t i = 0;
+    for (; i + 4 <= M; i += 4) {
+        int8_pass(w, tile, a, i, 4, 0, 2, out);
+        int8_pass(w, tile, a, i, 4, 2, 2, out);
+        scale_and_store(y, N, i, 4, n, ROWS, out, s, bias);
+    }
+    for (; i < M; i++) {
+        int8_pass(w, tile, a, i, 1, 0, 4, out);
+        scale_and_store(y, N, i, 1, n, ROWS, out, s, bias);
+    }
+}
+#endif
+
 /* y [M, N] = x @ W.T (+ bias) for x [M, K] fp32 and int4 W packed in tiles (N rounded up
  * to ROWS), activations in blocks of A; bias may be NULL. The tiles are shared out among
- * the threads; each tile's bytes stay in L1 for all M rows of x, read once per pass of
- * MAX_ACT_ROWS rows. 0, or -1 when out of memory. */
+ * the threads; each tile's bytes stay in L1 for all M rows of x, read once per pass.
+ * 0, or -1 when out of memory. */
 int edgechat_int4_linear(const float *x, int64_t M, const uint8_t *w, const float *s,
                          const float *m, const float *bias, int64_t N, int64_t K, int64_t G,
                          int64_t A, float *y, int threads) {
@@ -333,70 +529,39 @@ int edgechat_int4_linear(const float *x, int64_t M, const uint8_t *w, const floa
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < num_tiles; t++) {
         const int64_t n = t * ROWS, rows = N - n < ROWS ? N - n : ROWS;
-        const uint8_t *wt = w + t * ROWS * (K / 2);
-        const float *st = s + t * num_groups * ROWS, *mt = m + t * num_groups * ROWS;
-        float out[MAX_ACT_ROWS][ROWS];
-        int64_t i = 0;
-        /* Two weight rows a pass when several activation rows share it, so that the
-         * accumulators fit the registers. */
-        for (; i + 4 <= M; i += 4) {
-            int4_pass(wt, st, mt, &a, i, 4, 0, 2, G, out);
-            int4_pass(wt, st, mt, &a, i, 4, 2, 2, G, out);
-            scale_and_store(y, N, i, 4, n, rows, out, NULL, bias);
-        }
-        for (; i + 2 <= M; i += 2) {
-            int4_pass(wt, st, mt, &a, i, 2, 0, 2, G, out);
-            int4_pass(wt, st, mt, &a, i, 2, 2, 2, G, out);
-            scale_and_store(y, N, i, 2, n, rows, out, NULL, bias);
-        }
-        for (; i < M; i++) {
-            int4_pass(wt, st, mt, &a, i, 1, 0, 4, G, out);
-            scale_and_store(y, N, i, 1, n, rows, out, NULL, bias);
-        }
+        int4_tile(w + t * ROWS * (K / 2), s + t * num_groups * ROWS, m + t * num_groups * ROWS,
+                  &a, M, G, y, N, n, rows, bias);
     }
     release(&a);
     return 0;
 }
 
-/* An int8 weight's whole tiles of ROWS rows are runs of bytes like int4's (for each
- * 32-block, its 32 bytes of row 0, then of rows 1..ROWS-1); its last N % ROWS rows, if
- * any, stay plain rows after them. */
-static void int8_rows(const int8_t *w, Layout layout, const float *s, const Activations *a,
-                      int64_t M, int64_t N, int64_t n, int64_t rows, const float *bias,
-                      float *y) {
+/* The last N % ROWS rows of an int8 weight, plain rows after its whole tiles */
+static void int8_plain_rows(const int8_t *w, const float *s, const Activations *a, int64_t M,
+                            float *y, int64_t N, int64_t n, int64_t rows, const float *bias) {
+    const Layout plain = {QBLOCK, a->K};
     float out[MAX_ACT_ROWS][ROWS];
-    int64_t i = 0;
-    if (rows == ROWS) {
-        for (; i + 4 <= M; i += 4) {
-            int8_pass(w, layout, a, i, 4, 0, 2, out);
-            int8_pass(w, layout, a, i, 4, 2, 2, out);
-            scale_and_store(y, N, i, 4, n, ROWS, out, s, bias);
-        }
-        for (; i < M; i++) {
-            int8_pass(w, layout, a, i, 1, 0, 4, out);
-            scale_and_store(y, N, i, 1, n, ROWS, out, s, bias);
-        }
-        return;
-    }
-    for (; i < M; i++) {
-        for (int r = 0; r < rows; r++) int8_pass(w, layout, a, i, 1, r, 1, out);
+    for (int64_t i = 0; i < M; i++) {
+        for (int r = 0; r < rows; r++) int8_pass(w, plain, a, i, 1, r, 1, out);
         scale_and_store(y, N, i, 1, n, rows, out, s, bias);
     }
 }
 
-/* y [M, N] = x @ W.T (+ bias) for int8 W [N, K] (tiled as above) with a scale per row,
- * activations in blocks of A */
+/* y [M, N] = x @ W.T (+ bias) for int8 W [N, K] with a scale per row, activations in
+ * blocks of A. Its whole tiles of ROWS rows are runs of bytes like int4's (for each
+ * 32-block, its 32 bytes of row 0, then of rows 1..ROWS-1); its last N % ROWS rows, if
+ * any, stay plain rows after them. */
 int edgechat_int8_linear(const float *x, int64_t M, const int8_t *w, const float *s,
                          const float *bias, int64_t N, int64_t K, int64_t A, float *y,
                          int threads) {
     Activations a;
     if (quantize(x, M, K, A, &a)) return -1;
     const int64_t num_tiles = (N + ROWS - 1) / ROWS;
-    const Layout tile = {ROWS * QBLOCK, QBLOCK}, plain = {QBLOCK, K};
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < num_tiles; t++) {
         const int64_t n = t * ROWS, rows = n + ROWS <= N ? ROWS : N - n;
-        int8_rows(w + n * K, rows == ROWS ? tile : plain, s + n, &a, M, N, n, rows, bias, y);
+        if (rows == ROWS) int8_tile(w + n * K, s + n, &a, M, y, N, n, bias);
+        else int8_plain_rows(w + n * K, s + n, &a, M, y, N, n, rows, bias);
     }
     release(&a);
     return 0;

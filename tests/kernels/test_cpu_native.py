@@ -1,7 +1,8 @@
 """The native CPU kernels (kernels/cpu_quant_gemm.c through kernels/cpu_native.py) against
 their twins: the activations quantized by ``quantize_activations`` times the dequantized
-weight, in fp32. Both the code path this CPU compiles (AVX2 here) and the portable C
-path are held to them."""
+weight, in fp32. Both the code path this CPU compiles (``-march=native``: AVX-512 VNNI,
+AVX2 with or without VNNI, or Arm's dot products) and the portable C path are held to
+them; ``make native-check`` builds the other paths."""
 
 from __future__ import annotations
 
