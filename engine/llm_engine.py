@@ -28,7 +28,7 @@ from engine.inputs import InputProcessor, PreparedPrompt
 from engine.kv_cache import allocate_kv_cache, size_kv_cache
 from engine.layers.cpu_quant import kernel_dtype
 from engine.layers.warmup import warm_up_kernels
-from engine.loader import load_config, load_model, resolve_model_dir
+from engine.loader import is_int4_checkpoint, load_config, load_model, resolve_model_dir
 from engine.memory import check_weights_fit, checkpoint_bytes
 from engine.model_info import eos_token_ids, pick_device, pick_dtype
 from engine.models.interface import VisionLanguageModel
@@ -46,6 +46,7 @@ from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.structured.compiler import grammar_compiler
 from engine.tokenizer import ChatTemplate, load_tokenizer
+from kernels.cpu_linear import INT8_ACTIVATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,11 @@ class LLMEngine:
         self.device = pick_device(config.device)
         if self.device.type == "cpu" or config.threads is not None:
             configure_threads(config.threads)
-        self.dtype = pick_dtype(config.dtype, hf_config, self.device)
+        linear_dtype = kernel_dtype(config.dtype, self.device)
+        int8_linears = linear_dtype == INT8_ACTIVATIONS and (
+            config.quantization != "none" or is_int4_checkpoint(self.model_dir)
+        )
+        self.dtype = pick_dtype(config.dtype, hf_config, self.device, int8_linears)
         # VILA keeps its tokenizer with the language model, in a subfolder.
         tokenizer_dir = getattr(hf_config, "tokenizer_dir", self.model_dir)
         added_tokens = getattr(hf_config, "added_tokens", ())
@@ -85,7 +90,7 @@ class LLMEngine:
             self.dtype,
             self.device,
             config.quantization,
-            kernel_dtype(config.dtype, self.dtype, self.device),
+            linear_dtype,
         )
         is_vlm = isinstance(model, VisionLanguageModel)
         image_cache_bytes = config.image_cache_bytes if is_vlm else 0

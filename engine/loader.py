@@ -99,8 +99,7 @@ def load_model(
     converted: Iterable[tuple[str | None, torch.Tensor]] = ()
     converted_qweights: list[str | None] = []
     if tinychat_path is None:
-        # VILA keeps its language model, the only part AutoAWQ quantizes, in llm/.
-        quant_config = read_quant_config(model_dir / "llm" if split else model_dir)
+        quant_config = read_quant_config(_language_model_dir(model_dir))
         entries = checkpoint_entries(model_dir)
     else:
         logger.info("loading the language model's int4 weights from %s", tinychat_path)
@@ -127,6 +126,20 @@ def load_model(
     if plan is not None:
         log_cpu_weights(plan, bytes_before, weight_bytes(model))
     return model.eval()
+
+
+def is_int4_checkpoint(model_dir: Path) -> bool:
+    """Whether the checkpoint's language model is AWQ int4 (AutoAWQ or TinyChat), as
+    ``load_model`` will find it."""
+    return (
+        find_tinychat_checkpoint(model_dir) is not None
+        or read_quant_config(_language_model_dir(model_dir)) is not None
+    )
+
+
+def _language_model_dir(model_dir: Path) -> Path:
+    # VILA keeps its language model, the only part AutoAWQ quantizes, in llm/.
+    return model_dir / "llm" if is_split_checkpoint(model_dir) else model_dir
 
 
 def _check_quantized_scope(qweights: list[str | None], scope: str) -> None:

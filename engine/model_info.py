@@ -31,14 +31,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def pick_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
-    """``auto``: on CPU bf16 where it is native, else fp32 (engine/cpu_dtype.py); on GPU
-    the checkpoint's 16-bit type, or bf16 (fp16 where bf16 is unsupported) for fp32
-    checkpoints."""
+def pick_dtype(
+    name: str, hf_config, device: torch.device, int8_linears: bool = False
+) -> torch.dtype:
+    """``auto``: on CPU fp32 where the native int8-activation kernels run the quantized
+    linears (``int8_linears``), else bf16 where it is native, else fp32
+    (engine/cpu_dtype.py); on GPU the checkpoint's 16-bit type, or bf16 (fp16 where bf16
+    is unsupported) for fp32 checkpoints."""
     if name != "auto":
         return DTYPE_NAMES[name]
     if device.type == "cpu":
-        dtype, why = auto_cpu_dtype()
+        dtype, why = auto_cpu_dtype(int8_linears)
         logger.info("dtype auto on CPU: %s, as %s", str(dtype).removeprefix("torch."), why)
         return dtype
     stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)

@@ -209,13 +209,13 @@ def check_quantization(quantization: str, is_awq: bool, device: torch.device) ->
         )
 
 
-def kernel_dtype(requested: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+def kernel_dtype(requested: str, device: torch.device) -> torch.dtype | None:
     """What the quantized linears compute in for ``--dtype requested`` on ``device``: on a
     CPU for ``auto``, int8 activations in the native kernels where they build, else bf16
-    (torch's kernels are fast in bf16 only, native bf16 or not); otherwise the model's
-    dtype (float32: exact, the reference's arithmetic)."""
+    (torch's kernels are fast in bf16 only, native bf16 or not); otherwise None, the
+    model's dtype (float32: exact, the reference's arithmetic)."""
     if requested != "auto":
-        return model_dtype
+        return None
     if device.type == "cpu" and native_kernels() is not None:
         return cpu_linear.INT8_ACTIVATIONS
     return torch.bfloat16

@@ -55,3 +55,15 @@ def test_engine_logs_and_runs_the_choice(monkeypatch, caplog, tiny_llama):
     assert len(llm.generate([[1, 5, 9]], greedy)[0].token_ids) == 4
     explicit = LLM(str(tiny_llama), kv_cache_memory=0.01, dtype="float32")
     assert explicit.engine.dtype == torch.float32
+
+
+def test_native_int8_linears_keep_the_model_in_fp32(monkeypatch, caplog, tiny_llama):
+    """The native kernels take fp32: a quantized model they run stays fp32 under auto,
+    even where the CPU has native bf16; an explicit bf16 still wins."""
+    monkeypatch.setattr(cpu_dtype, "read_cpuinfo", lambda: SAPPHIRE_RAPIDS)
+    with caplog.at_level(logging.INFO, logger="engine.model_info"):
+        llm = LLM(str(tiny_llama), kv_cache_memory=0.01, quantization="int8")
+    assert "dtype auto on CPU: float32, as the quantized linears run in the native" in caplog.text
+    assert llm.engine.dtype == torch.float32
+    explicit = LLM(str(tiny_llama), kv_cache_memory=0.01, quantization="int8", dtype="bfloat16")
+    assert explicit.engine.dtype == torch.bfloat16

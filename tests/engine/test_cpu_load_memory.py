@@ -102,7 +102,7 @@ def whole_model_quantized(
 def test_layers_quantized_as_read_equal_the_whole_model_quantized(
     checkpoint, kind, quantization, requested
 ):
-    kernel_dtype = cpu_quant.kernel_dtype(requested, torch.float32, CPU)
+    kernel_dtype = cpu_quant.kernel_dtype(requested, CPU) or torch.float32
     model_dir = checkpoint(kind)
     model = load(model_dir, quantization, kernel_dtype)
     assert_same_layers(model, whole_model_quantized(model_dir, quantization, kernel_dtype))

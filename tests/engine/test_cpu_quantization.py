@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engine import LLM, EngineError, ModelLoadError, SamplingParams
+from engine import LLM, EngineError, ModelLoadError, SamplingParams, cpu_dtype
 from engine.config import EngineConfig
 from engine.layers import cpu_quant
 from engine.layers.awq_linear import AWQLinear
@@ -103,13 +103,15 @@ def test_awq_on_cpu_in_bf16_stays_near_the_fp32_reference(awq_checkpoint):
         torch.testing.assert_close(ours.float(), theirs, **BF16_TOLERANCE, msg=f"step {step}")
 
 
-def test_awq_on_cpu_by_default_runs_the_int8_activation_kernels(awq_checkpoint):
-    """``auto`` on a CPU: fp32 model, int4 matmuls in the native kernels (int8
-    activations), near the fp32 reference (kernels/test_cpu_native.py holds them to their
-    exact twins)."""
+def test_awq_on_cpu_by_default_runs_the_int8_activation_kernels(awq_checkpoint, monkeypatch):
+    """``auto`` on a CPU: fp32 model (even where the CPU has native bf16), int4 matmuls
+    in the native kernels (int8 activations), near the fp32 reference
+    (kernels/test_cpu_native.py holds them to their exact twins)."""
+    monkeypatch.setattr(cpu_dtype, "read_cpuinfo", lambda: "flags\t\t: avx512f avx512_bf16\n")
     awq_dir = awq_checkpoint("qwen2", 128)
     reference = dequantized_reference(awq_dir, 128)
     engine = LLMEngine(EngineConfig(model=str(awq_dir), kv_cache_memory=0.01))
+    assert engine.dtype == torch.float32
     model = engine.core.runner.model
     assert all(layer.native is not None for layer in decoder_linears(model))
     for step, (ours, theirs) in enumerate(engine_logits_per_step(engine, PROMPT, 6, reference)):
