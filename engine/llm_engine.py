@@ -26,7 +26,7 @@ from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
 from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.inputs import InputProcessor, PreparedPrompt
 from engine.kv_cache import allocate_kv_cache, size_kv_cache
-from engine.layers.cpu_quant import kernel_dtype
+from engine.layers.cpu_quant import kernel_dtype, native_kernels
 from engine.layers.warmup import warm_up_kernels
 from engine.loader import is_int4_checkpoint, load_config, load_model, resolve_model_dir
 from engine.memory import check_weights_fit, checkpoint_bytes
@@ -68,6 +68,8 @@ class LLMEngine:
         self.device = pick_device(config.device)
         if self.device.type == "cpu" or config.threads is not None:
             configure_threads(config.threads)
+        if self.device.type == "cpu":  # unless EDGECHAT_NATIVE_CPU_KERNELS=0 or no compiler
+            kernels.use_native_cpu_ops(native_kernels())
         linear_dtype = kernel_dtype(config.dtype, self.device)
         int8_linears = linear_dtype == INT8_ACTIVATIONS and (
             config.quantization != "none" or is_int4_checkpoint(self.model_dir)

@@ -1,6 +1,7 @@
 """Kernels over plain tensors. Each Triton kernel has a torch reference twin with the same
-signature (kernels/reference.py); these dispatchers run the Triton one on CUDA tensors and
-the twin on CPU ones.
+signature (kernels/reference.py); these dispatchers run the Triton one on CUDA tensors and,
+on CPU ones, the twin, or the C ops of kernels/cpu_ops.py once an engine has loaded the
+native CPU library (``use_native_cpu_ops``).
 
 NOTE: triton is imported on the first CUDA call, never at import: tests must be able to
 set TRITON_INTERPRET before any kernel is defined, and a CPU-only install needs no triton.
@@ -11,10 +12,13 @@ from __future__ import annotations
 import functools
 import logging
 from types import ModuleType
+from typing import Any
 
 import torch
 
 from kernels import reference
+from kernels.cpu_native import NativeKernels
+from kernels.cpu_ops import NativeCpuOps
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +31,18 @@ __all__ = [
     "rotary_write_kv_cache",
     "silu_and_mul",
     "triton_available",
+    "use_native_cpu_ops",
 ]
+
+# What CPU tensors run: the twins, or NativeCpuOps (the twins' signatures too).
+_cpu_ops: Any = reference
+
+
+def use_native_cpu_ops(native: NativeKernels | None) -> None:
+    """Run the CPU's fp32 ops between the linears (norms, rotary and KV write, decode
+    attention, SiLU) in ``native``'s C from now on; the torch twins where None."""
+    global _cpu_ops
+    _cpu_ops = reference if native is None else NativeCpuOps(native)
 
 
 @functools.cache
@@ -46,10 +61,16 @@ def triton_available() -> bool:
     return _triton_ops() is not None
 
 
-def _ops(tensor: torch.Tensor) -> ModuleType:
+def _ops(tensor: torch.Tensor) -> Any:
     if tensor.is_cuda:
         return _triton_ops() or reference
-    return reference
+    return _cpu_ops
+
+
+def _takes_host_hints(ops: Any) -> bool:
+    """Whether ``ops`` (not the Triton kernels) takes the host-side hints of
+    ``rotary_write_kv_cache`` and ``paged_attention``."""
+    return ops is reference or ops is _cpu_ops
 
 
 def rotary_write_kv_cache(
@@ -69,8 +90,8 @@ def rotary_write_kv_cache(
     spares the torch twin a check of the slots (the Triton kernel skips them as it goes)."""
     args = (positions, query, key, value, cos, sin, k_cache, v_cache, slot_mapping)
     ops = _ops(query)
-    if ops is reference:
-        return reference.rotary_write_kv_cache(*args, negative_slots)
+    if _takes_host_hints(ops):
+        return ops.rotary_write_kv_cache(*args, negative_slots)
     return ops.rotary_write_kv_cache(*args)
 
 
@@ -88,8 +109,8 @@ def paged_attention(
     which loops over sequences on the host (the Triton kernel reads the tensors)."""
     args = (query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
     ops = _ops(query)
-    if ops is reference:
-        return reference.paged_attention(*args, host_lens)
+    if _takes_host_hints(ops):
+        return ops.paged_attention(*args, host_lens)
     return ops.paged_attention(*args)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_quant_gemm.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("cpu_quant_gemm.c", "cpu_decode_ops.c"))
 COMPILE_TIMEOUT_S = 120
 
 _P = ctypes.c_void_p
@@ -37,6 +37,32 @@ _SIGNATURES = {
     "edgechat_quantize_rows": [_P, _I64, _I64, _I64, _P, _P, _P],
     "edgechat_int4_linear": [_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, ctypes.c_int],
     "edgechat_int8_linear": [_P, _I64, _P, _P, _P, _I64, _I64, _I64, _P, ctypes.c_int],
+    "edgechat_add_rms_norm": [_P, _P, _P, _I64, _I64, ctypes.c_float, _P, _P, ctypes.c_int],
+    "edgechat_silu_and_mul": [_P, _I64, _I64, _P, ctypes.c_int],
+    "edgechat_rotary_write_kv": [
+        _P,
+        _P,
+        _I64,
+        _P,
+        _I64,
+        _P,
+        _I64,
+        *[_I64] * 4,
+        *[_P] * 6,
+        ctypes.c_int,
+    ],
+    "edgechat_decode_attention": [
+        _P,
+        _P,
+        _P,
+        _P,
+        _I64,
+        _P,
+        *[_I64] * 5,
+        ctypes.c_float,
+        _P,
+        ctypes.c_int,
+    ],
 }
 
 
@@ -109,14 +135,77 @@ class NativeKernels:
         )  # fmt: skip
         return _checked(status, out)
 
+    # The decode path's other ops (kernels/cpu_decode_ops.c), for kernels/cpu_ops.py,
+    # which checks their tensors (fp32, contiguous rows) first.
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # (norm, x + residual)
+        hidden = x.shape[-1]
+        out = torch.empty_like(x)
+        summed = None if residual is None else torch.empty_like(x)
+        self._lib.edgechat_add_rms_norm(
+            x.data_ptr(), _pointer(residual), weight.data_ptr(), x.numel() // hidden, hidden,
+            eps, out.data_ptr(), _pointer(summed), torch.get_num_threads(),
+        )  # fmt: skip
+        return out, summed
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:  # [..., 2W] -> [..., W]
+        width = x.shape[-1] // 2
+        out = x.new_empty(*x.shape[:-1], width)
+        self._lib.edgechat_silu_and_mul(
+            x.data_ptr(), x.numel() // (2 * width), width, out.data_ptr(), torch.get_num_threads()
+        )
+        return out
+
+    def rotary_write_kv(
+        self,
+        rows: torch.Tensor,  # [tokens] int64
+        query: torch.Tensor,  # [tokens, heads, head_dim], heads contiguous
+        key: torch.Tensor,  # [tokens, kv_heads, head_dim], likewise
+        value: torch.Tensor,
+        cos: torch.Tensor,  # [*, head_dim / 2] contiguous
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,  # contiguous
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,  # [tokens] int64
+    ) -> torch.Tensor:  # the rotated queries, [tokens, heads, head_dim]
+        tokens, heads, head_dim = query.shape
+        out = query.new_empty(tokens, heads, head_dim)
+        self._lib.edgechat_rotary_write_kv(
+            rows.data_ptr(), query.data_ptr(), query.stride(0), key.data_ptr(), key.stride(0),
+            value.data_ptr(), value.stride(0), tokens, heads, key.shape[1], head_dim,
+            cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+            slots.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    def decode_attention(
+        self,
+        query: torch.Tensor,  # [seqs, heads, head_dim] contiguous: one query a sequence
+        k_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, head_dim] contiguous
+        v_cache: torch.Tensor,
+        block_tables: torch.Tensor,  # [seqs or more, max_blocks] int32, rows contiguous
+        seq_lens: torch.Tensor,  # [seqs] int32 contiguous
+        scale: float,
+    ) -> torch.Tensor:  # [seqs, heads, head_dim]
+        seqs, heads, head_dim = query.shape
+        out = torch.empty_like(query)
+        status = self._lib.edgechat_decode_attention(
+            query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_tables.data_ptr(),
+            block_tables.stride(0), seq_lens.data_ptr(), seqs, heads, k_cache.shape[2],
+            head_dim, k_cache.shape[1], scale, out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return _checked(status, out)
+
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
 def _checked(status: int, out: torch.Tensor) -> torch.Tensor:
-    if status != 0:  # the scratch for the quantized activations could not be allocated
-        raise MemoryError("the native CPU kernel could not allocate its activation buffers")
+    if status != 0:  # its scratch (quantized activations, scores) could not be allocated
+        raise MemoryError("the native CPU kernel could not allocate its scratch buffers")
     return out
 
 
@@ -129,7 +218,8 @@ def load(cache_dir: Path, arch_flag: str | None = None) -> NativeKernels:
         raise NativeBuildError("no C compiler found (set CC, or install gcc)")
     flags = ["-O3", arch_flag or _native_arch_flag(), "-fopenmp", "-shared", "-fPIC"]
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), _compiler_version(compiler), " ".join(flags), _cpu_id()):
+    sources = [source.read_bytes() for source in SOURCES]
+    for part in (*sources, _compiler_version(compiler), " ".join(flags), _cpu_id()):
         key.update(part if isinstance(part, bytes) else part.encode())
     path = cache_dir / f"cpu_quant_gemm-{key.hexdigest()[:16]}.so"
     if not path.exists():
@@ -149,7 +239,7 @@ def _compile(compiler: str, flags: list[str], path: Path) -> None:
         raise NativeBuildError(f"cannot write to {path.parent}: {e}") from None
     try:
         result = subprocess.run(
-            [compiler, *flags, str(SOURCE), "-o", tmp],
+            [compiler, *flags, *map(str, SOURCES), "-o", tmp],
             capture_output=True,
             text=True,
             timeout=COMPILE_TIMEOUT_S,

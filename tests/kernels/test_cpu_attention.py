@@ -40,20 +40,28 @@ def padded_sdpa_attention(query, k_cache, v_cache, block_tables, seq_lens, query
     return out.transpose(1, 2)[is_real_query].to(query.dtype)
 
 
-def batch(seq_lens: list[int], query_lens: list[int], num_heads: int, dtype: torch.dtype):
+def batch(
+    seq_lens: list[int],
+    query_lens: list[int],
+    num_heads: int,
+    dtype: torch.dtype,
+    num_kv_heads: int = 2,
+    head_dim: int = 8,
+    block_size: int = BLOCK_SIZE,
+    pool_blocks: int = NUM_BLOCKS,
+):
     """Sequences on scattered blocks of one pool (unused blocks NaN: reading one poisons
     the output), each with its last ``query_lens[i]`` positions as new queries."""
-    num_kv_heads, head_dim = 2, 8
-    shape = (NUM_BLOCKS, BLOCK_SIZE, num_kv_heads, head_dim)
+    shape = (pool_blocks, block_size, num_kv_heads, head_dim)
     k_cache, v_cache = torch.randn(shape), torch.randn(shape)
-    order = torch.randperm(NUM_BLOCKS).tolist()
+    order = torch.randperm(pool_blocks).tolist()
     rows = []
     for seq_len in seq_lens:
-        num_blocks = -(-seq_len // BLOCK_SIZE)
+        num_blocks = -(-seq_len // block_size)
         rows.append(order[:num_blocks])
         order = order[num_blocks:]
     used = {b for row in rows for b in row}
-    unused = [b for b in range(NUM_BLOCKS) if b not in used]
+    unused = [b for b in range(pool_blocks) if b not in used]
     k_cache[unused], v_cache[unused] = float("nan"), float("nan")
     width = max(len(row) for row in rows)
     padding = sorted(used)[0]  # a real block: the old math reads padding columns too
