@@ -26,6 +26,7 @@ from engine.demo import DEMO_MODEL_ID, demo_model_dir, is_demo_model
 from engine.errors import InvalidRequestError, UnsupportedModelError
 from engine.inputs import InputProcessor, PreparedPrompt
 from engine.kv_cache import allocate_kv_cache, size_kv_cache
+from engine.layers.cpu_decode_layer import use_native_decode_layers
 from engine.layers.cpu_quant import kernel_dtype, native_kernels
 from engine.layers.warmup import warm_up_kernels
 from engine.loader import is_int4_checkpoint, load_config, load_model, resolve_model_dir
@@ -94,6 +95,8 @@ class LLMEngine:
             config.quantization,
             linear_dtype,
         )
+        if self.device.type == "cpu":
+            use_native_decode_layers(model, native_kernels())
         is_vlm = isinstance(model, VisionLanguageModel)
         image_cache_bytes = config.image_cache_bytes if is_vlm else 0
         self.max_model_len, num_blocks = size_kv_cache(

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "cpu_native.h"
+
 /* Work under this many floats is not worth waking the other threads for. */
 #define PARALLEL_MIN (1 << 15)
 

@@ -28,7 +28,11 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("cpu_quant_gemm.c", "cpu_decode_ops.c"))
+SOURCES = tuple(
+    Path(__file__).with_name(name)
+    for name in ("cpu_quant_gemm.c", "cpu_decode_ops.c", "cpu_decode_layer.c")
+)
+HEADER = Path(__file__).with_name("cpu_native.h")  # what they export, and the structs below
 COMPILE_TIMEOUT_S = 120
 
 _P = ctypes.c_void_p
@@ -63,7 +67,56 @@ _SIGNATURES = {
         _P,
         ctypes.c_int,
     ],
+    "edgechat_decoder_layer": [
+        _P,
+        _I64,
+        *[_P] * 8,
+        _P,
+        _I64,
+        _P,
+        _I64,
+        _P,
+        _P,
+        ctypes.c_int,
+    ],
 }
+
+
+class LinearLayout(ctypes.Structure):
+    """EdgechatLinear (kernels/cpu_native.h): one int4 or int8 linear's buffers."""
+
+    _fields_ = [
+        ("bits", _I64),
+        ("out_features", _I64),
+        ("in_features", _I64),
+        ("group_size", _I64),
+        ("activation_block", _I64),
+        ("weight", _P),
+        ("scales", _P),
+        ("offsets", _P),
+        ("bias", _P),
+    ]
+
+
+class DecoderLayerLayout(ctypes.Structure):
+    """EdgechatDecoderLayer (kernels/cpu_native.h): a Llama-family decoder layer's shapes
+    and buffers, as edgechat_decoder_layer reads them."""
+
+    _fields_ = [
+        ("hidden", _I64),
+        ("heads", _I64),
+        ("kv_heads", _I64),
+        ("head_dim", _I64),
+        ("intermediate", _I64),
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        ("input_norm", _P),
+        ("post_attention_norm", _P),
+        ("qkv", LinearLayout),
+        ("o", LinearLayout),
+        ("gate_up", LinearLayout),
+        ("down", LinearLayout),
+    ]
 
 
 class NativeBuildError(RuntimeError):
@@ -198,6 +251,31 @@ class NativeKernels:
         )  # fmt: skip
         return _checked(status, out)
 
+    def decoder_layer(
+        self,
+        layer: DecoderLayerLayout,  # its buffers kept alive by the caller
+        x: torch.Tensor,  # [seqs, hidden] fp32 contiguous: one new token a sequence
+        residual: torch.Tensor | None,  # likewise; None: x is the stream (the first layer)
+        rows: torch.Tensor,  # [seqs] int64: each token's row of cos and sin
+        cos: torch.Tensor,  # [*, head_dim / 2] fp32 contiguous
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, head_dim] contiguous
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,  # [seqs] int64
+        block_tables: torch.Tensor,  # [seqs or more, max_blocks] int32, rows contiguous
+        seq_lens: torch.Tensor,  # [seqs] int32 contiguous
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (the layer's MLP output, the stream before it)
+        hidden_out, residual_out = torch.empty_like(x), torch.empty_like(x)
+        status = self._lib.edgechat_decoder_layer(
+            ctypes.byref(layer), x.shape[0], x.data_ptr(), _pointer(residual), rows.data_ptr(),
+            cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+            slots.data_ptr(), block_tables.data_ptr(), block_tables.stride(0),
+            seq_lens.data_ptr(), k_cache.shape[1], hidden_out.data_ptr(),
+            residual_out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        _checked(status, hidden_out)
+        return hidden_out, residual_out
+
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
@@ -218,7 +296,7 @@ def load(cache_dir: Path, arch_flag: str | None = None) -> NativeKernels:
         raise NativeBuildError("no C compiler found (set CC, or install gcc)")
     flags = ["-O3", arch_flag or _native_arch_flag(), "-fopenmp", "-shared", "-fPIC"]
     key = hashlib.sha256()
-    sources = [source.read_bytes() for source in SOURCES]
+    sources = [source.read_bytes() for source in (*SOURCES, HEADER)]
     for part in (*sources, _compiler_version(compiler), " ".join(flags), _cpu_id()):
         key.update(part if isinstance(part, bytes) else part.encode())
     path = cache_dir / f"cpu_quant_gemm-{key.hexdigest()[:16]}.so"

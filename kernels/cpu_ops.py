@@ -25,19 +25,19 @@ class NativeCpuOps:
         return getattr(reference, name)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        if not _rows_in_fp32(x, weight):
+        if not rows_in_fp32(x, weight):
             return reference.rms_norm(x, weight, eps)
         return self.native.add_rms_norm(x, None, weight, eps)[0]
 
     def add_rms_norm(
         self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not (_rows_in_fp32(x, residual, weight) and x.shape == residual.shape):
+        if not (rows_in_fp32(x, residual, weight) and x.shape == residual.shape):
             return reference.add_rms_norm(x, residual, weight, eps)
         return self.native.add_rms_norm(x, residual, weight, eps)
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
-        if not _rows_in_fp32(x):
+        if not rows_in_fp32(x):
             return reference.silu_and_mul(x)
         return self.native.silu_and_mul(x)
 
@@ -57,8 +57,8 @@ class NativeCpuOps:
         args = (positions, query, key, value, cos, sin, k_cache, v_cache, slot_mapping)
         takes = (
             _heads_contiguous(query, key, value)
-            and _rows_in_fp32(cos, sin, k_cache, v_cache)
-            and _contiguous_int64(positions, slot_mapping)
+            and rows_in_fp32(cos, sin, k_cache, v_cache)
+            and contiguous_int64(positions, slot_mapping)
         )
         if not takes:
             return reference.rotary_write_kv_cache(*args, negative_slots)
@@ -78,7 +78,7 @@ class NativeCpuOps:
         # One query a sequence (each has at least one): a batch of decodes only.
         takes = (
             query.shape[0] == seq_lens.shape[0]
-            and _rows_in_fp32(query, k_cache, v_cache)
+            and rows_in_fp32(query, k_cache, v_cache)
             and block_tables.dtype == seq_lens.dtype == torch.int32
             and block_tables.stride(-1) == 1
             and seq_lens.is_contiguous()
@@ -89,7 +89,7 @@ class NativeCpuOps:
         return self.native.decode_attention(query, k_cache, v_cache, block_tables, seq_lens, scale)
 
 
-def _rows_in_fp32(*tensors: torch.Tensor) -> bool:
+def rows_in_fp32(*tensors: torch.Tensor) -> bool:
     return all(t.dtype == FP32 and t.is_contiguous() for t in tensors)
 
 
@@ -99,5 +99,5 @@ def _heads_contiguous(*tensors: torch.Tensor) -> bool:
     return all(t.dtype == FP32 and t.stride(2) == 1 and t.stride(1) == t.shape[2] for t in tensors)
 
 
-def _contiguous_int64(*tensors: torch.Tensor) -> bool:
+def contiguous_int64(*tensors: torch.Tensor) -> bool:
     return all(t.dtype == torch.int64 and t.is_contiguous() for t in tensors)

@@ -71,6 +71,9 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(config, rotary, qkv_bias, qk_norm)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
+        # On a CPU with the native kernels: the whole layer's decode step in one call
+        # (engine/layers/cpu_decode_layer.py sets it; None where it cannot take the layer).
+        self.native_decode = None
 
     def forward(
         self,
@@ -81,6 +84,10 @@ class LlamaDecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it): the next
         layer (or the final norm) adds the two in the same pass as its RMSNorm."""
+        if self.native_decode is not None:
+            out = self.native_decode(positions, hidden, residual, meta)
+            if out is not None:
+                return out
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)

@@ -7,15 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-const char *edgechat_simd(void);
-void edgechat_quantize_rows(const float *x, int64_t M, int64_t K, int64_t A, int8_t *xq,
-                            float *xs, float *xsum);
-int edgechat_int4_linear(const float *x, int64_t M, const uint8_t *w, const float *s,
-                         const float *m, const float *bias, int64_t N, int64_t K, int64_t G,
-                         int64_t A, float *y, int threads);
-int edgechat_int8_linear(const float *x, int64_t M, const int8_t *w, const float *s,
-                         const float *bias, int64_t N, int64_t K, int64_t A, float *y,
-                         int threads);
+#include "../../kernels/cpu_native.h"
 
 enum { ROWS = 4, QBLOCK = 32 };
 
