@@ -1,5 +1,7 @@
-"""The CPU's int4/int8 matmuls with int8 activations (kernels/cpu_quant_gemm.c), built at
-run time with the machine's C compiler and loaded with ctypes.
+"""The CPU's int4/int8 matmuls with int8 activations (kernels/cpu_quant_gemm.c), the fp32
+ops between them (cpu_decode_ops.c) and a decoder layer's decode step chaining both
+(cpu_decode_layer.c; exports declared in cpu_native.h), built at run time with the
+machine's C compiler and loaded with ctypes.
 
 The library is compiled once per source, compiler and CPU (``-march=native``: AVX2 on
 x86, with VNNI's dot products where the CPU has them and 512-bit tile passes where it
