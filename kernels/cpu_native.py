@@ -39,48 +39,17 @@ COMPILE_TIMEOUT_S = 120
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
+_F32 = ctypes.c_float
+_INT = ctypes.c_int
 _SIGNATURES = {
     "edgechat_quantize_rows": [_P, _I64, _I64, _I64, _P, _P, _P],
-    "edgechat_int4_linear": [_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, ctypes.c_int],
-    "edgechat_int8_linear": [_P, _I64, _P, _P, _P, _I64, _I64, _I64, _P, ctypes.c_int],
-    "edgechat_add_rms_norm": [_P, _P, _P, _I64, _I64, ctypes.c_float, _P, _P, ctypes.c_int],
-    "edgechat_silu_and_mul": [_P, _I64, _I64, _P, ctypes.c_int],
-    "edgechat_rotary_write_kv": [
-        _P,
-        _P,
-        _I64,
-        _P,
-        _I64,
-        _P,
-        _I64,
-        *[_I64] * 4,
-        *[_P] * 6,
-        ctypes.c_int,
-    ],
-    "edgechat_decode_attention": [
-        _P,
-        _P,
-        _P,
-        _P,
-        _I64,
-        _P,
-        *[_I64] * 5,
-        ctypes.c_float,
-        _P,
-        ctypes.c_int,
-    ],
-    "edgechat_decoder_layer": [
-        _P,
-        _I64,
-        *[_P] * 8,
-        _P,
-        _I64,
-        _P,
-        _I64,
-        _P,
-        _P,
-        ctypes.c_int,
-    ],
+    "edgechat_int4_linear": [_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _INT],
+    "edgechat_int8_linear": [_P, _I64, _P, _P, _P, _I64, _I64, _I64, _P, _INT],
+    "edgechat_add_rms_norm": [_P, _P, _P, _I64, _I64, _F32, _P, _P, _INT],
+    "edgechat_silu_and_mul": [_P, _I64, _I64, _P, _INT],
+    "edgechat_rotary_write_kv": [_P, _P, _I64, _P, _I64, _P, _I64, *[_I64] * 4, *[_P] * 6, _INT],
+    "edgechat_decode_attention": [_P, _P, _P, _P, _I64, _P, *[_I64] * 5, _F32, _P, _INT],
+    "edgechat_decoder_layer": [_P, _I64, *[_P] * 9, _I64, _P, _I64, _P, _P, _INT],
 }
 
 
@@ -110,8 +79,8 @@ class DecoderLayerLayout(ctypes.Structure):
         ("kv_heads", _I64),
         ("head_dim", _I64),
         ("intermediate", _I64),
-        ("eps", ctypes.c_float),
-        ("scale", ctypes.c_float),
+        ("eps", _F32),
+        ("scale", _F32),
         ("input_norm", _P),
         ("post_attention_norm", _P),
         ("qkv", LinearLayout),
