@@ -125,14 +125,14 @@ class EngineCore:
     def _run(self, batch: ScheduledBatch) -> list[SampleResult]:
         # NOTE: writes nothing but the KV slots of the batch's uncomputed tokens (and the
         # random draws of its sampled rows), so a batch that raises can be run again.
-        logits = self.runner.run(batch)
+        step = self.runner.run(batch)
         # A step of prompt chunks only (a long prompt alone) has nothing to sample.
         if not batch.sampling:
             return []
         # NOTE: after run() has queued the forward pass: on a GPU the constrained rows'
         # masks are filled while the model runs (the sampler waits for the logits).
         masks = self.masks.fill(batch.sampling)
-        return self.sampler.sample(logits, batch.sampling, masks)
+        return self.sampler.sample(step.logits, batch.sampling, masks, argmax=step.argmax)
 
     def _run_one_by_one(
         self, batch: ScheduledBatch, deltas: list[TokenDelta]

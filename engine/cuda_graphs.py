@@ -3,7 +3,8 @@ fast GPU launching them costs more than running them. Each captured batch size r
 the whole forward and the LM head, reading the runner's persistent input buffer where a
 step of that size is staged (``StepInputs``, at ``decode_layout(size)``); a smaller
 batch is padded up to the next captured size with inert rows (``pad_decode_rows``),
-whose logits are dropped.
+whose logits are dropped. Each graph also takes the argmax of every row, which a greedy
+batch samples from without touching the logits (``engine/step_logits.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from engine.step_inputs import StepInputs, StepLayout, pad_decode_rows
+from engine.step_logits import HostTokenIds, StepLogits
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +39,16 @@ class DecodeGraphs:
         self.inputs = inputs
         self.max_blocks_per_seq = max_blocks_per_seq
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}  # [size, vocab], written by each replay
+        # [size, vocab] in the model's dtype and [size] int64, written by each replay.
+        self.logits: dict[int, torch.Tensor] = {}
+        self.argmax: dict[int, torch.Tensor] = {}
+        self.host_argmax = HostTokenIds(max_batch_size, inputs.device)
         start = time.perf_counter()
         pool = None
         for size in reversed(self.sizes):  # largest first: smaller ones reuse its memory
-            self.graphs[size], self.logits[size] = self._capture(model, size, pool)
+            self.graphs[size], self.logits[size], self.argmax[size] = self._capture(
+                model, size, pool
+            )
             pool = self.graphs[size].pool()
         logger.info(
             "captured CUDA graphs for decode batches %s in %.1f s",
@@ -64,28 +71,30 @@ class DecodeGraphs:
     @torch.inference_mode()
     def _capture(
         self, model: nn.Module, size: int, pool
-    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         layout = self.decode_layout(size)
         pad_decode_rows(self.inputs.stage(layout), 0)
         self.inputs.upload()
         inputs = self.inputs.device_arrays(layout)
         meta = inputs.attention_metadata()
 
-        def step() -> torch.Tensor:
+        def step() -> tuple[torch.Tensor, torch.Tensor]:
             hidden = model(inputs.input_ids, inputs.positions, meta)
-            return model.compute_logits(hidden)
+            logits = model.compute_logits(hidden)
+            # In the model's dtype: widening to fp32 is exact, so the argmax is the same.
+            return logits, logits.argmax(dim=-1)
 
         step()  # outside the capture: compiles the Triton kernels, warms the allocator
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
-            logits = step()
-        return graph, logits
+            logits, argmax = step()
+        return graph, logits, argmax
 
-    def replay(self, num_seqs: int) -> torch.Tensor:  # [num_seqs, vocab] fp32, a fresh tensor
+    def replay(self, num_seqs: int) -> StepLogits:
         """Run the decode step staged at ``decode_layout(padded_size(num_seqs))``: its
-        first ``num_seqs`` rows real, the others inert."""
+        first ``num_seqs`` rows real, the others inert; their argmax is sent to the host."""
         size = self.padded_size(num_seqs)
         self.graphs[size].replay()
-        # A copy: the next replay overwrites the graph's output.
-        return self.logits[size][:num_seqs].to(torch.float32, copy=True)
+        self.host_argmax.send(self.argmax[size][:num_seqs])
+        return StepLogits(self.logits[size][:num_seqs], self.host_argmax)

@@ -27,6 +27,11 @@ def uses_counts(params: SamplingParams) -> bool:
     )
 
 
+def changes_logits(params: SamplingParams) -> bool:
+    """Whether ``apply`` changes this request's logits."""
+    return bool(params.logit_bias) or uses_counts(params)
+
+
 class TokenPenalties:
     """Rows of ``output_counts`` [rows, vocab] (how often each token was generated) and
     ``seen`` [rows, vocab] (in the prompt or generated), one row per request with a

@@ -30,6 +30,7 @@ from engine.multimodal.embed_cache import ImageEmbeddingCache
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
 from engine.step_inputs import StepArrays, StepInputs, StepLayout, pad_decode_rows
+from engine.step_logits import StepLogits
 
 
 @dataclass
@@ -86,9 +87,9 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self.model, self.inputs, max_num_seqs, max_blocks_per_seq)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+    def run(self, batch: ScheduledBatch) -> StepLogits:
         """Compute the batch's KV; return the logits of ``batch.sampling``, one row per
-        sequence in that order: ``[len(batch.sampling), vocab]`` in fp32."""
+        sequence in that order (``[len(batch.sampling), vocab]``)."""
         if any(seq.images for seq in batch.seqs):
             self._encode_images(batch)
         step = self._collect(batch)
@@ -135,7 +136,7 @@ class ModelRunner:
         meta = inputs.attention_metadata(host_lens, negative_slots=False)
         hidden = self.model(inputs.input_ids, positions, meta, **images)
         logits = self.model.compute_logits(hidden[inputs.sample_rows[:num_sampling]])
-        return logits.float()
+        return StepLogits(logits.float())
 
     def _collect(self, batch: ScheduledBatch) -> _StepLists:
         """What the step takes from each sequence's Python state; brings its block-table

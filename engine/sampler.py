@@ -11,8 +11,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from engine.penalties import TokenPenalties
+from engine.penalties import TokenPenalties, changes_logits
 from engine.sampling import SamplingParams
+from engine.step_logits import HostTokenIds
 from engine.structured.masks import TokenMasks
 
 
@@ -85,13 +86,18 @@ class Sampler:
         logits: torch.Tensor,
         requests: Sequence[SampleRequest],
         masks: TokenMasks | None = None,
+        argmax: HostTokenIds | None = None,
     ) -> list[SampleResult]:
         """``logits`` [num_requests, vocab_size]: row i belongs to ``requests[i]``. Every
         request that is not greedy must have been added with ``add_request``. ``masks``
-        limits the rows it names to the tokens their grammars allow."""
+        limits the rows it names to the tokens their grammars allow. ``argmax``, where the
+        step computed it, is each row's argmax of ``logits``: a batch that wants only
+        that (every request greedy, nothing changing its logits, no logprobs) takes it."""
         assert logits.dim() == 2 and logits.shape[0] == len(requests), (
             f"logits {tuple(logits.shape)} for {len(requests)} requests"
         )
+        if argmax is not None and masks is None and all(_wants_argmax(r.params) for r in requests):
+            return [SampleResult(t, None, ()) for t in argmax.receive()]
         # NOTE: .float() returns the caller's tensor when it already is fp32, so every
         # step below that touches it works out of place.
         logits = logits.float()
@@ -189,6 +195,11 @@ def _smallest_kept(
         within = (mass_before < top_p) | (top_p >= 1)
         num_kept = (within & (rank < num_kept)).sum(dim=-1, keepdim=True)
     return ranked.gather(1, num_kept - 1)
+
+
+def _wants_argmax(params: SamplingParams) -> bool:
+    """Whether a request's next token is its raw logits' argmax, and all it needs."""
+    return params.greedy and params.logprobs is None and not changes_logits(params)
 
 
 def _argmax(values: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [rows] int64

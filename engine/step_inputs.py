@@ -80,6 +80,7 @@ class StepInputs:
 
     def __init__(self, capacity: StepLayout, device: torch.device):
         self.capacity = -(-capacity.num_bytes // _INT64) * _INT64
+        self.device = device
         self.is_cuda = device.type == "cuda"
         self._staging = torch.zeros(self.capacity, dtype=torch.uint8, pin_memory=self.is_cuda)
         self._on_device = self._staging.to(device) if self.is_cuda else self._staging

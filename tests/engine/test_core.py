@@ -13,6 +13,7 @@ from engine.sampler import Sampler
 from engine.sampling import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
+from engine.step_logits import StepLogits
 
 VOCAB = 50
 EOS = 49
@@ -29,13 +30,13 @@ class NextTokenRunner:
         self.poison = poison
         self.removed: list[int] = []
 
-    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+    def run(self, batch: ScheduledBatch) -> StepLogits:
         if any(seq.prompt_token_ids[0] == self.poison for seq in batch.seqs):
             raise RuntimeError("injected failure")
         logits = torch.zeros(len(batch.sampling), VOCAB)
         for row, seq in enumerate(batch.sampling):
             logits[row, (seq.token_ids[-1] + 1) % VOCAB] = 10.0
-        return logits
+        return StepLogits(logits)
 
     def remove_request(self, seq_id: int) -> None:
         self.removed.append(seq_id)

@@ -10,6 +10,7 @@ import torch
 from engine import LLM, SamplingParams
 from engine.cuda_graphs import DecodeGraphs, capture_sizes
 from engine.step_inputs import StepArrays
+from engine.step_logits import HostTokenIds, StepLogits
 
 PROMPTS = [[1, 17, 300, 42], [1, 99], [1, 5, 6, 7, 8, 9, 10, 11, 12], [1, 2, 3], [1, 640]]
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
@@ -36,7 +37,7 @@ class EagerReplay(DecodeGraphs):
 
     def _capture(self, model, size, pool):
         self.model, self.num_replays = model, 0
-        return _NoGraph(), None
+        return _NoGraph(), None, None
 
     def replay(self, num_seqs):
         size = self.padded_size(num_seqs)
@@ -56,7 +57,19 @@ class EagerReplay(DecodeGraphs):
         )
         hidden = self.model(real.input_ids, real.positions, real.attention_metadata())
         self.num_replays += 1
-        return self.model.compute_logits(hidden).float()
+        logits = self.model.compute_logits(hidden)
+        self.host_argmax.send(logits.argmax(dim=-1))
+        return StepLogits(logits, self.host_argmax)
+
+
+class CountedIds(HostTokenIds):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.num_received = 0
+
+    def receive(self):
+        self.num_received += 1
+        return super().receive()
 
 
 def test_a_decode_step_staged_for_a_graph_gives_the_eager_tokens(tiny_llama):
@@ -64,9 +77,26 @@ def test_a_decode_step_staged_for_a_graph_gives_the_eager_tokens(tiny_llama):
     graphed = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
     runner = graphed.engine.core.runner
     runner.graphs = EagerReplay(runner.model, runner.inputs, 8, runner.max_blocks_per_seq)
+    runner.graphs.host_argmax = CountedIds(8, runner.device)
     ours = [out.token_ids for out in graphed.generate(PROMPTS, GREEDY)]
     assert ours == [out.token_ids for out in eager.generate(PROMPTS, GREEDY)]
     assert runner.graphs.num_replays >= GREEDY.max_tokens - 1
+    # Every replay was greedy through and through, so each took the replay's argmax.
+    assert runner.graphs.host_argmax.num_received == runner.graphs.num_replays
+
+
+def test_a_sampled_batch_replayed_samples_the_logits(tiny_llama):
+    """Seeded sampling through replays draws what it draws eagerly."""
+    sampled = SamplingParams(max_tokens=12, temperature=0.8, seed=7, ignore_eos=True)
+    eager = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
+    graphed = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
+    runner = graphed.engine.core.runner
+    runner.graphs = EagerReplay(runner.model, runner.inputs, 8, runner.max_blocks_per_seq)
+    runner.graphs.host_argmax = CountedIds(8, runner.device)
+    ours = [out.token_ids for out in graphed.generate(PROMPTS, sampled)]
+    assert ours == [out.token_ids for out in eager.generate(PROMPTS, sampled)]
+    assert runner.graphs.num_replays >= sampled.max_tokens - 1
+    assert runner.graphs.host_argmax.num_received == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

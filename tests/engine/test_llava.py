@@ -85,7 +85,7 @@ def chunked_prefill_logits(engine: LLMEngine, token_ids, images, chunk: int) -> 
         bm.allocate(seq, seq.num_computed_tokens + num_new)
         batch = ScheduledBatch()
         batch.add(seq, num_new)
-        logits = engine.core.runner.run(batch)
+        logits = engine.core.runner.run(batch).logits
         seq.num_computed_tokens += num_new
     return logits[0]
 

@@ -26,7 +26,7 @@ def engine_logits_per_step(engine: LLMEngine, prompt: list[int], num_steps: int,
         bm.allocate(seq, len(seq))
         batch = ScheduledBatch()
         batch.add(seq, seq.num_uncomputed_tokens)
-        ours = engine.core.runner.run(batch)[0]
+        ours = engine.core.runner.run(batch).logits[0]
         seq.num_computed_tokens = len(seq)
         with torch.no_grad():
             theirs = reference(torch.tensor([tokens])).logits[0, -1]

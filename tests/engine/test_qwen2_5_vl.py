@@ -160,7 +160,7 @@ def our_logits(engine: LLMEngine, token_ids, images, chunk: int) -> tuple[torch.
         bm.allocate(seq, seq.num_computed_tokens + num_new)
         batch = ScheduledBatch()
         batch.add(seq, num_new)
-        logits = engine.core.runner.run(batch)
+        logits = engine.core.runner.run(batch).logits
         seq.num_computed_tokens += num_new
         if seq.num_uncomputed_tokens:
             continue

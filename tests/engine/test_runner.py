@@ -118,7 +118,7 @@ def test_a_mixed_batch_stages_what_the_sequences_say():
     batch.add(decoding, 1)
     batch.add(chunked, 7)
 
-    logits = runner.run(batch)
+    logits = runner.run(batch).logits
     model = runner.model
     input_ids, positions = model.seen
     assert input_ids.tolist() == [19, *range(34, 41)]

@@ -11,6 +11,8 @@ from engine import sampler as sampler_module
 from engine.penalties import TokenPenalties
 from engine.sampler import Sampler
 from engine.sampling import SamplingParams
+from engine.step_logits import HostTokenIds
+from engine.structured.masks import TokenMasks
 
 
 @dataclass
@@ -54,6 +56,58 @@ def test_greedy_ties_take_the_first_largest():
     ids = tokens(sampler, logits, requests)
     assert ids == logits.argmax(dim=-1).tolist()
     assert ids[1:3] == [3, 0]
+
+
+def sent_ids(ids: list[int]) -> HostTokenIds:
+    host = HostTokenIds(8, torch.device("cpu"))
+    host.send(torch.tensor(ids))
+    return host
+
+
+def test_a_batch_wanting_only_the_argmax_takes_the_steps_ids():
+    """The ids a graph replay computed are taken as they are (here deliberately not the
+    logits' argmax, to tell the paths apart)."""
+    sampler = Sampler()
+    logits = random_logits(3, 50)
+    requests = [add(sampler, i, temperature=0.0, stop_token_ids=(7,)) for i in range(3)]
+    not_argmax = [(i + 1) % 50 for i in logits.argmax(dim=-1).tolist()]
+    results = sampler.sample(logits, requests, argmax=sent_ids(not_argmax))
+    assert [r.token_id for r in results] == not_argmax
+    assert all(r.logprob is None and r.top_logprobs == () for r in results)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(temperature=1.0),
+        dict(temperature=0.0, logprobs=0),
+        dict(temperature=0.0, logit_bias={3: 1.0}),
+        dict(temperature=0.0, repetition_penalty=1.2),
+        dict(temperature=0.0, presence_penalty=0.5),
+        dict(temperature=0.0, frequency_penalty=0.5),
+    ],
+    ids=["sampled", "logprobs", "logit_bias", "repetition", "presence", "frequency"],
+)
+def test_a_batch_wanting_more_than_the_argmax_samples_the_logits(params):
+    """One request that needs the logits makes the whole batch sample them."""
+    logits = random_logits(2, 50)
+    samplers = Sampler(), Sampler()  # the same seeded requests in each
+    batches = [[add(s, 0, temperature=0.0), add(s, 1, **params)] for s in samplers]
+    expected = tokens(samplers[0], logits, batches[0])
+    not_argmax = [(i + 1) % 50 for i in logits.argmax(dim=-1).tolist()]
+    assert expected[0] != not_argmax[0]
+    results = samplers[1].sample(logits, batches[1], argmax=sent_ids(not_argmax))
+    assert [r.token_id for r in results] == expected
+
+
+def test_a_masked_batch_samples_the_logits():
+    sampler = Sampler()
+    logits = random_logits(2, 50)
+    requests = [add(sampler, i, temperature=0.0) for i in range(2)]
+    allow_all = TokenMasks([1], torch.full((1, 2), -1, dtype=torch.int32))
+    not_argmax = [(i + 1) % 50 for i in logits.argmax(dim=-1).tolist()]
+    results = sampler.sample(logits, requests, allow_all, argmax=sent_ids(not_argmax))
+    assert [r.token_id for r in results] == logits.argmax(dim=-1).tolist()
 
 
 RAW = [2.0, 1.0, -1.0, 0.5]
