@@ -69,9 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = real_model_dir()
     tokenizer = load_tokenizer(model_dir)
-    calib = calibration_ids(
-        tokenizer, [python_docs("calibration")], args.num_samples, args.seq_len
-    )
+    calib = calibration_ids(tokenizer, [python_docs("calibration")], args.num_samples, args.seq_len)
     held_out = torch.tensor(
         windows(tokenizer(python_docs("held-out")).input_ids, args.seq_len, args.held_out_tokens)
     )

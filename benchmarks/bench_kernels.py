@@ -1,7 +1,9 @@
 """Every W4A16 variant and launch candidate against fp16 ``torch.matmul`` (cuBLAS), and
 gemlite's W4A16 when it is importable, on Llama-3-8B's layer shapes at M = 1 ... 1024.
 Prints the measured times and the fastest launch per M bucket: the table to commit to
-kernels/awq_configs.py for this GPU.
+kernels/awq_configs.py for this GPU. For down_proj's shape at M <= 2 it also times the
+GEMV launch from gate_up's output with SiLU·mul folded into its loads against the SiLU
+kernel followed by the same launch: where the fold is faster, set ``fold_silu_mul``.
 
 Goals: >= 3.3x fp16's speed at M = 1 (a quarter of the bytes), >= 0.85x at M = 1024.
 Times are medians of ``triton.testing.do_bench``, which clears the L2 cache between
@@ -28,11 +30,18 @@ if not torch.cuda.is_available():  # NOTE: before anything imports triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import reference  # noqa: E402
-from kernels.awq_configs import GEMV_LAUNCHES, GEMV_MAX_M, AWQLaunch, awq_launch_for  # noqa: E402
+from kernels.awq_configs import (  # noqa: E402
+    FOLD_SILU_MAX_M,
+    GEMV_LAUNCHES,
+    GEMV_MAX_M,
+    AWQLaunch,
+    awq_launch_for,
+)
 from kernels.awq_gemm import awq_linear_with, compute_capability  # noqa: E402
 from kernels.triton_utils import num_sms  # noqa: E402
 
 SHAPES = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # K x N: qkv, o, gate_up, down
+DOWN_PROJ = SHAPES[-1]
 ROWS = [1, 2, 4, 8, 16, 64, 256, 1024]
 DRY_SHAPES, DRY_ROWS = [(128, 256)], [1, 16, 64]
 GROUP_SIZE = 128
@@ -145,6 +154,29 @@ def bench_shape(in_features, out_features, rows, dtype, device, arch) -> list[di
     return results
 
 
+def bench_silu_fold(in_features, out_features, rows, dtype, device) -> list[dict]:
+    """Per M <= FOLD_SILU_MAX_M: its GEMV launch fed gate_up's output, with SiLU·mul
+    folded in and as the SiLU kernel followed by the launch (the engine's unfolded way)."""
+    qweight, qzeros, scales = awq_tensors(in_features, out_features, dtype, device)
+    results = []
+    for num_rows in (m for m in rows if m <= FOLD_SILU_MAX_M):
+        gate_up = torch.randn(num_rows, 2 * in_features, device=device, dtype=dtype)
+        launch = GEMV_LAUNCHES[1 << (num_rows - 1).bit_length()]  # M padded to a power of 2
+        row = {"K": in_features, "N": out_features, "M": num_rows, "launch": _name(launch)}
+        outputs = []
+        for fold, key in ((False, "silu_then_gemv_us"), (True, "folded_us")):
+            folded = dataclasses.replace(launch, fold_silu_mul=fold)
+            weights = (qweight, qzeros, scales, GROUP_SIZE, None)
+            run = functools.partial(
+                awq_linear_with, gate_up, *weights, folded, num_sms(device), True
+            )
+            outputs.append(run())
+            row[key] = time_us(run, device)
+        row["equal"] = torch.equal(*outputs)  # the fold computes the same products
+        results.append(row)
+    return results
+
+
 def _name(launch: AWQLaunch) -> str:
     return f"{launch.variant} m{launch.block_m} n{launch.block_n} k{launch.block_k} " + (
         f"w{launch.num_warps} s{launch.num_stages}"
@@ -192,6 +224,10 @@ def run(out: Path | None, dtype: torch.dtype) -> dict:
         report["summary"] = summary(report["rows"])
         if out:  # after every shape: a run cut short still reports what it measured
             out.write_text(json.dumps(report, indent=1, default=_json))
+    down = DOWN_PROJ if device.type == "cuda" else shapes[-1]
+    report["silu_fold"] = bench_silu_fold(*down, rows, dtype, device)
+    if out:
+        out.write_text(json.dumps(report, indent=1, default=_json))
     return report
 
 
@@ -223,6 +259,12 @@ def main() -> None:
     print("\nper M, summed over the shapes:")
     for m, s in report["summary"].items():
         print(f"  M={m:<5} {s}")
+    print("\ndown_proj from gate_up's output: SiLU kernel + GEMV vs SiLU·mul folded in:")
+    for row in report["silu_fold"]:
+        print(
+            f"  M={row['M']:<2} {row['launch']}: {row['silu_then_gemv_us']:.1f} us -> "
+            f"{row['folded_us']:.1f} us"
+        )
 
 
 if __name__ == "__main__":

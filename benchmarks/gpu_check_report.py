@@ -53,6 +53,26 @@ def _kernels(kernels: dict | None) -> list[str]:
             f"| {m} | {s['best']} | {s['best_vs_fp16']:.2f}x | {s['table_vs_fp16']:.2f}x | "
             f"{gemlite} |"
         )
+    return lines + _silu_fold(kernels.get("silu_fold", []))
+
+
+def _silu_fold(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "down_proj from gate_up's output: the SiLU kernel + GEMV, or SiLU·mul folded into "
+        "the GEMV (where folded is faster, set fold_silu_mul in kernels/awq_configs.py)",
+        "",
+        "| M | K x N | launch | SiLU + GEMV us | folded us | speedup | same output |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['M']} | {r['K']} x {r['N']} | {r['launch']} | {r['silu_then_gemv_us']:.1f} | "
+            f"{r['folded_us']:.1f} | {r['silu_then_gemv_us'] / r['folded_us']:.2f}x | "
+            f"{'yes' if r['equal'] else 'NO'} |"
+        )
     return lines
 
 

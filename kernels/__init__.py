@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "add_rms_norm",
     "awq_linear",
+    "awq_silu_mul_linear",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
@@ -123,6 +124,19 @@ def awq_linear(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [..., N]
     return _ops(x).awq_linear(x, qweight, qzeros, scales, group_size, bias)
+
+
+def awq_silu_mul_linear(
+    gate_up: torch.Tensor,  # [..., 2K]: gate | up
+    qweight: torch.Tensor,
+    qzeros: torch.Tensor,
+    scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:  # [..., N]
+    """``awq_linear(silu_and_mul(gate_up), ...)``, in one launch where the GPU's launch
+    table folds SiLU·mul into the GEMV (kernels/awq_configs.py)."""
+    return _ops(gate_up).awq_silu_mul_linear(gate_up, qweight, qzeros, scales, group_size, bias)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

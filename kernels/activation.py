@@ -10,6 +10,12 @@ BLOCK = 1024
 
 
 @triton.jit
+def silu_mul(gate, up):
+    """SiLU(gate) * up in fp32; awq_gemv's folded input computes it as this kernel does."""
+    return gate / (1.0 + tl.exp(-gate)) * up
+
+
+@triton.jit
 def _silu_and_mul_kernel(
     x_ptr,  # [num_tokens, 2 * width]: gate | up, rows stride_x apart
     out_ptr,  # [num_tokens, width]
@@ -22,8 +28,8 @@ def _silu_and_mul_kernel(
     mask = offs < width
     gate = tl.load(x_ptr + token * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + token * stride_x + width + offs, mask=mask, other=0.0).to(tl.float32)
-    out = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + token * width + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    out = silu_mul(gate, up).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + token * width + offs, out, mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [..., 2 * width] -> [..., width]

@@ -13,6 +13,7 @@ import functools
 import torch
 import triton
 
+from kernels.activation import silu_and_mul
 from kernels.awq_configs import GEMV_MAX_M, AWQLaunch, awq_launch_for
 from kernels.awq_dequant import dequantize
 from kernels.awq_dot import awq_dot_kernel
@@ -53,9 +54,27 @@ def awq_linear(
     group_size: int,
     bias: torch.Tensor | None = None,  # [N]
 ) -> torch.Tensor:  # [..., N] in x's dtype
-    num_rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    launch = awq_launch_for(compute_capability(x.device), num_rows, group_size)
+    launch = _table_launch(x, group_size)
     return awq_linear_with(x, qweight, qzeros, scales, group_size, bias, launch, num_sms(x.device))
+
+
+def awq_silu_mul_linear(
+    gate_up: torch.Tensor,  # [..., 2K]: gate | up
+    qweight: torch.Tensor,
+    qzeros: torch.Tensor,
+    scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:  # [..., N]
+    """``awq_linear(silu_and_mul(gate_up), ...)``: a down projection over the gate/up
+    output, with SiLU·mul folded into the GEMV where the launch table says so."""
+    launch, sms = _table_launch(gate_up, group_size), num_sms(gate_up.device)
+    return awq_linear_with(gate_up, qweight, qzeros, scales, group_size, bias, launch, sms, True)
+
+
+def _table_launch(x: torch.Tensor, group_size: int) -> AWQLaunch:
+    num_rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return awq_launch_for(compute_capability(x.device), num_rows, group_size)
 
 
 def split_k_for(num_tiles: int, num_k_steps: int, num_sms: int) -> int:
@@ -75,12 +94,17 @@ def awq_linear_with(
     bias: torch.Tensor | None,
     launch: AWQLaunch,
     num_sms: int,
+    silu_mul_input: bool = False,
 ) -> torch.Tensor:
-    """``awq_linear`` with the variant and launch given (benchmarks, the static report)."""
+    """``awq_linear`` with the variant and launch given (benchmarks, the static report);
+    with ``silu_mul_input``, ``awq_silu_mul_linear`` (x is gate | up)."""
     in_features, out_features = qweight.shape[0], scales.shape[1]
-    assert x.shape[-1] == in_features and in_features % group_size == 0
+    fold = silu_mul_input and launch.fold_silu_mul
+    if silu_mul_input and not fold:
+        x = silu_and_mul(x)
+    assert x.shape[-1] == in_features * (2 if fold else 1) and in_features % group_size == 0
     assert qweight.stride(1) == 1 and qzeros.stride(1) == 1 and scales.stride(1) == 1
-    x2 = x.reshape(-1, in_features)
+    x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     num_rows = x2.shape[0]
@@ -137,7 +161,8 @@ def awq_linear_with(
         num_stages=launch.num_stages,
     )
     if is_gemv:
-        awq_gemv_kernel[(num_n_tiles, split_k)](*common, **flags)
+        grid = (num_n_tiles, split_k)
+        awq_gemv_kernel[grid](*common, in_features if fold else 0, **flags, SILU_MUL=fold)
     else:
         dot_dtype, precision = dot_operands(x.dtype)
         awq_dot_kernel[(num_tiles, split_k)](

@@ -226,6 +226,17 @@ def awq_linear(
     return out.to(x.dtype)
 
 
+def awq_silu_mul_linear(
+    gate_up: torch.Tensor,  # [..., 2K]: gate | up
+    qweight: torch.Tensor,
+    qzeros: torch.Tensor,
+    scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:  # [..., N]
+    return awq_linear(silu_and_mul(gate_up), qweight, qzeros, scales, group_size, bias)
+
+
 _FUSED_RMS_NORM = hasattr(F, "rms_norm")  # torch >= 2.4 (pyproject allows 2.3)
 
 

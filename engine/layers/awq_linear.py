@@ -45,6 +45,13 @@ class AWQLinear(nn.Module):
             x, self.qweight, self.qzeros, self.scales, self.group_size, self.bias
         )
 
+    def of_silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """``self(kernels.silu_and_mul(gate_up))``, in one launch where the GPU's launch
+        table folds SiLU·mul into the GEMV."""
+        return kernels.awq_silu_mul_linear(
+            gate_up, self.qweight, self.qzeros, self.scales, self.group_size, self.bias
+        )
+
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, group_size={self.group_size}"
 

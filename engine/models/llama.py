@@ -10,6 +10,7 @@ from torch import nn
 import kernels
 from engine.errors import UnsupportedModelError
 from engine.layers.attention import AttentionMetadata, PagedAttention
+from engine.layers.awq_linear import AWQLinear
 from engine.layers.linear import MergedLinear
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding, rope_parameters
@@ -61,7 +62,10 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(size, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)
+        if isinstance(self.down_proj, AWQLinear):  # its GEMV may compute SiLU·mul itself
+            return self.down_proj.of_silu_and_mul(gate_up)
+        return self.down_proj(kernels.silu_and_mul(gate_up))
 
 
 class LlamaDecoderLayer(nn.Module):
