@@ -18,6 +18,7 @@ from engine.layers.attention import AttentionMetadata
 from engine.layers.awq_linear import AWQLinear, convert_to_awq
 from engine.models.llama import LlamaForCausalLM
 from engine.quant.config import AWQConfig
+from kernels.awq_configs import awq_launch_for
 from tests.conftest import TINY
 from tests.kernels.conftest import INTERPRETED
 from tests.kernels.launches import recorded_launches
@@ -37,6 +38,13 @@ LAYER = [
     "_silu_and_mul_kernel",
     "awq_gemv_kernel",  # down_proj
 ]
+# Where the table folds SiLU·mul into down_proj's GEMV.
+FOLDED_LAYER = [name for name in LAYER if name != "_silu_and_mul_kernel"]
+
+
+def expected_layer(arch: int | None) -> list[str]:
+    """The launches of a batch-1 layer step as the launch table stands for ``arch``."""
+    return FOLDED_LAYER if awq_launch_for(arch, 1, 32).fold_silu_mul else LAYER
 
 
 def tiny_awq_llama(device: torch.device) -> LlamaForCausalLM:
@@ -93,18 +101,20 @@ def test_decode_layer_launches_on_the_cuda_path(monkeypatch, num_splits):
     the GPU: one split for >= 4 pairs per SM (an AGX Orin's 16 SMs: batch 8 of Llama-3-8B),
     more below (any batch 1 on an H100). Neither the attention's splits nor the GEMV's
     split-K add a launch."""
-    assert recorded_layer(monkeypatch, num_splits)[0] == LAYER
+    assert recorded_layer(monkeypatch, num_splits)[0] == expected_layer(None)
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs TRITON_INTERPRET=1")
 def test_folding_silu_mul_into_down_proj_takes_a_launch_and_changes_nothing(monkeypatch):
-    launches, unfolded = recorded_layer(monkeypatch, 1)
     buckets = kernels.awq_configs.DEFAULT
-    gemv = dataclasses.replace(buckets[0][1], fold_silu_mul=True)
-    monkeypatch.setattr(kernels.awq_configs, "DEFAULT", ((1, gemv), *buckets[1:]))
-    launches, folded = recorded_layer(monkeypatch, 1)
-    assert launches == [name for name in LAYER if name != "_silu_and_mul_kernel"]
-    assert all(torch.equal(ours, theirs) for ours, theirs in zip(folded, unfolded))
+    outputs = []
+    for fold, expected in ((False, LAYER), (True, FOLDED_LAYER)):
+        gemv = dataclasses.replace(buckets[0][1], fold_silu_mul=fold)
+        monkeypatch.setattr(kernels.awq_configs, "DEFAULT", ((1, gemv), *buckets[1:]))
+        launches, output = recorded_layer(monkeypatch, 1)
+        assert launches == expected
+        outputs.append(output)
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(*outputs))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -126,4 +136,6 @@ def test_decode_layer_launches_on_a_gpu():
     on_gpu = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert launches.torch == []
     assert sorted(on_gpu) == sorted(launches.triton), on_gpu
-    assert launches.triton == LAYER
+    from kernels.awq_gemm import compute_capability
+
+    assert launches.triton == expected_layer(compute_capability(device))
