@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint bench gpu-check native-check serve web-vendor clean
+.PHONY: install browser test lint bench gpu-check gpu-wheels native-check serve web-vendor clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ bench: $(STAMP)
 gpu-check:
 	$(if $(OUT),,$(error usage: make gpu-check OUT=DIR [WHEELS=DIR]))
 	PYTHONPATH=. $(PYTHON) benchmarks/gpu_check.py --out "$(OUT)" $(if $(WHEELS),--wheels "$(WHEELS)")
+
+# The wheels that machine lacks (no network there), fetched here for its Python 3.12 at
+# this venv's versions: `make gpu-wheels WHEELS=.whl`, then carry .whl and run
+# `make gpu-check OUT=$$OUT WHEELS=.whl` there. Without them `import engine` fails there.
+gpu-wheels: $(STAMP)
+	$(if $(WHEELS),,$(error usage: make gpu-wheels WHEELS=DIR))
+	$(PY) benchmarks/gpu_wheels.py --dest "$(WHEELS)"
 
 # The native CPU kernels' Arm code paths (dot-product instructions, and without them),
 # cross-compiled and run under qemu (Debian: gcc-aarch64-linux-gnu qemu-user), then this

@@ -17,9 +17,10 @@ After every step DIR/gpu-check.json (keys device, tests, kernels, decode, static
 and DIR/gpu-check.md (the same as tables) are rewritten: a run cut short still reports
 what it did. Each step's output is in DIR/<step>.log.
 
-``WHEELS=DIR`` installs every wheel in DIR (``pip --no-index --no-deps``) into
-DIR/pydeps first, for what the tests import and the machine lacks (fastapi, uvicorn,
-pydantic, sse-starlette, openai, httpx, pytest, transformers, ...).
+``WHEELS=DIR`` installs every wheel in DIR (``pip --no-index --no-deps``) into a
+temporary folder first, for what the engine and the tests import and the machine lacks:
+``make gpu-wheels WHEELS=DIR`` fetches them (benchmarks/gpu_wheels.py; on the lent
+machine's image, ``import engine`` fails without llguidance, av, pydantic, ...).
 
 Without CUDA it is a dry run of the same steps on tiny shapes (Triton's interpreter and
 the torch twins), in about 2 minutes on 2 idle cores; tests/kernels/test_gpu_check.py runs it
@@ -35,6 +36,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -122,7 +124,8 @@ def step_env(out: Path, wheels: Path | None, cuda: bool) -> dict:
     env = dict(os.environ)
     paths = [str(ROOT)]
     if wheels:
-        target = out / "pydeps"
+        # Not under DIR: thousands of files, and DIR is what comes back from the machine.
+        target = Path(tempfile.mkdtemp(prefix="edgechat-pydeps-"))
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet"]
             + ["--target", str(target), *map(str, sorted(wheels.glob("*.whl")))],

@@ -115,7 +115,8 @@ def _static(static: dict | None) -> list[str]:
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for k in static["kernels"]:
-        groups.setdefault((k["arch"], k["kernel"]), []).append(k)
+        folded = " (SiLU·mul folded)" if "SILU_MUL=True" in k["launch"] else ""
+        groups.setdefault((k["arch"], k["kernel"] + folded), []).append(k)
     for (arch, kernel), ks in sorted(groups.items()):
         per_weight = [k["sass_per_weight"] for k in ks if k.get("sass_per_weight")]
         shown = f"{max(per_weight):.2f}" if per_weight else "-"
