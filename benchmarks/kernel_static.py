@@ -10,6 +10,12 @@ fast kernel more likely; only a GPU says how fast.
 
     .venv/bin/python benchmarks/kernel_static.py [--out kernel-static.json] [--quick]
 
+With another Triton, as a target runs it (the Jetson image's 3.4.0, the lent H200's
+3.6.0; 3.4 to 3.7 work), installed beside the venv's:
+
+    pip install --no-deps --target /tmp/triton-3.4.0 triton==3.4.0
+    PYTHONPATH=/tmp/triton-3.4.0 .venv/bin/python benchmarks/kernel_static.py --archs 87
+
 Exits 1 if any kernel spills. Needs TRITON_INTERPRET unset (it compiles, never runs).
 """
 

@@ -1,6 +1,7 @@
 """Record the Triton launches that kernel wrappers make on CPU tensors, and compile each
 for a GPU arch exactly as the runtime JIT would (its binder, its specializations), with
-ptxas's resource log and the loop's instruction counts. Used by kernel_static.py."""
+ptxas's resource log and the loop's instruction counts. Used by kernel_static.py; works
+with Triton 3.4 to 3.7 (the versions the targets run)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import triton
 from triton import knobs
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import sm_arch_from_capability
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
@@ -35,12 +37,15 @@ class Launch:
         target = GPUTarget("cuda", arch, 32)
         backend = make_backend(target)
         kwargs = dict(self.kwargs, debug=self.kwargs.get("debug", self.kernel.debug) or False)
-        kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+        if hasattr(knobs.compilation, "instrumentation_mode"):  # Triton >= 3.5 binds it
+            kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
         binder = create_function_from_signature(self.kernel.signature, self.kernel.params, backend)
         bound, specialization, options = binder(*self.args, **kwargs)
-        options, signature, constexprs, attrs = self.kernel._pack_args(
-            backend, kwargs, bound, specialization, options
-        )
+        if hasattr(self.kernel, "_pack_args"):  # Triton >= 3.5
+            packed = self.kernel._pack_args(backend, kwargs, bound, specialization, options)
+        else:
+            packed = _pack_args_3_4(self.kernel, backend, kwargs, bound, specialization)
+        options, signature, constexprs, attrs = packed
         return target, signature, constexprs, attrs, options
 
     def cache_key(self, arch: int) -> str:
@@ -53,6 +58,23 @@ class Launch:
         shown = {k: v for k, v in bound.items() if k in ("M", "N") or k.isupper()}
         shown.update((k, v) for k, v in bound.items() if k in ("num_warps", "num_stages"))
         return " ".join(f"{k}={v}" for k, v in shown.items() if not hasattr(v, "data_ptr"))
+
+
+def _pack_args_3_4(kernel: JITFunction, backend, kwargs: dict, bound, specialization):
+    """What Triton 3.4 (the Jetson image's) computes inline in ``JITFunction.run`` where
+    later versions call ``_pack_args``: options, signature, constexprs, attrs."""
+    from triton.runtime.jit import find_paths_if, get_iterable_path
+
+    options = backend.parse_options(kwargs)
+    sigvals = [kind for kind, _ in specialization]
+    signature = dict(zip([param.name for param in kernel.params], sigvals))
+    constexpr_paths = find_paths_if(sigvals, lambda _, kind: kind == "constexpr")
+    values = list(bound.values())
+    constexprs = {path: get_iterable_path(values, path) for path in constexpr_paths}
+    attrvals = [attr for _, attr in specialization]
+    attr_paths = find_paths_if(attrvals, lambda _, attr: isinstance(attr, str))
+    attrs = {path: backend.parse_attr(get_iterable_path(attrvals, path)) for path in attr_paths}
+    return options, signature, constexprs, attrs
 
 
 @contextlib.contextmanager
@@ -80,9 +102,12 @@ def compile_launch(launch: Launch, arch: int) -> dict:
         knobs.compilation.always_compile = True
         knobs.nvidia.dump_ptxas_log = True
         compiled = triton.compile(source, target=target, options=options.__dict__)
-    registers = PTXAS_REGISTERS.search(log.getvalue())
-    spills = PTXAS_SPILLS.search(log.getvalue())
-    assert registers and spills, log.getvalue()
+    ptxas_log = log.getvalue()
+    if not PTXAS_REGISTERS.search(ptxas_log):  # Triton 3.4 drops ptxas's log: ask it again
+        ptxas_log = _ptxas_log(compiled.asm["ptx"], arch)
+    registers = PTXAS_REGISTERS.search(ptxas_log)
+    spills = PTXAS_SPILLS.search(ptxas_log)
+    assert registers and spills, ptxas_log
     name = launch.kernel.fn.__name__
     result = {
         "arch": f"sm_{arch}",
@@ -146,6 +171,21 @@ def _sass_label(line: str) -> str | None:
 def _sass_branch(line: str) -> str | None:
     match = re.search(r"\bBRA\b[^;]*`\(\.(L_x_\d+)\)", line)
     return match.group(1) if match else None
+
+
+def _ptxas_log(ptx: str, arch: int) -> str:
+    """ptxas's resource usage of ``ptx`` for sm_``arch`` (the ptxas that ships with Triton)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.ptx"
+        path.write_text(ptx)
+        command = [knobs.nvidia.ptxas.path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}"]
+        done = subprocess.run(
+            [*command, str(path), "-o", str(Path(tmp) / "kernel.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return done.stderr + done.stdout
 
 
 def _sass(cubin: bytes, arch: int) -> list[str]:

@@ -48,17 +48,20 @@ def small_int_to_float(q):
 
 
 @triton.jit
-def nibble_place(BLOCK_N: tl.constexpr):
-    """[BLOCK_N] 16^p: where ``unpack_int4_in_place`` leaves each column's value."""
-    return tl.exp2(((nibble_of_column(BLOCK_N) % 4) * 4).to(tl.float32))
+def nibble_place_inverse(BLOCK_N: tl.constexpr):
+    """[BLOCK_N] 16^-p, where ``unpack_int4_in_place`` leaves each column's value at
+    16^p: a scale multiplied by it undoes that exactly (a power of two; a multiply, where
+    dividing by 16^p takes a call to the division's slow path in the loop)."""
+    return tl.exp2(-((nibble_of_column(BLOCK_N) % 4) * 4).to(tl.float32))
 
 
 @triton.jit
 def unpack_int4_in_place(packed, BLOCK_N: tl.constexpr):
-    """[R, C/8] packed int32 -> [R, C] fp32 ``q * nibble_place(C)``: each value is masked
-    where it lies (nibbles 4-7 from the word shifted down once by 16) and made a float
-    with the 2^23 trick, so no per-weight shift; the power of 16 is folded into the scale,
-    exactly. (ptxas emits the AND and the OR as two LOP3s: ~2 integer ops per weight.)"""
+    """[R, C/8] packed int32 -> [R, C] fp32 ``q * 16^p`` (``nibble_place_inverse``): each
+    value is masked where it lies (nibbles 4-7 from the word shifted down once by 16) and
+    made a float with the 2^23 trick, so no per-weight shift; the power of 16 is folded
+    into the scale, exactly. (ptxas emits the AND and the OR as two LOP3s: ~2 integer ops
+    per weight.)"""
     nibble = nibble_of_column(BLOCK_N)
     word = repeat_words(packed.to(tl.uint32, bitcast=True))
     # NOTE: per register these are constants (a thread holds whole groups of eight), so

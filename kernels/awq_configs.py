@@ -11,9 +11,9 @@ Variants (kernels/awq_gemm.py runs them):
 
 A GEMV launch may also fold a down projection's SiLU·mul into its loads of x
 (``fold_silu_mul``): one launch fewer per decoder layer, for more instructions per weight
-(SASS, Llama-3-8B's down_proj, sm_87 / sm_90): 6.12 -> 6.70 / 6.11 -> 6.71 at M = 1,
-7.60 -> 9.84 / 7.53 -> 9.77 at M = 2, about 1.8x at M = 4 and 2x at M = 8, where it also
-spills 72 bytes on sm_87. So only the buckets up to FOLD_SILU_MAX_M may fold, and none
+(SASS, Llama-3-8B's down_proj, Triton 3.7.1, sm_87 / sm_90): 6.05 -> 6.64 / 6.05 -> 6.65
+at M = 1, 7.54 -> 9.77 / 7.46 -> 9.71 at M = 2, about 1.8x at M = 4 and 2x at M = 8,
+where it also spills 72 bytes on sm_87. So only the buckets up to FOLD_SILU_MAX_M may fold, and none
 does until a GPU measures that it pays (bench_kernels times both).
 
 NOTE: no GPU has measured this table yet (`make gpu-check` prints what it measures):

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from kernels.activation import silu_mul
 from kernels.awq_common import (
-    nibble_place,
+    nibble_place_inverse,
     nibble_shifts,
     small_int_to_float,
     store_or_accumulate,
@@ -141,17 +141,24 @@ def awq_gemv_kernel(
     mask_n = offs_n < N
     mask_p = offs_p < num_packed_cols
     shifts = nibble_shifts(BLOCK_N)
-    place = nibble_place(BLOCK_N)
+    place_inverse = nibble_place_inverse(BLOCK_N)
 
     first_group = pid_k * groups_per_split
     last_group = tl.minimum(first_group + groups_per_split, num_groups)
     acc = tl.zeros((BLOCK_K, BLOCK_M * BLOCK_N), dtype=tl.float32)
     for group in range(first_group, last_group):
-        scale = tl.load(scales_ptr + group * stride_scales + offs_n, mask=mask_n, other=0.0)
-        scale = scale.to(tl.float32)
-        packed_zeros = tl.load(qzeros_ptr + group * stride_qzeros + offs_p, mask=mask_p, other=0)
-        neg_zero_scale = -small_int_to_float(unpack_int4(packed_zeros, shifts)) * scale
-        scale = scale / place  # exact: a power of two
+        # A group's scales and zeros as [1, BLOCK_N] rows, not [BLOCK_N] vectors: with
+        # vectors, Triton 3.4 and 3.6 (the Jetson image's, the H200 test machine's) emit
+        # ~30% more instructions per weight (7.8-8.0 SASS at M = 1 against 6.0; 3.7 is
+        # the same either way; the static report, benchmarks/kernel_static.py).
+        scale = tl.load(
+            scales_ptr + group * stride_scales + offs_n[None, :], mask=mask_n[None, :], other=0.0
+        ).to(tl.float32)
+        packed_zeros = tl.load(
+            qzeros_ptr + group * stride_qzeros + offs_p[None, :], mask=mask_p[None, :], other=0
+        )
+        neg_zero_scale = -small_int_to_float(unpack_int4(packed_zeros, shifts[None, :])) * scale
+        scale = scale * place_inverse[None, :]  # exact: a power of two
         # Unrolled: the loads of every tile of the group are in flight together.
         for sub in tl.static_range(GROUP_SIZE // BLOCK_K):
             k = group * GROUP_SIZE + sub * BLOCK_K + offs_k
@@ -161,7 +168,7 @@ def awq_gemv_kernel(
                 other=0,
             )
             q = unpack_int4_in_place(packed, BLOCK_N)
-            w = q * scale[None, :] + neg_zero_scale[None, :]  # [BLOCK_K, BLOCK_N]
+            w = q * scale + neg_zero_scale  # [BLOCK_K, BLOCK_N]
             rows = _interleaved_rows(x_ptr, stride_xm, M, k, up_offset, BLOCK_N, BLOCK_M, SILU_MUL)
             acc += rows * _repeat_columns(w, BLOCK_M)
 
