@@ -72,31 +72,30 @@ class CountedIds(HostTokenIds):
         return super().receive()
 
 
-def test_a_decode_step_staged_for_a_graph_gives_the_eager_tokens(tiny_llama):
+def replayed_and_eager(tiny_llama, params: SamplingParams) -> EagerReplay:
+    """Generate PROMPTS through the eager stand-in for graphs; its tokens must be the
+    eager engine's. Returns the stand-in, to count what it did."""
     eager = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
     graphed = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
     runner = graphed.engine.core.runner
     runner.graphs = EagerReplay(runner.model, runner.inputs, 8, runner.max_blocks_per_seq)
     runner.graphs.host_argmax = CountedIds(8, runner.device)
-    ours = [out.token_ids for out in graphed.generate(PROMPTS, GREEDY)]
-    assert ours == [out.token_ids for out in eager.generate(PROMPTS, GREEDY)]
-    assert runner.graphs.num_replays >= GREEDY.max_tokens - 1
+    ours = [out.token_ids for out in graphed.generate(PROMPTS, params)]
+    assert ours == [out.token_ids for out in eager.generate(PROMPTS, params)]
+    assert runner.graphs.num_replays >= params.max_tokens - 1
+    return runner.graphs
+
+
+def test_a_decode_step_staged_for_a_graph_gives_the_eager_tokens(tiny_llama):
+    graphs = replayed_and_eager(tiny_llama, GREEDY)
     # Every replay was greedy through and through, so each took the replay's argmax.
-    assert runner.graphs.host_argmax.num_received == runner.graphs.num_replays
+    assert graphs.host_argmax.num_received == graphs.num_replays
 
 
 def test_a_sampled_batch_replayed_samples_the_logits(tiny_llama):
     """Seeded sampling through replays draws what it draws eagerly."""
     sampled = SamplingParams(max_tokens=12, temperature=0.8, seed=7, ignore_eos=True)
-    eager = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
-    graphed = LLM(str(tiny_llama), kv_cache_memory=0.01, max_num_seqs=8)
-    runner = graphed.engine.core.runner
-    runner.graphs = EagerReplay(runner.model, runner.inputs, 8, runner.max_blocks_per_seq)
-    runner.graphs.host_argmax = CountedIds(8, runner.device)
-    ours = [out.token_ids for out in graphed.generate(PROMPTS, sampled)]
-    assert ours == [out.token_ids for out in eager.generate(PROMPTS, sampled)]
-    assert runner.graphs.num_replays >= sampled.max_tokens - 1
-    assert runner.graphs.host_argmax.num_received == 0
+    assert replayed_and_eager(tiny_llama, sampled).host_argmax.num_received == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
