@@ -157,7 +157,7 @@ def bench_shape(in_features, out_features, rows, dtype, device, arch) -> list[di
 def bench_silu_fold(in_features, out_features, rows, dtype, device) -> list[dict]:
     """Per M <= FOLD_SILU_MAX_M: its GEMV launch fed gate_up's output, with SiLU·mul
     folded in and as the SiLU kernel followed by the launch (the engine's unfolded way)."""
-    qweight, qzeros, scales = awq_tensors(in_features, out_features, dtype, device)
+    weights = (*awq_tensors(in_features, out_features, dtype, device), GROUP_SIZE, None)
     results = []
     for num_rows in (m for m in rows if m <= FOLD_SILU_MAX_M):
         gate_up = torch.randn(num_rows, 2 * in_features, device=device, dtype=dtype)
@@ -166,7 +166,6 @@ def bench_silu_fold(in_features, out_features, rows, dtype, device) -> list[dict
         outputs = []
         for fold, key in ((False, "silu_then_gemv_us"), (True, "folded_us")):
             folded = dataclasses.replace(launch, fold_silu_mul=fold)
-            weights = (qweight, qzeros, scales, GROUP_SIZE, None)
             run = functools.partial(
                 awq_linear_with, gate_up, *weights, folded, num_sms(device), True
             )
