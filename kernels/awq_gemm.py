@@ -14,6 +14,7 @@ import torch
 import triton
 
 from kernels.activation import silu_and_mul
+from kernels.awq_common import TWO_POW_23_BITS
 from kernels.awq_configs import GEMV_MAX_M, AWQLaunch, awq_launch_for
 from kernels.awq_dequant import dequantize
 from kernels.awq_dot import awq_dot_kernel
@@ -39,6 +40,11 @@ def compute_capability(device: torch.device) -> int | None:
 @functools.cache
 def _workspace(device: torch.device, num_floats: int) -> torch.Tensor:
     return torch.zeros(num_floats, dtype=torch.float32, device=device)
+
+
+@functools.cache
+def _two_pow_23_bits(device: torch.device) -> torch.Tensor:
+    return torch.tensor([TWO_POW_23_BITS.value], dtype=torch.int32, device=device)
 
 
 @functools.cache
@@ -162,7 +168,9 @@ def awq_linear_with(
     )
     if is_gemv:
         grid = (num_n_tiles, split_k)
-        awq_gemv_kernel[grid](*common, in_features if fold else 0, **flags, SILU_MUL=fold)
+        up_offset = in_features if fold else 0
+        two_pow_23_bits = _two_pow_23_bits(x.device)
+        awq_gemv_kernel[grid](*common, up_offset, two_pow_23_bits, **flags, SILU_MUL=fold)
     else:
         dot_dtype, precision = dot_operands(x.dtype)
         awq_dot_kernel[(num_tiles, split_k)](
