@@ -40,45 +40,52 @@ def unpack_int4(packed, shifts):
     return (repeat_words(packed) >> shifts) & 0xF
 
 
-# fp32 2^23: OR-ed with an integer q < 2^23, it is the float 2^23 + q.
+# fp32 2^23, where the ulp is 1: OR-ed with an integer q < 2^23, it is the float 2^23 + q
+# (int-to-float conversion runs at a quarter of the FMA rate; an OR at the full rate).
 TWO_POW_23_BITS = tl.constexpr(0x4B000000)
 
 
 @triton.jit
-def small_int_to_float(q):
-    """int32 in [0, 2^23) -> fp32, exactly, with an OR and a subtract: the integer becomes
-    the mantissa of 2^23 (int-to-float conversion runs at a quarter of the FMA rate)."""
-    return (q | TWO_POW_23_BITS).to(tl.float32, bitcast=True) - 8388608.0
+def nibble_place_shifts(BLOCK_N: tl.constexpr):
+    """[BLOCK_N] 4p, where ``unpack_int4_biased`` leaves each column's value at 16^p."""
+    return (nibble_of_column(BLOCK_N) % 4) * 4
 
 
 @triton.jit
 def nibble_place_inverse(BLOCK_N: tl.constexpr):
-    """[BLOCK_N] 16^-p, where ``unpack_int4_in_place`` leaves each column's value at
-    16^p: a scale multiplied by it undoes that exactly (a power of two). Dividing by 16^p
-    instead put a reciprocal and its range checks in the GEMV's loop (static report:
-    783 -> 775 SASS instructions a group on sm_87)."""
-    return tl.exp2(-((nibble_of_column(BLOCK_N) % 4) * 4).to(tl.float32))
+    """[BLOCK_N] 16^-p (``nibble_place_shifts``): a scale multiplied by it undoes the
+    place exactly (a power of two). Dividing by 16^p instead put a reciprocal and its
+    range checks in the GEMV's loop (static report: 783 -> 775 SASS instructions a group
+    on sm_87)."""
+    return tl.exp2(-nibble_place_shifts(BLOCK_N).to(tl.float32))
 
 
 @triton.jit
-def unpack_int4_in_place(packed, BLOCK_N: tl.constexpr, two_pow_23_bits):
-    """[R, C/8] packed int32 -> [R, C] fp32 ``q * 16^p`` (``nibble_place_inverse``): each
-    value is masked where it lies (nibbles 4-7 from the word shifted down once by 16) and
-    made a float with the 2^23 trick, so no per-weight shift; the power of 16 is folded
-    into the scale, exactly.
+def biased_zeros(zero, BLOCK_N: tl.constexpr):
+    """[..., BLOCK_N] zeros z in [0, 15] -> fp32 2^23 + z * 16^p, to subtract from
+    ``unpack_int4_biased``'s values: the difference, (q - z) * 16^p, is exact."""
+    placed = zero << nibble_place_shifts(BLOCK_N)
+    return (placed | TWO_POW_23_BITS).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def unpack_int4_biased(packed, BLOCK_N: tl.constexpr, two_pow_23_bits):
+    """[R, C/8] packed int32 -> [R, C] fp32 ``2^23 + q * 16^p``: each value is masked
+    where it lies (nibbles 4-7 from the word shifted down once by 16), so no per-weight
+    shift, and OR-ed into 2^23 (TWO_POW_23_BITS): one LOP3 a weight.
 
     ``two_pow_23_bits`` is TWO_POW_23_BITS as a value loaded at run time, so that ptxas
-    holds it in a register and merges the AND and the OR into one LOP3 (an instruction
-    takes one immediate or constant-bank operand: with the literal, or a kernel
-    parameter on sm_87, every weight took two; static report, M = 1: 6.05 -> 5.05 SASS
-    a weight)."""
+    holds it in a register and merges the AND and the OR (an instruction takes one
+    immediate or constant-bank operand: with the literal, or a kernel parameter on
+    sm_87, every weight took two LOP3s; static report, M = 1: 6.05 -> 5.05 SASS a
+    weight)."""
     nibble = nibble_of_column(BLOCK_N)
     word = repeat_words(packed.to(tl.uint32, bitcast=True))
     # NOTE: per register these are constants (a thread holds whole groups of eight), so
     # the select and the masks fold away and the shift is shared by a word's 8 copies.
     half = tl.where((nibble >= 4)[None, :], word >> 16, word)
-    bits = half & (0xF << ((nibble % 4) * 4)).to(tl.uint32)[None, :]
-    return (bits | two_pow_23_bits.to(tl.uint32)).to(tl.float32, bitcast=True) - 8388608.0
+    bits = half & (0xF << nibble_place_shifts(BLOCK_N)).to(tl.uint32)[None, :]
+    return (bits | two_pow_23_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
 
 
 @triton.jit

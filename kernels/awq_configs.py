@@ -62,7 +62,7 @@ GEMV_LAUNCHES = {
     1: AWQLaunch("gemv", block_n=256, block_k=32, num_warps=8, num_stages=1),
     2: AWQLaunch("gemv", block_n=256, block_k=16, num_warps=8, num_stages=1),
     4: AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1),
-    8: AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1),
+    8: AWQLaunch("gemv", block_n=512, block_k=4, num_warps=8, num_stages=1),
 }
 
 # (largest M of the bucket, launch) in increasing M; the last bucket takes any larger M.

@@ -1,10 +1,11 @@
 """The decode W4A16 GEMV (M <= 8): no ``tl.dot``, so no 16-row padding and no shared
-memory in the loop. Each program owns BLOCK_N output columns and a share of K's groups,
-and unrolls each group's K tiles. Per weight: an AND and an OR (the shift is once per
-word), a subtract (an exact int-to-float), one multiply-add for scale and zero
-(``q * s + (-z * s)``, the second term once per group) and one multiply-add per row of
-x, all in fp32; the sum over K happens once, after the loop. The static report counts
-~6 SASS instructions per weight at M = 1 on sm_90 (benchmarks/kernel_static.py).
+memory for the weights. Each program owns BLOCK_N output columns and a share of K's
+groups, and unrolls each group's K tiles. Per weight, in fp32: one LOP3 (a mask and an
+OR that make the nibble a float, the shift once per word), one subtract of the zero
+(exact) and one multiply-add per row of x; the scale multiplies each group's sums once
+per column and row, and the sum over K's rows happens once, after the loop. The static
+report counts ~4.3 SASS instructions per weight at M = 1 on sm_87 and sm_90
+(benchmarks/kernel_static.py).
 
 Rows of x are not a third tensor dimension (Triton would give the 3-D product a layout
 of its own and move every dequantized tile through shared memory to match it): the
@@ -25,11 +26,11 @@ import triton.language as tl
 
 from kernels.activation import silu_mul
 from kernels.awq_common import (
+    biased_zeros,
     nibble_place_inverse,
     nibble_shifts,
-    small_int_to_float,
     store_or_accumulate,
-    unpack_int4_in_place,
+    unpack_int4_biased,
 )
 
 
@@ -124,7 +125,7 @@ def awq_gemv_kernel(
     groups_per_split,
     num_groups,  # K / G
     up_offset,  # SILU_MUL: where up starts in a row of x (K); else unused
-    two_pow_23_bits_ptr,  # [1] int32 TWO_POW_23_BITS (awq_common.unpack_int4_in_place)
+    two_pow_23_bits_ptr,  # [1] int32 TWO_POW_23_BITS (awq_common.unpack_int4_biased)
     GROUP_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     IS_SPLIT: tl.constexpr,
@@ -164,9 +165,11 @@ def awq_gemv_kernel(
             mask=mask_n[None, :],
             other=0,
         )
-        zero = (packed_zeros >> shifts[None, :]) & 0xF
-        neg_zero_scale = -small_int_to_float(zero) * scale
-        scale = scale * place_inverse[None, :]  # exact: a power of two
+        zero = biased_zeros((packed_zeros >> shifts[None, :]) & 0xF, BLOCK_N)
+        # The scale multiplies the group's sums, not each weight: the group's K tiles
+        # add x * (q - z) * 16^p (exact differences) into `part`, then one multiply-add
+        # a column and row of x (static report, M = 1: 5.05 -> 4.29 SASS a weight).
+        part = tl.zeros((BLOCK_K, BLOCK_M * BLOCK_N), dtype=tl.float32)
         # Unrolled: the loads of every tile of the group are in flight together.
         for sub in tl.static_range(GROUP_SIZE // BLOCK_K):
             k = group * GROUP_SIZE + sub * BLOCK_K + offs_k
@@ -175,10 +178,10 @@ def awq_gemv_kernel(
                 mask=mask_p[None, :],
                 other=0,
             )
-            q = unpack_int4_in_place(packed, BLOCK_N, two_pow_23_bits)
-            w = q * scale + neg_zero_scale  # [BLOCK_K, BLOCK_N]
+            placed = unpack_int4_biased(packed, BLOCK_N, two_pow_23_bits) - zero
             rows = _interleaved_rows(x_ptr, stride_xm, M, k, up_offset, BLOCK_N, BLOCK_M, SILU_MUL)
-            acc += rows * _repeat_columns(w, BLOCK_M)
+            part += rows * _repeat_columns(placed, BLOCK_M)
+        acc += part * _repeat_columns(scale * place_inverse[None, :], BLOCK_M)
 
     j = tl.arange(0, BLOCK_M * BLOCK_N)  # column j: row j % BLOCK_M, column j // BLOCK_M
     row = j % BLOCK_M
