@@ -61,11 +61,11 @@ def nibble_place_inverse(BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def biased_zeros(zero, BLOCK_N: tl.constexpr):
+def biased_zeros(zero, BLOCK_N: tl.constexpr, two_pow_23_bits):
     """[..., BLOCK_N] zeros z in [0, 15] -> fp32 2^23 + z * 16^p, to subtract from
     ``unpack_int4_biased``'s values: the difference, (q - z) * 16^p, is exact."""
     placed = zero << nibble_place_shifts(BLOCK_N)
-    return (placed | TWO_POW_23_BITS).to(tl.float32, bitcast=True)
+    return (placed | two_pow_23_bits).to(tl.float32, bitcast=True)
 
 
 @triton.jit

@@ -9,7 +9,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.awq_common import nibble_shifts, store_or_accumulate, unpack_int4
+from kernels.awq_common import (
+    biased_zeros,
+    nibble_place_inverse,
+    nibble_shifts,
+    store_or_accumulate,
+    unpack_int4,
+    unpack_int4_biased,
+)
 
 
 @triton.jit
@@ -32,6 +39,7 @@ def awq_dot_kernel(
     split_k,
     tiles_per_split,
     num_k_tiles,
+    two_pow_23_bits_ptr,  # [1] int32 TWO_POW_23_BITS (awq_common.unpack_int4_biased)
     num_m_tiles,
     num_n_tiles,
     GROUP_SIZE: tl.constexpr,
@@ -60,6 +68,8 @@ def awq_dot_kernel(
     mask_n = offs_n < N
     mask_p = offs_p < num_packed_cols
     shifts = nibble_shifts(BLOCK_N)
+    place_inverse = nibble_place_inverse(BLOCK_N)
+    two_pow_23_bits = tl.load(two_pow_23_bits_ptr)
 
     # NOTE: BLOCK_K divides GROUP_SIZE, which divides K: a tile never straddles a group.
     first_tile = pid_k * tiles_per_split
@@ -78,9 +88,10 @@ def awq_dot_kernel(
         group = (tile * BLOCK_K) // GROUP_SIZE
         packed_zeros = tl.load(qzeros_ptr + group * stride_qzeros + offs_p, mask=mask_p, other=0)
         scale = tl.load(scales_ptr + group * stride_scales + offs_n, mask=mask_n, other=0.0)
-        q = unpack_int4(packed, shifts[None, :])
-        zero = unpack_int4(packed_zeros, shifts)
-        w = ((q - zero[None, :]).to(tl.float32) * scale.to(tl.float32)[None, :]).to(DOT_DTYPE)
+        # (q - z) * 16^p, exact, times the scale * 16^-p: the products of (q - z) * s.
+        placed = unpack_int4_biased(packed, BLOCK_N, two_pow_23_bits)
+        placed -= biased_zeros(unpack_int4(packed_zeros, shifts), BLOCK_N, two_pow_23_bits)[None, :]
+        w = (placed * (scale.to(tl.float32) * place_inverse)[None, :]).to(DOT_DTYPE)
         acc = tl.dot(a.to(DOT_DTYPE), w, acc, input_precision=PRECISION)
     store_or_accumulate(
         acc,

@@ -155,6 +155,7 @@ def awq_linear_with(
         split_k,
         triton.cdiv(num_k_steps, split_k),
         num_k_steps,
+        _two_pow_23_bits(x.device),
     )
     flags = dict(
         GROUP_SIZE=group_size,
@@ -169,8 +170,7 @@ def awq_linear_with(
     if is_gemv:
         grid = (num_n_tiles, split_k)
         up_offset = in_features if fold else 0
-        two_pow_23_bits = _two_pow_23_bits(x.device)
-        awq_gemv_kernel[grid](*common, up_offset, two_pow_23_bits, **flags, SILU_MUL=fold)
+        awq_gemv_kernel[grid](*common, up_offset, **flags, SILU_MUL=fold)
     else:
         dot_dtype, precision = dot_operands(x.dtype)
         awq_dot_kernel[(num_tiles, split_k)](

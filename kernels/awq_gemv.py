@@ -124,8 +124,8 @@ def awq_gemv_kernel(
     split_k,
     groups_per_split,
     num_groups,  # K / G
-    up_offset,  # SILU_MUL: where up starts in a row of x (K); else unused
     two_pow_23_bits_ptr,  # [1] int32 TWO_POW_23_BITS (awq_common.unpack_int4_biased)
+    up_offset,  # SILU_MUL: where up starts in a row of x (K); else unused
     GROUP_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     IS_SPLIT: tl.constexpr,
@@ -165,7 +165,7 @@ def awq_gemv_kernel(
             mask=mask_n[None, :],
             other=0,
         )
-        zero = biased_zeros((packed_zeros >> shifts[None, :]) & 0xF, BLOCK_N)
+        zero = biased_zeros((packed_zeros >> shifts[None, :]) & 0xF, BLOCK_N, two_pow_23_bits)
         # The scale multiplies the group's sums, not each weight: the group's K tiles
         # add x * (q - z) * 16^p (exact differences) into `part`, then one multiply-add
         # a column and row of x (static report, M = 1: 5.05 -> 4.29 SASS a weight).
