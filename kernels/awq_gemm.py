@@ -43,13 +43,14 @@ def _workspace(device: torch.device, num_floats: int) -> torch.Tensor:
 
 
 @functools.cache
-def _two_pow_23_bits(device: torch.device) -> torch.Tensor:
-    return torch.tensor([TWO_POW_23_BITS.value], dtype=torch.int32, device=device)
+def _counters(device: torch.device, num_tiles: int) -> torch.Tensor:
+    return torch.zeros(num_tiles, dtype=torch.int32, device=device)
 
 
 @functools.cache
-def _counters(device: torch.device, num_tiles: int) -> torch.Tensor:
-    return torch.zeros(num_tiles, dtype=torch.int32, device=device)
+def _two_pow_23_bits(device: torch.device) -> torch.Tensor:
+    """What the kernels OR their nibbles into, as memory (awq_common.unpack_int4_biased)."""
+    return torch.full((1,), TWO_POW_23_BITS.value, dtype=torch.int32, device=device)
 
 
 def awq_linear(

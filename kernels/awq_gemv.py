@@ -15,7 +15,7 @@ match, both in registers, so every product stays in the weight's own layout.
 With SILU_MUL, x is a gate_up projection's output (gate | up, 2K wide) and the GEMV's
 input is SiLU(gate) * up, computed as each tile of x is loaded and rounded to x's dtype
 as ``silu_and_mul`` stores it: the same products as that kernel's launch followed by the
-GEMV, one launch fewer, at ~9% more instructions per weight at M = 1 (the static report;
+GEMV, one launch fewer, at ~14% more instructions per weight at M = 1 (the static report;
 every column tile recomputes it). kernels/awq_configs.py says where it is used.
 """
 
