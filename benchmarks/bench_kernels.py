@@ -50,7 +50,7 @@ CANDIDATES = {
     "gemv": [
         AWQLaunch("gemv", block_n=256, block_k=16, num_warps=4, num_stages=1),
         AWQLaunch("gemv", block_n=256, block_k=32, num_warps=4, num_stages=1),
-        AWQLaunch("gemv", block_n=512, block_k=8, num_warps=8, num_stages=1),
+        AWQLaunch("gemv", block_n=256, block_k=32, num_warps=8, num_stages=1),
         AWQLaunch("gemv", block_n=512, block_k=16, num_warps=8, num_stages=1),
         *GEMV_LAUNCHES.values(),
     ],

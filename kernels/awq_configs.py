@@ -59,7 +59,9 @@ class AWQLaunch:
 # The GEMV's launch per padded row count, whether or not the table below picks it there
 # (bench_kernels and the static report compare it with dot at every M <= 8).
 GEMV_LAUNCHES = {
-    1: AWQLaunch("gemv", block_n=256, block_k=32, num_warps=8, num_stages=1),
+    # 256 x 32 counts about the same (4.04 / 4.07 SASS a weight on sm_87 / sm_90) in 176
+    # registers, which leave an SM one block of 8 warps; 512 x 8 takes ~100.
+    1: AWQLaunch("gemv", block_n=512, block_k=8, num_warps=8, num_stages=1),
     2: AWQLaunch("gemv", block_n=256, block_k=16, num_warps=8, num_stages=1),
     4: AWQLaunch("gemv", block_n=256, block_k=8, num_warps=8, num_stages=1),
     8: AWQLaunch("gemv", block_n=512, block_k=4, num_warps=8, num_stages=1),
