@@ -11,16 +11,16 @@ Variants (kernels/awq_gemm.py runs them):
 
 A GEMV launch may also fold a down projection's SiLU·mul into its loads of x
 (``fold_silu_mul``): one launch fewer per decoder layer, for more instructions per weight
-(SASS, Llama-3-8B's down_proj, Triton 3.7.1, sm_87 / sm_90): 4.29 -> 4.88 / 4.30 -> 4.89
-at M = 1, 5.8 -> 8.0 at M = 2, about 1.8x at M = 4 and 2x at M = 8. So only the buckets
-up to FOLD_SILU_MAX_M may fold, and none does until a GPU measures that it pays
+(SASS, Llama-3-8B's down_proj, Triton 3.7.1, sm_87 / sm_90): 4.1 -> 5.3 at M = 1 (the
+512 x 8 launch; +14% with 256 x 32), 5.5 -> 7.8 at M = 2, about 2x from M = 4. So only
+the buckets up to FOLD_SILU_MAX_M may fold, and none does until a GPU measures that it pays
 (bench_kernels times both).
 
 NOTE: no GPU has measured this table yet (`make gpu-check` prints what it measures):
 every entry is what the static report (benchmarks/kernel_static.py) favours, by SASS
-instructions per weight in the inner loop (sm_87 / sm_90): the GEMV 4.3 / 4.3 at M = 1
-and 5.8 / 5.8 at M = 2 against ``dot``'s 8.6 / 8.5, but 9.5 / 9.3 and 15 at M = 4 and
-8, where ``dot`` (whose count does not grow with M) is favoured. The GEMV launches were
+instructions per weight in the inner loop (sm_87 / sm_90): the GEMV 4.1 / 4.1 at M = 1
+and 5.6 / 5.5 at M = 2 against ``dot``'s 8.3 / 8.2, but 9.3 / 9.0 and 15 at M = 4 and 8,
+where ``dot`` (whose count does not grow with M) is favoured. The GEMV launches were
 picked, among those that do not spill, for the fewest registers at a similar count; no
 entry spills on sm_87 or sm_90.
 """

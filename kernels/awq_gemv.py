@@ -4,7 +4,7 @@ groups, and unrolls each group's K tiles. Per weight, in fp32: one LOP3 (a mask 
 OR that make the nibble a float, the shift once per word), one subtract of the zero
 (exact) and one multiply-add per row of x; the scale multiplies each group's sums once
 per column and row, and the sum over K's rows happens once, after the loop. The static
-report counts ~4.3 SASS instructions per weight at M = 1 on sm_87 and sm_90
+report counts ~4.1 SASS instructions per weight at M = 1 on sm_87 and sm_90
 (benchmarks/kernel_static.py).
 
 Rows of x are not a third tensor dimension (Triton would give the 3-D product a layout
@@ -15,7 +15,7 @@ match, both in registers, so every product stays in the weight's own layout.
 With SILU_MUL, x is a gate_up projection's output (gate | up, 2K wide) and the GEMV's
 input is SiLU(gate) * up, computed as each tile of x is loaded and rounded to x's dtype
 as ``silu_and_mul`` stores it: the same products as that kernel's launch followed by the
-GEMV, one launch fewer, at ~14% more instructions per weight at M = 1 (the static report;
+GEMV, one launch fewer, at 14-30% more instructions per weight at M = 1 (the static report;
 every column tile recomputes it). kernels/awq_configs.py says where it is used.
 """
 
