@@ -15,6 +15,7 @@ from kernels.activation import silu_and_mul
 from kernels.awq_configs import (
     DEFAULT,
     FOLD_SILU_MAX_M,
+    GEMV_LAUNCHES,
     GEMV_MAX_M,
     TABLE,
     AWQLaunch,
@@ -68,6 +69,29 @@ def test_variant_matches_reference(
     for _ in range(2):  # the second call finds the split-K workspace zeroed again
         ours = awq_linear_with(x, qweight, qzeros, scales, group_size, b, launch, sms)
         assert_close(ours, expected)
+
+
+@pytest.mark.parametrize(
+    "launch, num_rows",
+    [*((launch, rows) for rows, launch in GEMV_LAUNCHES.items()), (GEMV, 3), (DOT, 5)],
+)
+# Not bf16: the interpreter truncates fp32 to bf16 where a GPU rounds to nearest.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_exact_inputs_give_the_reference_bits(device, launch, num_rows, dtype):
+    """Every nibble and zero, with small integer activations and power-of-two scales:
+    each product and sum is exact in fp32 (the kernels' biased floats included), so any
+    misplaced nibble, zero or scale shows as a different bit. Every launch the GEMV
+    table holds runs, with a ragged last column tile and K split across programs."""
+    torch.manual_seed(num_rows)
+    group_size, in_features, out_features = 32, 128, 520
+    qweight = torch.randint(-(2**31), 2**31 - 1, (in_features, out_features // 8))
+    qzeros = torch.randint(-(2**31), 2**31 - 1, (in_features // group_size, out_features // 8))
+    scales = 2.0 ** -torch.randint(0, 4, (in_features // group_size, out_features))
+    x = torch.randint(-4, 5, (num_rows, in_features)).to(device, dtype)
+    weights = (qweight.int().to(device), qzeros.int().to(device), scales.to(device, dtype))
+    expected = reference.awq_linear(x, *weights, group_size)
+    launch = AWQLaunch(**{**launch.__dict__, "block_k": min(launch.block_k, group_size)})
+    assert torch.equal(awq_linear_with(x, *weights, group_size, None, launch, 4), expected)
 
 
 FOLDED = AWQLaunch(**{**GEMV.__dict__, "fold_silu_mul": True})
