@@ -7,7 +7,8 @@ llguidance (engine/structured/), av (engine/multimodal/video.py), fastapi, pydan
 ``import engine`` fails, and with it every test. This takes the dependency closure of
 edgechat and the test suite's own needs from this venv's installed metadata, drops what
 the image has, and downloads the rest at the versions installed here (so the GPU run
-tests what CI tests) as binary wheels for the machine's Python and platform.
+tests what CI tests) as binary wheels for the machine's Python and platform, and builds
+the benchmark peers' wheels (PEERS).
 
     python benchmarks/gpu_wheels.py --dest DIR [--python-version 3.12]
 """
@@ -27,6 +28,11 @@ from packaging.requirements import Requirement
 # What the tests import beyond the runtime dependencies (pyproject's dev extra also holds
 # linters and the browser driver, which the GPU run does not use).
 TEST_NEEDS = ["pytest", "pytest-timeout", "httpx", "gguf", "jsonschema"]
+
+# Peers that bench_kernels times when they import, not edgechat dependencies (so not
+# installed here). gemlite publishes only an sdist: it is built here into a pure-Python
+# wheel; it needs numpy, tqdm and triton >= 3.6, all the image's (read 2026-12-03).
+PEERS = ["gemlite==0.6.0.post2"]
 
 # The GPU machine's image ('cuda'), as /work/.library/device/KINDS.md listed it (read on
 # 2026-11-17; huggingface-hub from its pip list). torch and triton are the machine's own
@@ -120,8 +126,14 @@ def main() -> None:
         + ["--dest", str(args.dest), *(f"{name}=={version}" for name, version in wheels.items())],
         check=True,
     )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+        + ["--wheel-dir", str(args.dest), *PEERS],
+        check=True,
+    )
     size = sum(path.stat().st_size for path in args.dest.glob("*.whl"))
-    print(f"{len(wheels)} wheels in {args.dest} ({size / 2**20:.1f} MiB): {', '.join(wheels)}")
+    names = [*wheels, *PEERS]
+    print(f"{len(names)} wheels in {args.dest} ({size / 2**20:.1f} MiB): {', '.join(names)}")
 
 
 if __name__ == "__main__":
