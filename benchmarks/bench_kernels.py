@@ -229,20 +229,21 @@ def run(out: Path | None, dtype: torch.dtype) -> dict:
     shapes, rows = (SHAPES, ROWS) if device.type == "cuda" else (DRY_SHAPES, DRY_ROWS)
     arch = compute_capability(device)
     report = {"device": _device_name(device), "dtype": str(dtype), "rows": []}
+
+    def save() -> None:  # after every stage: a run cut short still reports what it measured
+        report["summary"] = summary(report["rows"])
+        if out:
+            out.write_text(json.dumps(report, indent=1, default=_json))
+
     torch.manual_seed(0)
     for in_features, out_features in shapes:
         report["rows"] += bench_shape(in_features, out_features, rows, dtype, device, arch)
-        report["summary"] = summary(report["rows"])
-        if out:  # after every shape: a run cut short still reports what it measured
-            out.write_text(json.dumps(report, indent=1, default=_json))
+        save()
     down = DOWN_PROJ if device.type == "cuda" else shapes[-1]
     report["silu_fold"] = bench_silu_fold(*down, rows, dtype, device)
-    if out:
-        out.write_text(json.dumps(report, indent=1, default=_json))
+    save()
     bench_gemlite(report["rows"], dtype, device)
-    report["summary"] = summary(report["rows"])
-    if out:
-        out.write_text(json.dumps(report, indent=1, default=_json))
+    save()
     return report
 
 
