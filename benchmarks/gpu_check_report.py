@@ -32,7 +32,8 @@ def _tests(tests: dict | None) -> list[str]:
         return []
     lines = [
         "",
-        f"Tests: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped",
+        f"Tests: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped"
+        + (f", {tests['interrupted']} cut off by the time box" if tests.get("interrupted") else ""),
     ]
     return lines + [f"- failed: `{name}`" for name in tests["failures"]]
 

@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,9 @@ import torch
 from benchmarks import gpu_wheels
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, run `make gpu-check`")
@@ -41,6 +46,53 @@ def test_dry_run_writes_every_section_and_nothing_spills(tmp_path):
     assert "| decode | ok |" in markdown and "awq_gemv_kernel" in markdown
 
     assert "SiLU + GEMV us" in markdown and {r["M"] for r in report["kernels"]["silu_fold"]} == {1}
+
+
+def test_a_test_run_cut_short_still_reports_the_tests_that_ran(tmp_path):
+    """At the end of its time box a step's pytest is stopped as by Ctrl-C: its junit XML
+    keeps the tests that finished, and the one still running counts as cut off (pytest
+    writes it with no name and no outcome), not as passed."""
+    started = tmp_path / "started"
+    (tmp_path / "test_blocks.py").write_text(
+        textwrap.dedent(
+            f"""
+            import pathlib, time
+
+            def test_quick():
+                pass
+
+            def test_blocks():
+                pathlib.Path({str(started)!r}).touch()
+                while True:
+                    time.sleep(0.01)
+            """
+        )
+    )
+    xml = tmp_path / "tests.xml"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    process = subprocess.Popen(
+        command + ["--junitxml", str(xml), "test_blocks.py"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while not started.exists():  # test_blocks is running (test_quick is done)
+        assert process.poll() is None, "pytest ended before test_blocks ran"
+        time.sleep(0.01)
+    gpu_check.stop(process)
+    counts = gpu_check.junit_counts([xml])
+    assert counts == {"passed": 1, "failed": 0, "skipped": 0, "interrupted": 1, "failures": []}
+
+
+def test_a_step_past_its_budget_runs_no_further_command(tmp_path):
+    never = tmp_path / "never"
+    commands = [
+        [sys.executable, "-c", "import time; time.sleep(3600)"],  # ends only when stopped
+        [sys.executable, "-c", f"open({str(never)!r}, 'w')"],
+    ]
+    step = gpu_check.run_step("hang", commands, 0.5, dict(os.environ), tmp_path)
+    assert step["status"].startswith("timed out")
+    assert not never.exists()
 
 
 def test_the_gpu_machine_gets_what_its_image_lacks_and_nothing_it_has():
