@@ -89,17 +89,24 @@ def _decode(decode: dict | None) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for r in decode["rows"]:
-        lines.append(
-            f"| {r['model']} | {r['weights']} | {r['batch']} | {r['tok_s']:.1f} | "
-            f"{r['gb_per_step']:.2f} | {r['of_ceiling']:.0%} |"
+        measured = (
+            f"failed: `{r['error']}` | | "
+            if "error" in r
+            else f"{r['tok_s']:.1f} | {r['gb_per_step']:.2f} | {r['of_ceiling']:.0%}"
         )
+        lines.append(f"| {r['model']} | {r['weights']} | {r['batch']} | {measured} |")
     capture = decode.get("graph_capture")
     if capture:
-        lines += [
-            "",
-            f"CUDA graph capture ({capture['model']} int4, sizes {capture['sizes']}): "
-            f"{capture['seconds']:.1f} s, {capture['memory_mib']:.0f} MiB",
-        ]
+        lines.append("")
+        if "error" in capture:
+            lines.append(
+                f"CUDA graph capture ({capture['model']} int4) failed: `{capture['error']}`"
+            )
+        else:
+            lines.append(
+                f"CUDA graph capture ({capture['model']} int4, sizes {capture['sizes']}): "
+                f"{capture['seconds']:.1f} s, {capture['memory_mib']:.0f} MiB"
+            )
     return lines
 
 
