@@ -8,14 +8,15 @@ on an H100/H200 including Triton compilation:
    greedy on CUDA = on CPU, AWQ loading on CUDA);
 2. kernels: benchmarks/bench_kernels.py (every W4A16 variant vs fp16 matmul, gemlite
    too when importable, Llama-3-8B shapes, M = 1 ... 1024);
-3. decode: benchmarks/bench_decode.py (Llama-3.2-3B and Llama-3-8B shapes built on the
+3. decode: benchmarks/bench_decode.py (Llama-3-8B and Llama-3.2-3B shapes built on the
    GPU, int4 vs fp16, batch 1 and 8, fraction of the copy bandwidth measured in the same
    run; CUDA graph capture time and memory at max_num_seqs 64);
 
 while benchmarks/kernel_static.py (CPU only) compiles the static report beside them.
 After every step DIR/gpu-check.json (keys device, tests, kernels, decode, static, steps)
 and DIR/gpu-check.md (the same as tables) are rewritten: a run cut short still reports
-what it did. Each step's output is in DIR/<step>.log.
+what it did. A step past its box is stopped as by Ctrl-C (its pytest still writes what
+ran), and the benchmarks save after every measurement. Each step's output is in DIR/<step>.log.
 
 ``WHEELS=DIR`` installs every wheel in DIR (``pip --no-index --no-deps``) into a
 temporary folder first, for what the engine and the tests import and the machine lacks:
