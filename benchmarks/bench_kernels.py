@@ -223,6 +223,11 @@ def summary(results: list[dict]) -> dict:
         table_us = sum(next(iter(r["variants"].values())).get("us", float("nan")) for r in rows)
         out[m] = {
             "best": name,
+            "best_launch": next(
+                r["variants"][name]["launch"]
+                for r in rows
+                if "launch" in r["variants"].get(name, {})
+            ),
             "best_vs_fp16": fp16 / best_us,
             "table_vs_fp16": fp16 / table_us,
         }

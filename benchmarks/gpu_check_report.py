@@ -22,7 +22,9 @@ def markdown(report: dict) -> str:
     ]
     for name, step in report["steps"].items():
         lines.append(f"| {name} | {step['status']} | {step.get('seconds', '-')} |")
-    lines += _tests(report["tests"]) + _kernels(report["kernels"]) + _decode(report["decode"])
+    arch = device["capability"].removeprefix("sm_") if device["cuda"] else "ARCH"  # dry run
+    lines += _tests(report["tests"]) + _kernels(report["kernels"], arch)
+    lines += _decode(report["decode"])
     lines += _static(report["static"])
     return "\n".join(lines) + "\n"
 
@@ -38,7 +40,7 @@ def _tests(tests: dict | None) -> list[str]:
     return lines + [f"- failed: `{name}`" for name in tests["failures"]]
 
 
-def _kernels(kernels: dict | None) -> list[str]:
+def _kernels(kernels: dict | None, arch: str) -> list[str]:
     if not kernels:
         return []
     lines = [
@@ -54,7 +56,31 @@ def _kernels(kernels: dict | None) -> list[str]:
             f"| {m} | {s['best']} | {s['best_vs_fp16']:.2f}x | {s['table_vs_fp16']:.2f}x | "
             f"{gemlite} |"
         )
-    return lines + _silu_fold(kernels.get("silu_fold", []))
+    return lines + _silu_fold(kernels.get("silu_fold", [])) + _measured_table(kernels, arch)
+
+
+def _measured_table(kernels: dict, arch: str) -> list[str]:
+    """The fastest launch per measured M as kernels/awq_configs.py's buckets (each ends at
+    its M; the last takes any larger M), folding SiLU·mul where that measured faster
+    with the same launch and the same output."""
+    items = list(kernels.get("summary", {}).items())
+    folds = {int(r["M"]): r for r in kernels.get("silu_fold", [])}
+    lines = [
+        "",
+        "The measured table for kernels/awq_configs.py (review before committing):",
+        "",
+        "```python",
+        f"TABLE[{arch}] = (",
+    ]
+    for i, (m, s) in enumerate(items):
+        launch = dict(s["best_launch"])
+        fold = folds.get(int(m))
+        if fold and fold["launch"] == s["best"] and fold["equal"]:
+            launch["fold_silu_mul"] = fold["folded_us"] < fold["silu_then_gemv_us"]
+        fields = ", ".join(f"{k}={v!r}" for k, v in launch.items() if k != "variant")
+        bound = "1 << 30" if i == len(items) - 1 else str(m)
+        lines.append(f"    ({bound}, AWQLaunch({launch['variant']!r}, {fields})),")
+    return lines + [")", "```"]
 
 
 def _silu_fold(rows: list[dict]) -> list[str]:

@@ -80,7 +80,8 @@ DEFAULT: Buckets = (
     (1 << 30, AWQLaunch("dot", block_m=128, block_n=128, block_k=32, num_warps=8, num_stages=4)),
 )
 
-# Compute capability (major * 10 + minor) -> buckets. Filled from `make gpu-check` runs.
+# Compute capability (major * 10 + minor) -> buckets. Filled from `make gpu-check` runs
+# (gpu-check.md ends with the measured buckets as Python, to review and paste here).
 TABLE: dict[int, Buckets] = {87: DEFAULT, 90: DEFAULT}
 
 

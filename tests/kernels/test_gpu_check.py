@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_wheels
+from kernels.awq_configs import AWQLaunch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -46,6 +47,12 @@ def test_dry_run_writes_every_section_and_nothing_spills(tmp_path):
     assert "| decode | ok |" in markdown and "awq_gemv_kernel" in markdown
 
     assert "SiLU + GEMV us" in markdown and {r["M"] for r in report["kernels"]["silu_fold"]} == {1}
+    # The measured table is Python that kernels/awq_configs.py takes as it stands.
+    code = markdown.split("```python\n")[1].split("```")[0]
+    namespace = {"AWQLaunch": AWQLaunch, "TABLE": {}, "ARCH": 0}
+    exec(code, namespace)
+    buckets = namespace["TABLE"][0]
+    assert [bound for bound, _ in buckets] == [1, 16, 1 << 30]  # the dry run's M = 1, 16, 64
 
 
 def test_a_test_run_cut_short_still_reports_the_tests_that_ran(tmp_path):
