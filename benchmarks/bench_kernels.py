@@ -1,9 +1,9 @@
 """Every W4A16 variant and launch candidate against fp16 ``torch.matmul`` (cuBLAS), and
 gemlite's W4A16 when it is importable, on Llama-3-8B's layer shapes at M = 1 ... 1024.
 Prints the measured times and the fastest launch per M bucket: the table to commit to
-kernels/awq_configs.py for this GPU. For down_proj's shape at M <= 2 it also times the
-GEMV launch from gate_up's output with SiLU·mul folded into its loads against the SiLU
-kernel followed by the same launch: where the fold is faster, set ``fold_silu_mul``.
+kernels/awq_configs.py for this GPU. For gate_up's shape at decode sizes (M <= 16) it
+also times the table's launch with SiLU·mul in its epilogue (GATED, as the engine runs
+it) against the same launch followed by the SiLU kernel.
 
 Goals: >= 3.3x fp16's speed at M = 1 (a quarter of the bytes), >= 0.85x at M = 1024.
 Times are medians of ``triton.testing.do_bench``, which clears the L2 cache between
@@ -30,8 +30,8 @@ if not torch.cuda.is_available():  # NOTE: before anything imports triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import reference  # noqa: E402
+from kernels.activation import silu_and_mul  # noqa: E402
 from kernels.awq_configs import (  # noqa: E402
-    FOLD_SILU_MAX_M,
     GEMV_LAUNCHES,
     GEMV_MAX_M,
     AWQLaunch,
@@ -41,7 +41,8 @@ from kernels.awq_gemm import awq_linear_with, compute_capability  # noqa: E402
 from kernels.triton_utils import num_sms  # noqa: E402
 
 SHAPES = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # K x N: qkv, o, gate_up, down
-DOWN_PROJ = SHAPES[-1]
+GATE_UP_PROJ = SHAPES[2]
+GATED_MAX_M = 16  # decode sizes, where a launch saved counts
 ROWS = [1, 2, 4, 8, 16, 64, 256, 1024]
 DRY_SHAPES, DRY_ROWS = [(128, 256)], [1, 16, 64]
 GROUP_SIZE = 128
@@ -173,24 +174,22 @@ def bench_gemlite(results: list[dict], in_features: int, out_features: int, dtyp
             row["gemlite_error"] = repr(e)
 
 
-def bench_silu_fold(in_features, out_features, rows, dtype, device) -> list[dict]:
-    """Per M <= FOLD_SILU_MAX_M: its GEMV launch fed gate_up's output, with SiLU·mul
-    folded in and as the SiLU kernel followed by the launch (the engine's unfolded way)."""
+def bench_gated(in_features, out_features, rows, dtype, device, arch) -> list[dict]:
+    """Per decode M: the table's launch over a gate | up weight with SiLU·mul in its
+    epilogue (``gated``), and the same launch followed by the SiLU kernel."""
     weights = (*awq_tensors(in_features, out_features, dtype, device), GROUP_SIZE, None)
     results = []
-    for num_rows in (m for m in rows if m <= FOLD_SILU_MAX_M):
-        gate_up = torch.randn(num_rows, 2 * in_features, device=device, dtype=dtype)
-        launch = GEMV_LAUNCHES[1 << (num_rows - 1).bit_length()]  # M padded to a power of 2
+    for num_rows in (m for m in rows if m <= GATED_MAX_M):
+        x = torch.randn(num_rows, in_features, device=device, dtype=dtype)
+        launch = awq_launch_for(arch, num_rows, GROUP_SIZE)
+        sms = num_sms(device)
         row = {"K": in_features, "N": out_features, "M": num_rows, "launch": _name(launch)}
-        outputs = []
-        for fold, key in ((False, "silu_then_gemv_us"), (True, "folded_us")):
-            folded = dataclasses.replace(launch, fold_silu_mul=fold)
-            run = functools.partial(
-                awq_linear_with, gate_up, *weights, folded, num_sms(device), True
-            )
-            outputs.append(run())
-            row[key] = time_us(run, device)
-        row["equal"] = torch.equal(*outputs)  # the fold computes the same products
+        two = functools.partial(awq_linear_with, x, *weights, launch, sms)
+        gated = functools.partial(awq_linear_with, x, *weights, launch, sms, True)
+        then_silu = functools.partial(lambda two: silu_and_mul(two()), two)
+        row["equal"] = torch.equal(then_silu(), gated())  # the same products
+        row["then_silu_us"] = time_us(then_silu, device)
+        row["gated_us"] = time_us(gated, device)
         results.append(row)
     return results
 
@@ -251,8 +250,8 @@ def run(out: Path | None, dtype: torch.dtype) -> dict:
     for in_features, out_features in shapes:
         report["rows"] += bench_shape(in_features, out_features, rows, dtype, device, arch)
         save()
-    down = DOWN_PROJ if device.type == "cuda" else shapes[-1]
-    report["silu_fold"] = bench_silu_fold(*down, rows, dtype, device)
+    gate_up = GATE_UP_PROJ if device.type == "cuda" else shapes[-1]
+    report["gated"] = bench_gated(*gate_up, rows, dtype, device, arch)
     save()
     if device.type == "cuda" and dtype == torch.float16 and gemlite_importable():
         for in_features, out_features in shapes:
@@ -289,11 +288,11 @@ def main() -> None:
     print("\nper M, summed over the shapes:")
     for m, s in report["summary"].items():
         print(f"  M={m:<5} {s}")
-    print("\ndown_proj from gate_up's output: SiLU kernel + GEMV vs SiLU·mul folded in:")
-    for row in report["silu_fold"]:
+    print("\ngate_up: its launch, then the SiLU kernel, against SiLU·mul in its epilogue:")
+    for row in report["gated"]:
         print(
-            f"  M={row['M']:<2} {row['launch']}: {row['silu_then_gemv_us']:.1f} us -> "
-            f"{row['folded_us']:.1f} us"
+            f"  M={row['M']:<2} {row['launch']}: {row['then_silu_us']:.1f} us -> "
+            f"{row['gated_us']:.1f} us, same output: {row['equal']}"
         )
 
 

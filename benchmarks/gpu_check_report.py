@@ -56,15 +56,13 @@ def _kernels(kernels: dict | None, arch: str) -> list[str]:
             f"| {m} | {s['best']} | {s['best_vs_fp16']:.2f}x | {s['table_vs_fp16']:.2f}x | "
             f"{gemlite} |"
         )
-    return lines + _silu_fold(kernels.get("silu_fold", [])) + _measured_table(kernels, arch)
+    return lines + _gated(kernels.get("gated", [])) + _measured_table(kernels, arch)
 
 
 def _measured_table(kernels: dict, arch: str) -> list[str]:
     """The fastest launch per measured M as kernels/awq_configs.py's buckets (each ends at
-    its M; the last takes any larger M), folding SiLU·mul where that measured faster
-    with the same launch and the same output."""
+    its M; the last takes any larger M)."""
     items = list(kernels.get("summary", {}).items())
-    folds = {int(r["M"]): r for r in kernels.get("silu_fold", [])}
     lines = [
         "",
         "The measured table for kernels/awq_configs.py (review before committing):",
@@ -74,30 +72,27 @@ def _measured_table(kernels: dict, arch: str) -> list[str]:
     ]
     for i, (m, s) in enumerate(items):
         launch = dict(s["best_launch"])
-        fold = folds.get(int(m))
-        if fold and fold["launch"] == s["best"] and fold["equal"]:
-            launch["fold_silu_mul"] = fold["folded_us"] < fold["silu_then_gemv_us"]
         fields = ", ".join(f"{k}={v!r}" for k, v in launch.items() if k != "variant")
         bound = "1 << 30" if i == len(items) - 1 else str(m)
         lines.append(f"    ({bound}, AWQLaunch({launch['variant']!r}, {fields})),")
     return lines + [")", "```"]
 
 
-def _silu_fold(rows: list[dict]) -> list[str]:
+def _gated(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = [
         "",
-        "down_proj from gate_up's output: the SiLU kernel + GEMV, or SiLU·mul folded into "
-        "the GEMV (where folded is faster, set fold_silu_mul in kernels/awq_configs.py)",
+        "gate_up with SiLU·mul in its epilogue (as the engine runs it) against its launch "
+        "followed by the SiLU kernel",
         "",
-        "| M | K x N | launch | SiLU + GEMV us | folded us | speedup | same output |",
+        "| M | K x N | launch | then SiLU us | gated us | speedup | same output |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['M']} | {r['K']} x {r['N']} | {r['launch']} | {r['silu_then_gemv_us']:.1f} | "
-            f"{r['folded_us']:.1f} | {r['silu_then_gemv_us'] / r['folded_us']:.2f}x | "
+            f"| {r['M']} | {r['K']} x {r['N']} | {r['launch']} | {r['then_silu_us']:.1f} | "
+            f"{r['gated_us']:.1f} | {r['then_silu_us'] / r['gated_us']:.2f}x | "
             f"{'yes' if r['equal'] else 'NO'} |"
         )
     return lines
@@ -149,8 +144,8 @@ def _static(static: dict | None) -> list[str]:
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for k in static["kernels"]:
-        folded = " (SiLU·mul folded)" if "SILU_MUL=True" in k["launch"] else ""
-        groups.setdefault((k["arch"], k["kernel"] + folded), []).append(k)
+        gated = " (gated: gate_up + SiLU·mul)" if "GATED=True" in k["launch"] else ""
+        groups.setdefault((k["arch"], k["kernel"] + gated), []).append(k)
     for (arch, kernel), ks in sorted(groups.items()):
         per_weight = [k["sass_per_weight"] for k in ks if k.get("sass_per_weight")]
         shown = f"{max(per_weight):.2f}" if per_weight else "-"

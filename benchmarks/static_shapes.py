@@ -6,13 +6,11 @@ GEMM's launches are recorded, whichever the table picks: the report compares the
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import triton
 
 from kernels import triton_ops
-from kernels.awq_configs import FOLD_SILU_MAX_M, GEMV_LAUNCHES, GEMV_MAX_M, awq_launch_for
+from kernels.awq_configs import GEMV_LAUNCHES, GEMV_MAX_M, awq_launch_for
 from kernels.awq_gemm import awq_linear_with
 from kernels.paged_decode import decode_attention, default_num_splits
 
@@ -41,30 +39,23 @@ def record_model_launches(
     model: dict, dtype: torch.dtype, rows: tuple[int, ...], arch: int, num_sms: int
 ) -> None:
     for num_rows in rows:
-        for in_features, out_features in linear_shapes(model).values():
-            _awq(num_rows, in_features, out_features, dtype, arch, num_sms)
-        if num_rows <= FOLD_SILU_MAX_M:  # down_proj's GEMV with SiLU·mul folded in
-            _folded_down_proj(num_rows, *linear_shapes(model)["down_proj"], dtype, num_sms)
+        for name, (in_features, out_features) in linear_shapes(model).items():
+            # gate_up's launch also computes SiLU·mul (awq_linear_silu_mul)
+            gated = name == "gate_up_proj"
+            _awq(num_rows, in_features, out_features, dtype, arch, num_sms, gated)
         _layer_elementwise(model, num_rows, dtype)
         _attention(model, num_rows, dtype, num_sms)
 
 
-def _awq(num_rows, in_features, out_features, dtype, arch, num_sms) -> None:
+def _awq(num_rows, in_features, out_features, dtype, arch, num_sms, gated) -> None:
     x = torch.empty(num_rows, in_features, dtype=dtype)
     launches = [awq_launch_for(arch, num_rows, GROUP_SIZE)]
     if num_rows <= GEMV_MAX_M:  # both variants can run here: compare them
         gemv = GEMV_LAUNCHES[triton.next_power_of_2(num_rows)]
         launches += [gemv, awq_launch_for(arch, GEMV_MAX_M + 1, GROUP_SIZE)]
     for launch in dict.fromkeys(launches):
-        awq_linear_with(x, *_awq_weights(in_features, out_features, dtype), launch, num_sms)
-
-
-def _folded_down_proj(num_rows, in_features, out_features, dtype, num_sms) -> None:
-    gate_up = torch.empty(num_rows, 2 * in_features, dtype=dtype)
-    launch = GEMV_LAUNCHES[triton.next_power_of_2(num_rows)]
-    folded = dataclasses.replace(launch, fold_silu_mul=True)
-    weights = _awq_weights(in_features, out_features, dtype)
-    awq_linear_with(gate_up, *weights, folded, num_sms, silu_mul_input=True)
+        weights = _awq_weights(in_features, out_features, dtype)
+        awq_linear_with(x, *weights, launch, num_sms, gated)
 
 
 def _awq_weights(in_features: int, out_features: int, dtype: torch.dtype) -> tuple:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "add_rms_norm",
     "awq_linear",
-    "awq_silu_mul_linear",
+    "awq_linear_silu_mul",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
@@ -126,17 +126,17 @@ def awq_linear(
     return _ops(x).awq_linear(x, qweight, qzeros, scales, group_size, bias)
 
 
-def awq_silu_mul_linear(
-    gate_up: torch.Tensor,  # [..., 2K]: gate | up
-    qweight: torch.Tensor,
+def awq_linear_silu_mul(
+    x: torch.Tensor,  # [..., K]
+    qweight: torch.Tensor,  # [K, N/8] int32: gate | up, each N/2 wide
     qzeros: torch.Tensor,
     scales: torch.Tensor,
     group_size: int,
     bias: torch.Tensor | None = None,
-) -> torch.Tensor:  # [..., N]
-    """``awq_linear(silu_and_mul(gate_up), ...)``, in one launch where the GPU's launch
-    table folds SiLU·mul into the GEMV (kernels/awq_configs.py)."""
-    return _ops(gate_up).awq_silu_mul_linear(gate_up, qweight, qzeros, scales, group_size, bias)
+) -> torch.Tensor:  # [..., N/2]
+    """``silu_and_mul(awq_linear(x, ...))``: a gate_up projection and its activation, in
+    one launch on a GPU (the W4A16 kernels' GATED epilogue)."""
+    return _ops(x).awq_linear_silu_mul(x, qweight, qzeros, scales, group_size, bias)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

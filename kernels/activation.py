@@ -11,7 +11,7 @@ BLOCK = 1024
 
 @triton.jit
 def silu_mul(gate, up):
-    """SiLU(gate) * up in fp32; awq_gemv's folded input computes it as this kernel does."""
+    """SiLU(gate) * up in fp32; the W4A16 kernels' GATED epilogue computes it as this does."""
     return gate / (1.0 + tl.exp(-gate)) * up
 
 

@@ -1,6 +1,9 @@
 """What the W4A16 kernels share: int4 unpacking in registers, and the epilogue that either
 stores an output tile or, when K is split across programs, adds it into an fp32 workspace
-whose last arriving program writes the output (no separate reduce kernel).
+whose last arriving program writes the output (no separate reduce kernel). Over a
+gate | up weight, a GATED launch's tiles hold matching columns of both halves
+(``gate_up_column``) and store SiLU(gate) * up (``silu_mul_of_halves``): one launch
+for the projection and the activation.
 
 Layout (see engine/quant/pack.py): ``qweight`` int32 [K, N/8], ``qzeros`` int32 [K/G, N/8],
 ``scales`` [K/G, N]. Column j of each group of eight sits in nibble [0,4,1,5,2,6,3,7][j].
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from kernels.activation import silu_mul
 
 
 @triton.jit
@@ -94,20 +99,54 @@ def unpack_int4_biased(packed, BLOCK_N: tl.constexpr, two_pow_23_bits):
 
 
 @triton.jit
-def store_or_accumulate(
+def gate_up_column(n, pid_n, width, HALF: tl.constexpr):
+    """Column ``n`` of GATED tile ``pid_n`` of a gate | up weight, each ``width`` wide (in
+    columns, or in packed words): the tile's first HALF columns are gate's, its next HALF
+    the same columns of up, so one program holds both inputs of each SiLU(gate) * up.
+    Returns (the column in gate | up, whether it exists)."""
+    in_half = pid_n * HALF + n % HALF
+    return in_half + (n // HALF) * width, in_half < width
+
+
+@triton.jit
+def tile_columns(pid_n, N, num_packed_cols, gate_width, BLOCK_N: tl.constexpr, GATED: tl.constexpr):
+    """Output tile ``pid_n``'s columns of the weight and of its packed words, with their
+    masks: BLOCK_N in a row, or for GATED the halves ``gate_up_column`` gives."""
+    if GATED:
+        offs_n, mask_n = gate_up_column(tl.arange(0, BLOCK_N), pid_n, gate_width, BLOCK_N // 2)
+        offs_p, mask_p = gate_up_column(
+            tl.arange(0, BLOCK_N // 8), pid_n, gate_width // 8, BLOCK_N // 16
+        )
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_p = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+        mask_n = offs_n < N
+        mask_p = offs_p < num_packed_cols
+    return offs_n, mask_n, offs_p, mask_p
+
+
+@triton.jit
+def silu_mul_of_halves(acc, dtype: tl.constexpr):
+    """[A, 2, B] fp32 sums (gate, then up) -> [A, B] SiLU(gate) * up in ``dtype``, with
+    gate and up first rounded to ``dtype``: what a gate_up launch that stores them and
+    ``silu_and_mul`` after it compute, bit for bit."""
+    gate, up = tl.split(tl.permute(acc, (0, 2, 1)))
+    return silu_mul(gate.to(dtype).to(tl.float32), up.to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
+def sum_of_splits(
     acc,  # fp32, any shape: this program's sums over its share of K
     offsets,  # acc's flat positions in the [M, N] output (row * N + column)
-    columns,  # acc's output columns (for the bias)
     mask,
-    out_ptr,  # [M, N] contiguous, in the activations' dtype
-    bias_ptr,
     workspace_ptr,  # [M * N] fp32, all zero between launches
     counters_ptr,  # [num output tiles] int32, all zero between launches
     tile,  # this output tile's index into counters_ptr
     split_k,  # programs that share the tile
-    HAS_BIAS: tl.constexpr,
     IS_SPLIT: tl.constexpr,  # split_k > 1 (a constexpr: one compile for any split count)
 ):
+    """(the sums over all of K, whether this program stores them): when K is split, every
+    program adds its sums into the workspace and the last to arrive holds the total."""
     if IS_SPLIT:
         tl.atomic_add(workspace_ptr + offsets, acc, mask=mask, sem="relaxed")
         # NOTE: every thread's adds are done before one thread announces the arrival; the
@@ -121,6 +160,31 @@ def store_or_accumulate(
         acc = tl.load(workspace_ptr + offsets, mask=mask, other=0.0, cache_modifier=".cg")
         tl.store(workspace_ptr + offsets, tl.zeros_like(acc), mask=mask)
         tl.store(counters_ptr + tile, 0, mask=is_last)
+    else:
+        is_last = tl.full((), 1, tl.int1)
+    return acc, is_last
+
+
+@triton.jit
+def store_or_accumulate(
+    acc,  # fp32, any shape: this program's sums over its share of K
+    offsets,  # acc's flat positions in the [M, N] output (row * N + column)
+    columns,  # acc's output columns (for the bias)
+    mask,
+    out_ptr,  # [M, N] contiguous, in the activations' dtype
+    bias_ptr,
+    workspace_ptr,
+    counters_ptr,
+    tile,
+    split_k,
+    HAS_BIAS: tl.constexpr,
+    IS_SPLIT: tl.constexpr,
+):
+    """Store the output tile, summed over K's splits (``sum_of_splits``), plus the bias."""
+    acc, is_last = sum_of_splits(
+        acc, offsets, mask, workspace_ptr, counters_ptr, tile, split_k, IS_SPLIT
+    )
+    mask = mask & is_last
     if HAS_BIAS:
         acc += tl.load(bias_ptr + columns, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)

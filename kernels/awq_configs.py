@@ -9,13 +9,6 @@ Variants (kernels/awq_gemm.py runs them):
 - ``dequant_matmul``: dequantize the whole weight to 16 bits, then cuBLAS. Only worth it
   where a measurement says so (large M); it allocates a K x N temporary.
 
-A GEMV launch may also fold a down projection's SiLU·mul into its loads of x
-(``fold_silu_mul``): one launch fewer per decoder layer, for more instructions per weight
-(SASS, Llama-3-8B's down_proj, Triton 3.7.1, sm_87 / sm_90): 4.1 -> 5.3 at M = 1 (the
-512 x 8 launch; +14% with 256 x 32), 5.5 -> 7.8 at M = 2, about 2x from M = 4. So only
-the buckets up to FOLD_SILU_MAX_M may fold, and none does until a GPU measures that it pays
-(bench_kernels times both).
-
 NOTE: no GPU has measured this table yet (`make gpu-check` prints what it measures):
 every entry is what the static report (benchmarks/kernel_static.py) favours, by SASS
 instructions per weight in the inner loop (sm_87 / sm_90): the GEMV 4.1 / 4.1 at M = 1
@@ -32,7 +25,6 @@ from dataclasses import dataclass
 
 VARIANTS = ("gemv", "dot", "dequant_matmul")
 GEMV_MAX_M = 8
-FOLD_SILU_MAX_M = 2
 
 
 @dataclass(frozen=True)
@@ -47,13 +39,10 @@ class AWQLaunch:
     num_stages: int
     block_m: int = 16
     group_m: int = 8  # tile rows walked together (L2 reuse of the weight tiles), dot only
-    # gemv only: a linear over SiLU(gate) * up computes it as it loads x (awq_gemv.py).
-    fold_silu_mul: bool = False
 
     def __post_init__(self):
         assert self.variant in VARIANTS, self.variant
         assert self.variant != "gemv" or self.block_n >= 256, "rows of >= 128 bytes"
-        assert self.variant == "gemv" or not self.fold_silu_mul, "only the GEMV folds SiLU"
 
 
 # The GEMV's launch per padded row count, whether or not the table below picks it there

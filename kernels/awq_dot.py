@@ -2,6 +2,7 @@
 multiplied on the tensor cores with an fp32 accumulator. Programs walk the output tiles
 GROUP_M tile rows at a time (the weight tiles they share stay in L2); for few rows K is
 split across programs as well (see kernels/awq_common.py for how the splits add up).
+GATED: over a gate | up weight, the output is SiLU(gate) * up (awq_common).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from kernels.awq_common import (
     biased_zeros,
     nibble_place_inverse,
     nibble_shifts,
+    silu_mul_of_halves,
     store_or_accumulate,
+    sum_of_splits,
+    tile_columns,
     unpack_int4,
     unpack_int4_biased,
 )
@@ -40,6 +44,7 @@ def awq_dot_kernel(
     tiles_per_split,
     num_k_tiles,
     two_pow_23_bits_ptr,  # [1] int32 TWO_POW_23_BITS (awq_common.unpack_int4_biased)
+    gate_width,  # GATED: N / 2, the output's width; else unused
     num_m_tiles,
     num_n_tiles,
     GROUP_SIZE: tl.constexpr,
@@ -51,6 +56,7 @@ def awq_dot_kernel(
     GROUP_M: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
+    GATED: tl.constexpr,  # the weight is gate | up; store SiLU(gate) * up (awq_common)
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -61,12 +67,11 @@ def awq_dot_kernel(
     pid_n = (pid % tiles_per_group) // group_rows
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_p = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed columns
+    offs_n, mask_n, offs_p, mask_p = tile_columns(
+        pid_n, N, num_packed_cols, gate_width, BLOCK_N, GATED
+    )
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
-    mask_n = offs_n < N
-    mask_p = offs_p < num_packed_cols
     shifts = nibble_shifts(BLOCK_N)
     place_inverse = nibble_place_inverse(BLOCK_N)
     two_pow_23_bits = tl.load(two_pow_23_bits_ptr)
@@ -93,17 +98,30 @@ def awq_dot_kernel(
         placed -= biased_zeros(unpack_int4(packed_zeros, shifts), BLOCK_N, two_pow_23_bits)[None, :]
         w = (placed * (scale.to(tl.float32) * place_inverse)[None, :]).to(DOT_DTYPE)
         acc = tl.dot(a.to(DOT_DTYPE), w, acc, input_precision=PRECISION)
-    store_or_accumulate(
-        acc,
-        offs_m[:, None] * N + offs_n[None, :],
-        offs_n[None, :],
-        mask_m[:, None] & mask_n[None, :],
-        out_ptr,
-        bias_ptr,
-        workspace_ptr,
-        counters_ptr,
-        pid_m * num_n_tiles + pid_n,
-        split_k,
-        HAS_BIAS,
-        IS_SPLIT,
-    )
+    offsets = offs_m[:, None] * N + offs_n[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    tile = pid_m * num_n_tiles + pid_n
+    if GATED:
+        acc, is_last = sum_of_splits(
+            acc, offsets, mask, workspace_ptr, counters_ptr, tile, split_k, IS_SPLIT
+        )
+        half: tl.constexpr = BLOCK_N // 2
+        out = silu_mul_of_halves(tl.reshape(acc, (BLOCK_M, 2, half)), out_ptr.dtype.element_ty)
+        columns = pid_n * half + tl.arange(0, half)
+        out_mask = mask_m[:, None] & (columns < gate_width)[None, :] & is_last
+        tl.store(out_ptr + offs_m[:, None] * gate_width + columns[None, :], out, mask=out_mask)
+    else:
+        store_or_accumulate(
+            acc,
+            offsets,
+            offs_n[None, :],
+            mask,
+            out_ptr,
+            bias_ptr,
+            workspace_ptr,
+            counters_ptr,
+            tile,
+            split_k,
+            HAS_BIAS,
+            IS_SPLIT,
+        )

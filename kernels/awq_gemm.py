@@ -65,18 +65,23 @@ def awq_linear(
     return awq_linear_with(x, qweight, qzeros, scales, group_size, bias, launch, num_sms(x.device))
 
 
-def awq_silu_mul_linear(
-    gate_up: torch.Tensor,  # [..., 2K]: gate | up
-    qweight: torch.Tensor,
+def awq_linear_silu_mul(
+    x: torch.Tensor,  # [..., K]
+    qweight: torch.Tensor,  # [K, N/8] int32: a gate | up weight, each half N/2 wide
     qzeros: torch.Tensor,
     scales: torch.Tensor,
     group_size: int,
     bias: torch.Tensor | None = None,
-) -> torch.Tensor:  # [..., N]
-    """``awq_linear(silu_and_mul(gate_up), ...)``: a down projection over the gate/up
-    output, with SiLU·mul folded into the GEMV where the launch table says so."""
-    launch, sms = _table_launch(gate_up, group_size), num_sms(gate_up.device)
-    return awq_linear_with(gate_up, qweight, qzeros, scales, group_size, bias, launch, sms, True)
+) -> torch.Tensor:  # [..., N/2]
+    """``silu_and_mul(awq_linear(x, ...))``: a gate_up projection and its activation, in
+    one launch (the kernels' GATED epilogue) but where the table dequantizes for cuBLAS
+    or there is a bias."""
+    launch, sms = _table_launch(x, group_size), num_sms(x.device)
+    if bias is not None:  # none in the models served (Llama and Qwen MLPs have no bias)
+        return silu_and_mul(
+            awq_linear_with(x, qweight, qzeros, scales, group_size, bias, launch, sms)
+        )
+    return awq_linear_with(x, qweight, qzeros, scales, group_size, None, launch, sms, gated=True)
 
 
 def _table_launch(x: torch.Tensor, group_size: int) -> AWQLaunch:
@@ -101,32 +106,33 @@ def awq_linear_with(
     bias: torch.Tensor | None,
     launch: AWQLaunch,
     num_sms: int,
-    silu_mul_input: bool = False,
+    gated: bool = False,
 ) -> torch.Tensor:
     """``awq_linear`` with the variant and launch given (benchmarks, the static report);
-    with ``silu_mul_input``, ``awq_silu_mul_linear`` (x is gate | up)."""
+    ``gated``: ``awq_linear_silu_mul`` (no bias)."""
     in_features, out_features = qweight.shape[0], scales.shape[1]
-    fold = silu_mul_input and launch.fold_silu_mul
-    if silu_mul_input and not fold:
-        x = silu_and_mul(x)
-    assert x.shape[-1] == in_features * (2 if fold else 1) and in_features % group_size == 0
+    assert x.shape[-1] == in_features and in_features % group_size == 0
     assert qweight.stride(1) == 1 and qzeros.stride(1) == 1 and scales.stride(1) == 1
+    assert not gated or (bias is None and out_features % 16 == 0), "halves of whole words"
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     num_rows = x2.shape[0]
+    width = out_features // 2 if gated else out_features  # the output's
     if launch.variant == "dequant_matmul":
         weight = dequantize(qweight, qzeros, scales, group_size).to(x.dtype)
         out = x2 @ weight if bias is None else torch.addmm(bias.to(x.dtype), x2, weight)
-        return out.view(*x.shape[:-1], out_features)
-    out = torch.empty(num_rows, out_features, dtype=x.dtype, device=x.device)
+        out = silu_and_mul(out) if gated else out
+        return out.view(*x.shape[:-1], width)
+    out = torch.empty(num_rows, width, dtype=x.dtype, device=x.device)
     if num_rows == 0:
-        return out.view(*x.shape[:-1], out_features)
+        return out.view(*x.shape[:-1], width)
     is_gemv = launch.variant == "gemv"
     assert not is_gemv or num_rows <= GEMV_MAX_M
     block_m = triton.next_power_of_2(num_rows) if is_gemv else launch.block_m
     num_m_tiles = triton.cdiv(num_rows, block_m)
-    num_n_tiles = triton.cdiv(out_features, launch.block_n)
+    # A gated tile holds block_n / 2 columns of each half (awq_common.gate_up_column).
+    num_n_tiles = triton.cdiv(width, launch.block_n // 2 if gated else launch.block_n)
     # The GEMV splits K by whole groups, the tiled GEMM by K tiles.
     num_k_steps = in_features // (group_size if is_gemv else launch.block_k)
     split_k = 1
@@ -157,6 +163,7 @@ def awq_linear_with(
         triton.cdiv(num_k_steps, split_k),
         num_k_steps,
         _two_pow_23_bits(x.device),
+        width,
     )
     flags = dict(
         GROUP_SIZE=group_size,
@@ -167,11 +174,10 @@ def awq_linear_with(
         BLOCK_K=launch.block_k,
         num_warps=launch.num_warps,
         num_stages=launch.num_stages,
+        GATED=gated,
     )
     if is_gemv:
-        grid = (num_n_tiles, split_k)
-        up_offset = in_features if fold else 0
-        awq_gemv_kernel[grid](*common, up_offset, **flags, SILU_MUL=fold)
+        awq_gemv_kernel[(num_n_tiles, split_k)](*common, **flags)
     else:
         dot_dtype, precision = dot_operands(x.dtype)
         awq_dot_kernel[(num_tiles, split_k)](
@@ -183,4 +189,4 @@ def awq_linear_with(
             DOT_DTYPE=dot_dtype,
             PRECISION=precision,
         )
-    return out.view(*x.shape[:-1], out_features)
+    return out.view(*x.shape[:-1], width)

@@ -12,11 +12,9 @@ of its own and move every dequantized tile through shared memory to match it): t
 weight tile is repeated BLOCK_M times along its columns and x's rows interleaved to
 match, both in registers, so every product stays in the weight's own layout.
 
-With SILU_MUL, x is a gate_up projection's output (gate | up, 2K wide) and the GEMV's
-input is SiLU(gate) * up, computed as each tile of x is loaded and rounded to x's dtype
-as ``silu_and_mul`` stores it: the same products as that kernel's launch followed by the
-GEMV, one launch fewer, at 14-30% more instructions per weight at M = 1 (the static report;
-every column tile recomputes it). kernels/awq_configs.py says where it is used.
+GATED: over a gate | up weight, each program's columns are matching halves of gate and
+up, and it stores SiLU(gate) * up (kernels/awq_common.py): the activation costs no
+launch of its own and nothing per weight.
 """
 
 from __future__ import annotations
@@ -24,69 +22,56 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.activation import silu_mul
 from kernels.awq_common import (
     biased_zeros,
+    gate_up_column,
     nibble_place_inverse,
     nibble_shifts,
+    silu_mul_of_halves,
     store_or_accumulate,
+    sum_of_splits,
+    tile_columns,
     unpack_int4_biased,
 )
 
 
 @triton.jit
-def _row(x_ptr, stride_xm, m, M, k, up_offset, BLOCK_N: tl.constexpr, SILU_MUL: tl.constexpr):
-    """x[m, k] (SILU_MUL: SiLU(x[m, k]) * x[m, up_offset + k]) broadcast to
-    [BLOCK_K, BLOCK_N]; zeros for a padding row (m >= M)."""
-    mask = (k >= 0) & (m < M)
-    a = tl.load(x_ptr + m * stride_xm + k, mask=mask, other=0.0)
-    if SILU_MUL:
-        up = tl.load(x_ptr + m * stride_xm + up_offset + k, mask=mask, other=0.0)
-        a = silu_mul(a.to(tl.float32), up.to(tl.float32)).to(x_ptr.dtype.element_ty)
+def _row(x_ptr, stride_xm, m, M, k, BLOCK_N: tl.constexpr):
+    """x[m, k] broadcast to [BLOCK_K, BLOCK_N]; zeros for a padding row (m >= M)."""
+    a = tl.load(x_ptr + m * stride_xm + k, mask=(k >= 0) & (m < M), other=0.0)
     return tl.broadcast_to(a.to(tl.float32)[:, None], (k.shape[0], BLOCK_N))
 
 
 @triton.jit
-def _pair(
-    x_ptr, stride_xm, first, step, M, k, up_offset, BLOCK_N: tl.constexpr, SILU_MUL: tl.constexpr
-):
+def _pair(x_ptr, stride_xm, first, step, M, k, BLOCK_N: tl.constexpr):
     return tl.interleave(
-        _row(x_ptr, stride_xm, first, M, k, up_offset, BLOCK_N, SILU_MUL),
-        _row(x_ptr, stride_xm, first + step, M, k, up_offset, BLOCK_N, SILU_MUL),
+        _row(x_ptr, stride_xm, first, M, k, BLOCK_N),
+        _row(x_ptr, stride_xm, first + step, M, k, BLOCK_N),
     )
 
 
 @triton.jit
-def _interleaved_rows(
-    x_ptr,
-    stride_xm,
-    M,
-    k,
-    up_offset,
-    BLOCK_N: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    SILU_MUL: tl.constexpr,
-):
+def _interleaved_rows(x_ptr, stride_xm, M, k, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     """[BLOCK_K, BLOCK_M * BLOCK_N] whose column j holds x[j % BLOCK_M, k]."""
     if BLOCK_M == 1:
-        rows = _row(x_ptr, stride_xm, 0, M, k, up_offset, BLOCK_N, SILU_MUL)
+        rows = _row(x_ptr, stride_xm, 0, M, k, BLOCK_N)
     elif BLOCK_M == 2:
-        rows = _pair(x_ptr, stride_xm, 0, 1, M, k, up_offset, BLOCK_N, SILU_MUL)
+        rows = _pair(x_ptr, stride_xm, 0, 1, M, k, BLOCK_N)
     elif BLOCK_M == 4:
         rows = tl.interleave(
-            _pair(x_ptr, stride_xm, 0, 2, M, k, up_offset, BLOCK_N, SILU_MUL),
-            _pair(x_ptr, stride_xm, 1, 2, M, k, up_offset, BLOCK_N, SILU_MUL),
+            _pair(x_ptr, stride_xm, 0, 2, M, k, BLOCK_N),
+            _pair(x_ptr, stride_xm, 1, 2, M, k, BLOCK_N),
         )
     else:
         tl.static_assert(BLOCK_M == 8)
         rows = tl.interleave(
             tl.interleave(
-                _pair(x_ptr, stride_xm, 0, 4, M, k, up_offset, BLOCK_N, SILU_MUL),
-                _pair(x_ptr, stride_xm, 2, 4, M, k, up_offset, BLOCK_N, SILU_MUL),
+                _pair(x_ptr, stride_xm, 0, 4, M, k, BLOCK_N),
+                _pair(x_ptr, stride_xm, 2, 4, M, k, BLOCK_N),
             ),
             tl.interleave(
-                _pair(x_ptr, stride_xm, 1, 4, M, k, up_offset, BLOCK_N, SILU_MUL),
-                _pair(x_ptr, stride_xm, 3, 4, M, k, up_offset, BLOCK_N, SILU_MUL),
+                _pair(x_ptr, stride_xm, 1, 4, M, k, BLOCK_N),
+                _pair(x_ptr, stride_xm, 3, 4, M, k, BLOCK_N),
             ),
         )
     return rows
@@ -125,23 +110,22 @@ def awq_gemv_kernel(
     groups_per_split,
     num_groups,  # K / G
     two_pow_23_bits_ptr,  # [1] int32 TWO_POW_23_BITS (awq_common.unpack_int4_biased)
-    up_offset,  # SILU_MUL: where up starts in a row of x (K); else unused
+    gate_width,  # GATED: N / 2, the output's width; else unused
     GROUP_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     IS_SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,  # M padded to a power of two
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # divides GROUP_SIZE
-    SILU_MUL: tl.constexpr,  # x is gate | up [M, 2K]: the input is SiLU(gate) * up
+    GATED: tl.constexpr,  # the weight is gate | up; store SiLU(gate) * up (awq_common)
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_p = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)  # packed columns
+    offs_n, mask_n, offs_p, mask_p = tile_columns(
+        pid_n, N, num_packed_cols, gate_width, BLOCK_N, GATED
+    )
     word_of_column = offs_n // 8  # in a row of qzeros
     offs_k = tl.arange(0, BLOCK_K)
-    mask_n = offs_n < N
-    mask_p = offs_p < num_packed_cols
     shifts = nibble_shifts(BLOCK_N)
     place_inverse = nibble_place_inverse(BLOCK_N)
     two_pow_23_bits = tl.load(two_pow_23_bits_ptr)
@@ -179,24 +163,48 @@ def awq_gemv_kernel(
                 other=0,
             )
             placed = unpack_int4_biased(packed, BLOCK_N, two_pow_23_bits) - zero
-            rows = _interleaved_rows(x_ptr, stride_xm, M, k, up_offset, BLOCK_N, BLOCK_M, SILU_MUL)
+            rows = _interleaved_rows(x_ptr, stride_xm, M, k, BLOCK_N, BLOCK_M)
             part += rows * _repeat_columns(placed, BLOCK_M)
         acc += part * _repeat_columns(scale * place_inverse[None, :], BLOCK_M)
 
     j = tl.arange(0, BLOCK_M * BLOCK_N)  # column j: row j % BLOCK_M, column j // BLOCK_M
     row = j % BLOCK_M
-    column = pid_n * BLOCK_N + j // BLOCK_M
-    store_or_accumulate(
-        tl.sum(acc, axis=0),
-        row * N + column,
-        column,
-        (row < M) & (column < N),
-        out_ptr,
-        bias_ptr,
-        workspace_ptr,
-        counters_ptr,
-        pid_n,
-        split_k,
-        HAS_BIAS,
-        IS_SPLIT,
-    )
+    sums = tl.sum(acc, axis=0)
+    if GATED:
+        column, exists = gate_up_column(j // BLOCK_M, pid_n, gate_width, BLOCK_N // 2)
+        sums, is_last = sum_of_splits(
+            sums,
+            row * N + column,
+            (row < M) & exists,
+            workspace_ptr,
+            counters_ptr,
+            pid_n,
+            split_k,
+            IS_SPLIT,
+        )
+        # sums' first half is gate's columns, its second up's (gate_up_column).
+        half: tl.constexpr = BLOCK_M * BLOCK_N // 2
+        out = silu_mul_of_halves(tl.reshape(sums, (1, 2, half)), out_ptr.dtype.element_ty)
+        i = tl.arange(0, half)
+        out_row = i % BLOCK_M
+        out_column = pid_n * (BLOCK_N // 2) + i // BLOCK_M
+        out_mask = (out_row < M) & (out_column < gate_width) & is_last
+        tl.store(
+            out_ptr + out_row * gate_width + out_column, tl.reshape(out, (half,)), mask=out_mask
+        )
+    else:
+        column = pid_n * BLOCK_N + j // BLOCK_M
+        store_or_accumulate(
+            sums,
+            row * N + column,
+            column,
+            (row < M) & (column < N),
+            out_ptr,
+            bias_ptr,
+            workspace_ptr,
+            counters_ptr,
+            pid_n,
+            split_k,
+            HAS_BIAS,
+            IS_SPLIT,
+        )

@@ -41,8 +41,8 @@ class NativeCpuOps:
             return reference.silu_and_mul(x)
         return self.native.silu_and_mul(x)
 
-    def awq_silu_mul_linear(self, gate_up: torch.Tensor, *weights) -> torch.Tensor:
-        return reference.awq_linear(self.silu_and_mul(gate_up), *weights)
+    def awq_linear_silu_mul(self, x: torch.Tensor, *weights) -> torch.Tensor:
+        return self.silu_and_mul(reference.awq_linear(x, *weights))
 
     def rotary_write_kv_cache(
         self,

@@ -226,15 +226,15 @@ def awq_linear(
     return out.to(x.dtype)
 
 
-def awq_silu_mul_linear(
-    gate_up: torch.Tensor,  # [..., 2K]: gate | up
-    qweight: torch.Tensor,
+def awq_linear_silu_mul(
+    x: torch.Tensor,  # [..., K]
+    qweight: torch.Tensor,  # [K, N/8] int32: gate | up, each N/2 wide
     qzeros: torch.Tensor,
     scales: torch.Tensor,
     group_size: int,
     bias: torch.Tensor | None = None,
-) -> torch.Tensor:  # [..., N]
-    return awq_linear(silu_and_mul(gate_up), qweight, qzeros, scales, group_size, bias)
+) -> torch.Tensor:  # [..., N/2]
+    return silu_and_mul(awq_linear(x, qweight, qzeros, scales, group_size, bias))
 
 
 _FUSED_RMS_NORM = hasattr(F, "rms_norm")  # torch >= 2.4 (pyproject allows 2.3)

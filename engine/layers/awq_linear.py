@@ -45,11 +45,10 @@ class AWQLinear(nn.Module):
             x, self.qweight, self.qzeros, self.scales, self.group_size, self.bias
         )
 
-    def of_silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """``self(kernels.silu_and_mul(gate_up))``, in one launch where the GPU's launch
-        table folds SiLU·mul into the GEMV."""
-        return kernels.awq_silu_mul_linear(
-            gate_up, self.qweight, self.qzeros, self.scales, self.group_size, self.bias
+    def silu_and_mul_of(self, x: torch.Tensor) -> torch.Tensor:
+        """``kernels.silu_and_mul(self(x))`` of a gate | up layer, in one launch on a GPU."""
+        return kernels.awq_linear_silu_mul(
+            x, self.qweight, self.qzeros, self.scales, self.group_size, self.bias
         )
 
     def extra_repr(self) -> str:

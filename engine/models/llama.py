@@ -62,10 +62,9 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(size, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
-        if isinstance(self.down_proj, AWQLinear):  # its GEMV may compute SiLU·mul itself
-            return self.down_proj.of_silu_and_mul(gate_up)
-        return self.down_proj(kernels.silu_and_mul(gate_up))
+        if isinstance(self.gate_up_proj, AWQLinear):  # SiLU·mul in the same launch
+            return self.down_proj(self.gate_up_proj.silu_and_mul_of(x))
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):

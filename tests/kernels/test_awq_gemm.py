@@ -1,27 +1,25 @@
 """The W4A16 AWQ kernel variants (GEMV, tl.dot GEMM, dequantize + matmul) against their
-torch twin, the GEMV with SiLU·mul folded in against the two launches it replaces, the
-twin against engine/quant/pack.py (which owns the AutoAWQ format), and the launch table
-that picks a variant."""
+torch twin, each with SiLU·mul in its epilogue (gated) against the two launches it
+replaces, the twin against engine/quant/pack.py (which owns the AutoAWQ format), and the
+launch table that picks a variant."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import kernels.awq_configs
 from engine.quant.pack import dequantize, quantize_rtn
 from kernels import reference
 from kernels.activation import silu_and_mul
 from kernels.awq_configs import (
     DEFAULT,
-    FOLD_SILU_MAX_M,
     GEMV_LAUNCHES,
     GEMV_MAX_M,
     TABLE,
     AWQLaunch,
     awq_launch_for,
 )
-from kernels.awq_gemm import awq_linear, awq_linear_with, awq_silu_mul_linear
+from kernels.awq_gemm import awq_linear, awq_linear_silu_mul, awq_linear_with
 from tests.kernels.conftest import assert_close
 
 GEMV = AWQLaunch("gemv", block_n=256, block_k=16, num_warps=4, num_stages=1)
@@ -94,55 +92,51 @@ def test_exact_inputs_give_the_reference_bits(device, launch, num_rows, dtype):
     assert torch.equal(awq_linear_with(x, *weights, group_size, None, launch, 4), expected)
 
 
-FOLDED = AWQLaunch(**{**GEMV.__dict__, "fold_silu_mul": True})
+# (launch, M, K, I: each half's width, group size, dtype, SMs). I = 136 and 200 leave the
+# last tile's halves ragged; few SMs split K (the workspace path), M = 3 pads the GEMV.
+GATED_CASES = [
+    (GEMV, 1, 128, 136, 32, torch.float16, 1),
+    (GEMV, 3, 192, 256, 64, torch.bfloat16, 8),
+    (GEMV, 8, 128, 200, 32, torch.float32, 64),
+    (DOT, 1, 128, 96, 32, torch.float16, 2),
+    (DOT, 20, 256, 136, 128, torch.bfloat16, 1),
+    (DOT, 40, 128, 64, 64, torch.float32, 8),
+    (DEQUANT, 17, 128, 72, 32, torch.float16, 1),
+]
 
 
 @pytest.mark.parametrize(
-    "num_rows, in_features, out_features, group_size, dtype, bias, sms",
-    [
-        (1, 128, 264, 32, torch.float16, False, 1),
-        (2, 256, 256, 128, torch.bfloat16, True, 64),
-        (3, 192, 264, 64, torch.float16, True, 8),
-        (8, 128, 256, 32, torch.float32, False, 4),
-    ],
+    "launch, num_rows, in_features, width, group_size, dtype, sms", GATED_CASES
 )
-def test_folded_silu_mul_is_the_two_launches_it_replaces(
-    device, num_rows, in_features, out_features, group_size, dtype, bias, sms
+def test_gated_is_the_two_launches_it_replaces(
+    device, launch, num_rows, in_features, width, group_size, dtype, sms
 ):
-    """Folded into the GEMV, SiLU·mul gives what its own kernel stores, so the output is
-    that of the SiLU kernel followed by the same GEMV, to the bit."""
+    """Over a gate | up weight, SiLU·mul in the epilogue gives what the launch without
+    it followed by the SiLU kernel stores, to the bit (gate and up rounded as stored)."""
     torch.manual_seed(num_rows)
-    qweight, qzeros, scales = quantized_layer(in_features, out_features, group_size, dtype, device)
-    gate_up = torch.randn(num_rows, 2 * in_features, device=device).to(dtype)
-    b = torch.randn(out_features, device=device).to(dtype) if bias else None
-    weights = (qweight, qzeros, scales, group_size, b)
-    unfolded = AWQLaunch(**{**GEMV.__dict__, "block_k": min(GEMV.block_k, group_size)})
-    folded = AWQLaunch(**{**unfolded.__dict__, "fold_silu_mul": True})
-    expected = awq_linear_with(silu_and_mul(gate_up), *weights, unfolded, sms)
+    qweight, qzeros, scales = quantized_layer(in_features, 2 * width, group_size, dtype, device)
+    x = torch.randn(num_rows, in_features, device=device).to(dtype)
+    weights = (qweight, qzeros, scales, group_size, None)
+    launch = AWQLaunch(**{**launch.__dict__, "block_k": min(launch.block_k, group_size)})
+    expected = silu_and_mul(awq_linear_with(x, *weights, launch, sms))
     for _ in range(2):  # the second call finds the split-K workspace zeroed again
-        ours = awq_linear_with(gate_up, *weights, folded, sms, silu_mul_input=True)
+        ours = awq_linear_with(x, *weights, launch, sms, gated=True)
+        assert ours.shape == (num_rows, width)
         assert torch.equal(ours, expected)
-    assert_close(ours, reference.awq_silu_mul_linear(gate_up, *weights))
+    assert_close(ours, reference.awq_linear_silu_mul(x, *weights))
 
 
-@pytest.mark.parametrize("fold", [False, True])
-def test_silu_mul_linear_folds_where_the_table_says(device, monkeypatch, fold):
-    """The dispatcher's launch comes from the table; without a fold (and for the GEMM's
-    rows) it runs SiLU·mul first."""
-    launch = FOLDED if fold else GEMV
-    monkeypatch.setattr(kernels.awq_configs, "DEFAULT", ((GEMV_MAX_M, launch), DEFAULT[-1]))
-    monkeypatch.setattr(kernels.awq_configs, "TABLE", {})
+@pytest.mark.parametrize("num_rows", [1, GEMV_MAX_M + 1])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_silu_mul_takes_the_table_and_any_bias(device, num_rows, bias):
+    """The dispatcher's launch comes from the table (GEMV, then dot); with a bias, which
+    the gated epilogue does not add, it runs the SiLU kernel after the linear."""
     torch.manual_seed(0)
     qweight, qzeros, scales = quantized_layer(64, 256, 32, torch.float16, device)
-    for num_rows in (1, GEMV_MAX_M + 1):
-        gate_up = torch.randn(num_rows, 128, device=device).to(torch.float16)
-        expected = reference.awq_silu_mul_linear(gate_up, qweight, qzeros, scales, 32)
-        assert_close(awq_silu_mul_linear(gate_up, qweight, qzeros, scales, 32), expected)
-
-
-def test_only_the_gemv_folds_silu_mul():
-    with pytest.raises(AssertionError, match="only the GEMV"):
-        AWQLaunch(**{**DOT.__dict__, "fold_silu_mul": True})
+    x = torch.randn(num_rows, 64, device=device).to(torch.float16)
+    b = torch.randn(256, device=device).to(torch.float16) if bias else None
+    expected = reference.awq_linear_silu_mul(x, qweight, qzeros, scales, 32, b)
+    assert_close(awq_linear_silu_mul(x, qweight, qzeros, scales, 32, b), expected)
 
 
 def test_leading_dims_and_strided_rows(device):
@@ -166,8 +160,6 @@ def test_table_takes_the_gemv_at_one_row_and_never_past_its_limit():
         assert bounds == sorted(bounds)
         large = [launch for max_rows, launch in buckets if max_rows > GEMV_MAX_M]
         assert all(launch.variant != "gemv" for launch in large)
-        folding = [max_rows for max_rows, launch in buckets if launch.fold_silu_mul]
-        assert all(max_rows <= FOLD_SILU_MAX_M for max_rows in folding)
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])

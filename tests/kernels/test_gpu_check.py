@@ -46,7 +46,8 @@ def test_dry_run_writes_every_section_and_nothing_spills(tmp_path):
     markdown = (tmp_path / "gpu-check.md").read_text()
     assert "| decode | ok |" in markdown and "awq_gemv_kernel" in markdown
 
-    assert "SiLU + GEMV us" in markdown and {r["M"] for r in report["kernels"]["silu_fold"]} == {1}
+    assert "then SiLU us" in markdown and {r["M"] for r in report["kernels"]["gated"]} == {1, 16}
+    assert all(r["equal"] for r in report["kernels"]["gated"])
     # The measured table is Python that kernels/awq_configs.py takes as it stands.
     code = markdown.split("```python\n")[1].split("```")[0]
     namespace = {"AWQLaunch": AWQLaunch, "TABLE": {}, "ARCH": 0}

@@ -1,24 +1,20 @@
 """Kernel launches per decoder layer in a decode step of an int4 (AWQ) Llama, on the CUDA
 path's choices: the dispatchers forced onto the Triton kernels on CPU tensors (under the
 interpreter), and on a GPU the kernels the profiler sees. Issue #14 asks for <= 8 (from
-~15): 9 as the table stands, 8 where it folds SiLU·mul into down_proj's GEMV;
-docs/engine.md lists them."""
+~15): 8, with SiLU·mul in gate_up's epilogue; docs/engine.md lists them."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
 import transformers
 
-import kernels.awq_configs
+import kernels
 from engine.kv_cache import allocate_kv_cache
 from engine.layers.attention import AttentionMetadata
 from engine.layers.awq_linear import AWQLinear, convert_to_awq
 from engine.models.llama import LlamaForCausalLM
 from engine.quant.config import AWQConfig
-from kernels.awq_configs import awq_launch_for
 from tests.conftest import TINY
 from tests.kernels.conftest import INTERPRETED
 from tests.kernels.launches import recorded_launches
@@ -26,7 +22,7 @@ from tests.kernels.launches import recorded_launches
 BLOCK_SIZE, CONTEXT = 16, 21  # the new token is the 21st: two blocks of context
 MAX_BLOCKS = 64  # block tables as wide as CUDA graphs take them: the split count sees 1024
 
-# One decoder layer (after the first: its input norm adds the residual) at batch 1.
+# One decoder layer (after the first: its input norm adds the residual) at any batch.
 LAYER = [
     "_rms_norm_kernel",  # input norm, with the residual add
     "awq_gemv_kernel",  # qkv_proj
@@ -34,17 +30,9 @@ LAYER = [
     "_decode_split_kernel",  # attention; the last split merges
     "awq_gemv_kernel",  # o_proj
     "_rms_norm_kernel",  # post-attention norm, with the residual add
-    "awq_gemv_kernel",  # gate_up_proj
-    "_silu_and_mul_kernel",
+    "awq_gemv_kernel",  # gate_up_proj, and SiLU(gate) * up in its epilogue
     "awq_gemv_kernel",  # down_proj
 ]
-# Where the table folds SiLU·mul into down_proj's GEMV.
-FOLDED_LAYER = [name for name in LAYER if name != "_silu_and_mul_kernel"]
-
-
-def expected_layer(arch: int | None) -> list[str]:
-    """The launches of a batch-1 layer step as the launch table stands for ``arch``."""
-    return FOLDED_LAYER if awq_launch_for(arch, 1, 32).fold_silu_mul else LAYER
 
 
 def tiny_awq_llama(device: torch.device) -> LlamaForCausalLM:
@@ -101,20 +89,20 @@ def test_decode_layer_launches_on_the_cuda_path(monkeypatch, num_splits):
     the GPU: one split for >= 4 pairs per SM (an AGX Orin's 16 SMs: batch 8 of Llama-3-8B),
     more below (any batch 1 on an H100). Neither the attention's splits nor the GEMV's
     split-K add a launch."""
-    assert recorded_layer(monkeypatch, num_splits)[0] == expected_layer(None)
+    assert recorded_layer(monkeypatch, num_splits)[0] == LAYER
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs TRITON_INTERPRET=1")
-def test_folding_silu_mul_into_down_proj_takes_a_launch_and_changes_nothing(monkeypatch):
-    buckets = kernels.awq_configs.DEFAULT
-    outputs = []
-    for fold, expected in ((False, LAYER), (True, FOLDED_LAYER)):
-        gemv = dataclasses.replace(buckets[0][1], fold_silu_mul=fold)
-        monkeypatch.setattr(kernels.awq_configs, "DEFAULT", ((1, gemv), *buckets[1:]))
-        launches, output = recorded_layer(monkeypatch, 1)
-        assert launches == expected
-        outputs.append(output)
-    assert all(torch.equal(ours, theirs) for ours, theirs in zip(*outputs))
+def test_silu_mul_in_gate_ups_epilogue_takes_a_launch_and_changes_nothing(monkeypatch):
+    gated, gated_output = recorded_layer(monkeypatch, 1)
+    # The same layer with SiLU·mul as a launch of its own after gate_up's.
+    monkeypatch.setattr(
+        AWQLinear, "silu_and_mul_of", lambda layer, x: kernels.silu_and_mul(layer(x))
+    )
+    unfused, unfused_output = recorded_layer(monkeypatch, 1)
+    assert unfused == LAYER[:7] + ["_silu_and_mul_kernel"] + LAYER[7:]
+    assert gated == LAYER
+    assert all(map(torch.equal, gated_output, unfused_output))  # hidden, residual
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -136,6 +124,4 @@ def test_decode_layer_launches_on_a_gpu():
     on_gpu = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert launches.torch == []
     assert sorted(on_gpu) == sorted(launches.triton), on_gpu
-    from kernels.awq_gemm import compute_capability
-
-    assert launches.triton == expected_layer(compute_capability(device))
+    assert launches.triton == LAYER
