@@ -109,13 +109,16 @@ def gate_up_column(n, pid_n, width, HALF: tl.constexpr):
 
 
 @triton.jit
-def tile_columns(pid_n, N, num_packed_cols, gate_width, BLOCK_N: tl.constexpr, GATED: tl.constexpr):
+def tile_columns(pid_n, N, num_packed_cols, gate_words, BLOCK_N: tl.constexpr, GATED: tl.constexpr):
     """Output tile ``pid_n``'s columns of the weight and of its packed words, with their
-    masks: BLOCK_N in a row, or for GATED the halves ``gate_up_column`` gives."""
+    masks: BLOCK_N in a row, or for GATED the halves ``gate_up_column`` gives, each half
+    ``gate_words`` packed words wide."""
     if GATED:
-        offs_n, mask_n = gate_up_column(tl.arange(0, BLOCK_N), pid_n, gate_width, BLOCK_N // 2)
+        # NOTE: the width comes in words: a multiple of 16 there (the JIT's specialization)
+        # keeps up's first word 16-aligned, so the loads stay 128-bit wide.
+        offs_n, mask_n = gate_up_column(tl.arange(0, BLOCK_N), pid_n, gate_words * 8, BLOCK_N // 2)
         offs_p, mask_p = gate_up_column(
-            tl.arange(0, BLOCK_N // 8), pid_n, gate_width // 8, BLOCK_N // 16
+            tl.arange(0, BLOCK_N // 8), pid_n, gate_words, BLOCK_N // 16
         )
     else:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -44,7 +44,7 @@ def awq_dot_kernel(
     tiles_per_split,
     num_k_tiles,
     two_pow_23_bits_ptr,  # [1] int32 TWO_POW_23_BITS (awq_common.unpack_int4_biased)
-    gate_width,  # GATED: N / 2, the output's width; else unused
+    gate_words,  # GATED: N / 16, each half's packed words; else unused
     num_m_tiles,
     num_n_tiles,
     GROUP_SIZE: tl.constexpr,
@@ -68,8 +68,9 @@ def awq_dot_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n, mask_n, offs_p, mask_p = tile_columns(
-        pid_n, N, num_packed_cols, gate_width, BLOCK_N, GATED
+        pid_n, N, num_packed_cols, gate_words, BLOCK_N, GATED
     )
+    gate_width = gate_words * 8  # GATED: the output's width
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     shifts = nibble_shifts(BLOCK_N)

@@ -163,7 +163,7 @@ def awq_linear_with(
         triton.cdiv(num_k_steps, split_k),
         num_k_steps,
         _two_pow_23_bits(x.device),
-        width,
+        width // 8,  # GATED: each half's packed words
     )
     flags = dict(
         GROUP_SIZE=group_size,

@@ -110,7 +110,7 @@ def awq_gemv_kernel(
     groups_per_split,
     num_groups,  # K / G
     two_pow_23_bits_ptr,  # [1] int32 TWO_POW_23_BITS (awq_common.unpack_int4_biased)
-    gate_width,  # GATED: N / 2, the output's width; else unused
+    gate_words,  # GATED: N / 16, each half's packed words; else unused
     GROUP_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     IS_SPLIT: tl.constexpr,
@@ -122,8 +122,9 @@ def awq_gemv_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n, mask_n, offs_p, mask_p = tile_columns(
-        pid_n, N, num_packed_cols, gate_width, BLOCK_N, GATED
+        pid_n, N, num_packed_cols, gate_words, BLOCK_N, GATED
     )
+    gate_width = gate_words * 8  # GATED: the output's width
     word_of_column = offs_n // 8  # in a row of qzeros
     offs_k = tl.arange(0, BLOCK_K)
     shifts = nibble_shifts(BLOCK_N)
