@@ -35,10 +35,16 @@ def processors(tmp_path, **pp) -> tuple[QwenImageProcessor, Qwen2VLImageProcesso
 
 
 def reference_pixels(reference, url: str) -> tuple[torch.Tensor, list[int]]:
-    """transformers on the image as the shared decoder reads it: EXIF rotation applied,
-    the mode left for transformers' own RGB conversion (transparency over white)."""
+    """transformers on the image as the shared decoder reads it: EXIF rotation applied
+    and transparency over white, composited here by PIL. transformers' own conversion
+    does that from some 5.x on (5.24 does), but 5.17's drops the alpha and keeps the
+    colours under it, and pyproject admits any 5.x."""
     data = base64.b64decode(url.partition(",")[2])
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if image.mode != "RGB":
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba).convert("RGB")
     out = reference(images=[image], return_tensors="pt")
     return out.pixel_values, out.image_grid_thw[0].tolist()
 
