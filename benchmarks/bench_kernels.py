@@ -178,20 +178,24 @@ def bench_gated(in_features, out_features, rows, dtype, device, arch) -> list[di
     """Per decode M: the table's launch over a gate | up weight with SiLU·mul in its
     epilogue (``gated``), and the same launch followed by the SiLU kernel."""
     weights = (*awq_tensors(in_features, out_features, dtype, device), GROUP_SIZE, None)
+    sms = num_sms(device)
     results = []
     for num_rows in (m for m in rows if m <= GATED_MAX_M):
         x = torch.randn(num_rows, in_features, device=device, dtype=dtype)
         launch = awq_launch_for(arch, num_rows, GROUP_SIZE)
-        sms = num_sms(device)
         row = {"K": in_features, "N": out_features, "M": num_rows, "launch": _name(launch)}
-        two = functools.partial(awq_linear_with, x, *weights, launch, sms)
-        gated = functools.partial(awq_linear_with, x, *weights, launch, sms, True)
-        then_silu = functools.partial(lambda two: silu_and_mul(two()), two)
+        linear = functools.partial(awq_linear_with, x, *weights, launch, sms)
+        then_silu = functools.partial(_silu_and_mul_of, linear)
+        gated = functools.partial(linear, gated=True)
         row["equal"] = torch.equal(then_silu(), gated())  # the same products
         row["then_silu_us"] = time_us(then_silu, device)
         row["gated_us"] = time_us(gated, device)
         results.append(row)
     return results
+
+
+def _silu_and_mul_of(linear) -> torch.Tensor:
+    return silu_and_mul(linear())
 
 
 def _name(launch: AWQLaunch) -> str:

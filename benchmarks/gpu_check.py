@@ -129,18 +129,21 @@ def stop(process: subprocess.Popen, grace_s: float = 20) -> None:
 def run_step(name: str, commands: list[list[str]], budget_s: float, env: dict, out: Path) -> dict:
     """Run the commands one after another within the budget; output to DIR/<name>.log."""
     start = time.perf_counter()
-    status = "ok"
+    status, timed_out = "ok", f"timed out after {budget_s:.0f} s"
     with open(out / f"{name}.log", "w") as log:
         for command in commands:
             left = budget_s - (time.perf_counter() - start)
+            if left <= 0:  # the commands before took the step's time
+                status = timed_out
+                break
             process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
             )
             try:
-                returncode = process.wait(timeout=max(left, 0.1))
+                returncode = process.wait(timeout=left)
             except subprocess.TimeoutExpired:
                 stop(process)
-                status = f"timed out after {budget_s:.0f} s"
+                status = timed_out
                 break
             if returncode:
                 status = f"exit {returncode}"
