@@ -59,3 +59,9 @@ def test_a_decode_that_fails_is_recorded_and_the_others_are_measured(monkeypatch
         }
     )
     assert "| int4 g128 | 1 | failed: `RuntimeError('CUDA error: an illegal" in table
+
+
+def test_a_gemlite_that_does_not_import_is_said_and_skipped(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gemlite.core", None)  # import raises ImportError
+    assert not bench_kernels.gemlite_importable()
+    assert "gemlite not timed" in capsys.readouterr().out

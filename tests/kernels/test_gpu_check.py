@@ -92,6 +92,17 @@ def test_a_test_run_cut_short_still_reports_the_tests_that_ran(tmp_path):
     assert counts == {"passed": 1, "failed": 0, "skipped": 0, "interrupted": 1, "failures": []}
 
 
+def test_the_gpu_tests_skip_the_cpu_kernels_and_bound_each_test(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: object())
+    kernels_run, elsewhere = gpu_check.test_commands(tmp_path, cuda=True)
+    for command in (kernels_run, elsewhere):
+        assert command[command.index("--timeout") + 1] == "90"
+        assert "-n" in command  # spread over cores: pytest-xdist is there
+    assert kernels_run[kernels_run.index("--ignore-glob") + 1] == "tests/kernels/test_cpu_*.py"
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: None)
+    assert "-n" not in gpu_check.test_commands(tmp_path, cuda=True)[0]
+
+
 def test_a_step_past_its_budget_runs_no_further_command(tmp_path):
     never = tmp_path / "never"
     commands = [
