@@ -10,6 +10,7 @@ set TRITON_INTERPRET before any kernel is defined, and a CPU-only install needs 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
 from types import ModuleType
 from typing import Any
@@ -21,6 +22,24 @@ from kernels.cpu_native import NativeKernels
 from kernels.cpu_ops import NativeCpuOps
 
 logger = logging.getLogger(__name__)
+
+
+def refuse_hub_kernels_distribution() -> None:
+    """Hugging Face's ``kernels`` distribution has this package's import name: installed
+    beside edgechat, transformers' ``from kernels import ...`` finds one or the other and
+    fails with an ImportError that names neither. Say so plainly instead."""
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    raise ImportError(
+        "Hugging Face's `kernels` package is installed in this environment, and its "
+        "import name is edgechat's own kernels package: uninstall it (`pip uninstall "
+        "kernels`) and keep transformers below 5.25, which requires it"
+    )
+
+
+refuse_hub_kernels_distribution()
 
 __all__ = [
     "add_rms_norm",
