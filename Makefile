@@ -7,18 +7,28 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint bench gpu-check gpu-wheels native-check serve web-vendor clean
+.PHONY: install lock browser test lint bench gpu-check gpu-wheels native-check serve web-vendor clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+# constraints.txt holds the versions the suite last passed with (`make lock` writes it), so
+# a package's new release cannot turn a fresh clone's `make test` red overnight.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -c constraints.txt "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolves pyproject.toml's dependencies and dev extras afresh, for every Python from 3.10
+# and every platform at once (uv's universal resolution), into constraints.txt; then
+# `make test` installs them. Commit the file once the suite passes.
+lock: | $(PY)
+	$(PY) -m pip install --quiet "uv>=0.9"
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.10 \
+		--upgrade --custom-compile-command "make lock" --quiet -o constraints.txt
 
 # Headless Chromium and its driver for tests/web (Debian's packages; Selenium drives them).
 browser:
