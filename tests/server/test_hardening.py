@@ -310,29 +310,32 @@ def test_images_from_a_host_that_never_answers_do_not_hold_up_text(tiny_llava) -
     # More than asyncio's default executor ever has (32 threads), which intake used to
     # share with everything else.
     num_hanging = 33
-    with (
-        live_server(tiny_llava, allow_private_media_urls=True, image_fetch_timeout=60) as server,
-        silent_host() as (url, accepted),
-    ):
-        chat = {"messages": [{"role": "user", "content": [image_part(url)]}], "max_tokens": 1}
+    statuses: list[int] = []
+    with live_server(tiny_llava, allow_private_media_urls=True, image_fetch_timeout=60) as server:
+        with silent_host() as (url, accepted):
+            chat = {"messages": [{"role": "user", "content": [image_part(url)]}], "max_tokens": 1}
 
-        def hang() -> None:
+            def hang() -> None:
+                with server.http() as client:
+                    statuses.append(client.post("/v1/chat/completions", json=chat).status_code)
+
+            threads = [threading.Thread(target=hang, daemon=True) for _ in range(num_hanging)]
+            for thread in threads:
+                thread.start()
+            # Every intake thread for images is now stuck on the silent host.
+            wait_until(
+                lambda: len(accepted) >= NUM_MEDIA_INTAKE_THREADS,
+                "the fetches did not reach the host",
+            )
             with server.http() as client:
-                client.post("/v1/chat/completions", json=chat)
-
-        threads = [threading.Thread(target=hang, daemon=True) for _ in range(num_hanging)]
+                text = {"messages": USER, "max_tokens": 2}
+                response = client.post("/v1/chat/completions", json=text, timeout=30)
+            assert response.status_code == 200
+        # The host is gone, so every fetch fails and each hanging request gets its answer
+        # while the server still runs (not a reset when it stops).
         for thread in threads:
-            thread.start()
-        # Every intake thread for images is now stuck on the silent host.
-        wait_until(
-            lambda: len(accepted) >= NUM_MEDIA_INTAKE_THREADS, "the fetches did not reach the host"
-        )
-        with server.http() as client:
-            text = {"messages": USER, "max_tokens": 2}
-            response = client.post("/v1/chat/completions", json=text, timeout=30)
-        assert response.status_code == 200
-    for thread in threads:
-        thread.join(timeout=60)
+            thread.join(timeout=60)
+    assert statuses == [400] * num_hanging
 
 
 def test_image_urls_inside_the_network_are_refused_unfetched(vlm_server: LiveServer) -> None:
