@@ -6,6 +6,7 @@ unpinned or makes pip refuse the install; this names the requirement instead.
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import requires
 from pathlib import Path
 
@@ -25,10 +26,11 @@ ENVIRONMENTS = [
 ]
 
 
-def pins() -> list[Requirement]:
+@functools.cache
+def pins() -> tuple[Requirement, ...]:
     lines = (ROOT / "constraints.txt").read_text().splitlines()
-    return [Requirement(line) for line in lines if line and not line[0].isspace()
-            and not line.startswith("#")]
+    return tuple(Requirement(line) for line in lines if line and not line[0].isspace()
+                 and not line.startswith("#"))
 
 
 def applies(requirement: Requirement, environment: dict[str, str]) -> bool:
@@ -43,9 +45,8 @@ def pinned_version(name: str, environment: dict[str, str]) -> str | None:
     assert len(matches) <= 1, matches
     if not matches:
         return None
-    (specifier,) = matches[0].specifier
-    assert specifier.operator == "==", matches[0]
-    return specifier.version
+    (exact,) = matches[0].specifier  # every line is one == pin (the test below)
+    return exact.version
 
 
 def test_every_line_is_an_exact_pin():
